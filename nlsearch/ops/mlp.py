@@ -1,0 +1,191 @@
+"""MLP associative memory (per head ``M(x) = x + W_d σ(… σ(W_1 x))``): naive reference and chunk form.
+
+The update equations are those of :mod:`nlsearch.ops.linear` with ``G_t = ∇_W ℓ(M̃; k_t, v_t)`` taken
+through the MLP: the Titans rule (l2, momentum, decay) and the TTT-MLP mini-batch rule (l2, GD) are
+points of this grid. Gradients of a mini-batch are all read at its start weights, so the fast form
+computes a whole mini-batch at once; ``chunk=1`` is exact per-token learning but sequential.
+Only ``decay_order="with_step"`` exists here: reading gradients at decayed weights would give each
+token of a mini-batch its own weights.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_zeros, plan_segments
+from nlsearch.ops.state import MemoryState
+from nlsearch.ops.validate import OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
+
+
+def _silu_grad(z: Tensor) -> Tensor:
+    sig = torch.sigmoid(z)
+    return sig * (1 + z * (1 - sig))
+
+
+def _gelu_grad(z: Tensor) -> Tensor:
+    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
+    return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+ACTIVATIONS: Dict[str, Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
+    "silu": (F.silu, _silu_grad),
+    "gelu": (F.gelu, _gelu_grad),
+}
+
+
+def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual):
+    b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
+    check_choice("objective", objective, OBJECTIVES)
+    check_choice("read", read, READS)
+    check_choice("activation", activation, ACTIVATIONS)
+    check_chunk(chunk)
+    if state is None:
+        raise ValueError("an MLP memory needs state (its initial weights, (B, H, out, in) per layer)")
+    check_state(state, b, h, dk, dv, momentum=theta is not None, chunk=chunk, dtype=q.dtype)
+    if residual and dk != dv:
+        raise ValueError(f"residual=True needs key dim == value dim, got {dk} and {dv}")
+
+
+def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual: bool) -> Tensor:
+    """Evaluate the memory on inputs ``x (B, H, ..., D)`` with per-head weights ``(B, H, out, in)``."""
+    act = ACTIVATIONS[activation][0]
+    h = x
+    for i, w in enumerate(weights):
+        h = torch.einsum("bhoi,bh...i->bh...o", w, h)
+        if i < len(weights) - 1:
+            h = act(h)
+    return h + x if residual else h
+
+
+def mlp_memory_naive(
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
+    chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
+) -> Tuple[Tensor, MemoryState]:
+    """Reference: per-token loop, gradients by ``torch.func.grad`` of the inner loss."""
+    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual)
+
+    def inner_loss(weights, kt, vt):
+        out = mlp_forward(weights, kt, activation, residual)
+        return 0.5 * ((out - vt) ** 2).sum() if objective == "l2" else -(out * vt).sum()
+
+    grad_fn = torch.func.grad(inner_loss)
+    m = tuple(state.weights)
+    s = tuple(state.momentum) if theta is not None else None
+    anchor = state.anchor if state.offset else None
+    anchor_decay = state.anchor_decay if state.offset else None
+    offset, ys = state.offset, []
+    for t in range(q.shape[2]):
+        if offset == 0:
+            anchor, anchor_decay = m, torch.ones_like(eta[:, :, t])
+        a = torch.ones_like(eta[:, :, t]) if alpha is None else alpha[:, :, t]
+        anchor_decay = anchor_decay * a
+        grads = grad_fn(anchor, k[:, :, t], v[:, :, t])
+        steps = tuple(-eta[:, :, t, None, None] * g for g in grads)
+        if s is not None:
+            s = tuple(theta[:, :, t, None, None] * si + st for si, st in zip(s, steps))
+            steps = s
+        m_prev = m
+        m = tuple(a[..., None, None] * mi + st for mi, st in zip(m, steps))
+        read_m = m if read == "after_write" else m_prev
+        ys.append(mlp_forward(read_m, q[:, :, t], activation, residual))
+        offset = (offset + 1) % chunk
+    y = torch.stack(ys, dim=2) if ys else v.new_zeros(v.shape)
+    return y, MemoryState(m, s, anchor if offset else None, anchor_decay if offset else None, offset)
+
+
+def mlp_memory(
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
+    chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
+) -> Tuple[Tensor, MemoryState]:
+    """Chunk form of :func:`mlp_memory_naive`: one sequential step per mini-batch of ``chunk`` tokens.
+
+    Per mini-batch: one forward/backward of the MLP at the anchor weights for all its tokens; the
+    per-token weights ``M_t`` are never built: each layer's read ``M_t a_t`` is an attention-like
+    product over the mini-batch's gradients (outer products ``δ_s x_sᵀ``).
+    """
+    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual)
+    seg = plan_segments(q.shape[2], state.offset, chunk, chunk)
+    la, lt = log_or_zeros(alpha, eta), None if theta is None else theta.log()
+    co_full = None
+    if seg.n_blocks:
+        full = slice(seg.prefix, seg.prefix + seg.n_blocks * chunk)
+        split = [None if x is None else x[:, :, full].unflatten(2, (seg.n_blocks, chunk)) for x in (la, lt, eta)]
+        co_full = block_coefficients(*split)                                  # (B, H, N, C, ...)
+    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual)
+    lengths = ([seg.prefix] if seg.prefix else []) + [chunk] * seg.n_blocks + ([seg.tail] if seg.tail else [])
+    ys, pos = [], 0
+    for i, length in enumerate(lengths):
+        sl = slice(pos, pos + length)
+        is_full = seg.prefix <= pos and length == chunk and (not seg.prefix or i > 0)
+        if is_full:
+            co = _pick(co_full, (pos - seg.prefix) // chunk)
+        else:
+            co = block_coefficients(la[:, :, sl], None if lt is None else lt[:, :, sl], eta[:, :, sl])
+        y, state = chunk_fn(q[:, :, sl], k[:, :, sl], v[:, :, sl], co, state, chunk)
+        ys.append(y)
+        pos += length
+    return (torch.cat(ys, dim=2) if ys else v.new_zeros(v.shape)), state
+
+
+def _pick(co: BlockCoefficients, n: int) -> BlockCoefficients:
+    take = lambda x: None if x is None else x[:, :, n]  # noqa: E731
+    return BlockCoefficients(take(co.log_gamma), take(co.c), take(co.b), take(co.e), take(co.theta_end))
+
+
+class _ChunkStep:
+    """One mini-batch (or part of one): gradients at the anchor, reads and state update in closed form."""
+
+    def __init__(self, objective: str, after_write: bool, activation: str, residual: bool):
+        self.objective, self.after_write, self.residual = objective, after_write, residual
+        self.act, self.act_grad = ACTIVATIONS[activation]
+
+    def _grads(self, anchor: Sequence[Tensor], k: Tensor, v: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
+        """Layer inputs x^l_s and output-side errors δ^l_s: G^l_s = δ^l_s x^l_sᵀ."""
+        xs, zs, h = [k], [], k
+        for i, w in enumerate(anchor):
+            z = h @ w.mT                                                        # (B, H, L, out)
+            if i < len(anchor) - 1:
+                zs.append(z)
+                h = self.act(z)
+                xs.append(h)
+            else:
+                h = z
+        out = h + k if self.residual else h
+        delta = out - v if self.objective == "l2" else -v
+        deltas = [delta]
+        for i in range(len(anchor) - 1, 0, -1):
+            delta = (delta @ anchor[i]) * self.act_grad(zs[i - 1])
+            deltas.append(delta)
+        return xs, deltas[::-1]
+
+    def __call__(self, q, k, v, co: BlockCoefficients, state: MemoryState, chunk: int):
+        weights, mom = state.weights, state.momentum if co.b is not None else None
+        anchor = state.anchor if state.offset else weights
+        xs, deltas = self._grads(anchor, k, v)
+        gamma, c, b = co.rows(self.after_write)
+        h = q
+        for i, w in enumerate(weights):
+            z = gamma[..., None] * (h @ w.mT) - (c * (h @ xs[i].mT)) @ deltas[i]
+            if mom is not None:
+                z = z + b[..., None] * (h @ mom[i].mT)
+            h = self.act(z) if i < len(weights) - 1 else z
+        y = h + q if self.residual else h
+        gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
+        c_end = co.c[..., -1, :, None]
+        new_w = [gamma_end * w - (d * c_end).mT @ x for w, d, x in zip(weights, deltas, xs)]
+        new_s = None
+        if mom is not None:
+            b_end, th_end, e = co.b[..., -1, None, None], co.theta_end[..., None, None], co.e[..., None]
+            new_w = [nw + b_end * s for nw, s in zip(new_w, mom)]
+            new_s = tuple(th_end * s - (d * e).mT @ x for s, d, x in zip(mom, deltas, xs))
+        offset = state.offset + q.shape[2]
+        if offset >= chunk:
+            return y, MemoryState(tuple(new_w), new_s)
+        decay = co.log_gamma[..., -1].exp() * (state.anchor_decay if state.offset else 1.0)
+        return y, MemoryState(tuple(new_w), new_s, tuple(anchor), decay, offset)
