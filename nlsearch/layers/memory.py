@@ -1,0 +1,98 @@
+"""A memory mixer: projections of ``x`` into ``q, k, v, η, α, θ``, then one memory rule from ``ops``.
+
+Normalisation the layer applies (the ops apply none): q and k are L2-normalised per head when
+``qk_norm`` is on; η = ``eta_scale`` · sigmoid(·), α = sigmoid(·) (retention), θ = sigmoid(·); the
+memory read is RMS-normalised per head before the output projection.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, PositiveInt
+from torch import Tensor, nn
+
+from nlsearch.layers.conv import ShortConv
+from nlsearch.ops import MemoryRule, MemoryState, apply_memory, preset
+
+
+class MemoryLayerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: MemoryRule = preset("deltanet")
+    n_heads: PositiveInt = 4
+    head_dim: Optional[PositiveInt] = None   # default d_model // n_heads
+    conv_size: int = 4                       # 0 or 1: no short convolution
+    qk_norm: bool = True
+    eta_scale: Optional[float] = None        # default 1 for linear memories, 0.1 for MLP memories
+    impl: str = "fast"
+
+    def build(self, d_model: int) -> "MemoryLayer":
+        return MemoryLayer(d_model, self)
+
+
+class LayerState(NamedTuple):
+    memory: MemoryState
+    conv: Optional[Tensor]
+
+
+class MemoryLayer(nn.Module):
+    def __init__(self, d_model: int, cfg: MemoryLayerConfig):
+        super().__init__()
+        h = cfg.n_heads
+        dh = cfg.head_dim or d_model // h
+        if cfg.head_dim is None and d_model % h:
+            raise ValueError(f"n_heads={h} does not divide d_model={d_model}")
+        self.cfg, self.rule, self.h, self.dh = cfg, cfg.rule, h, dh
+        self.qkv = nn.Linear(d_model, 3 * h * dh, bias=False)
+        self.conv = ShortConv(3 * h * dh, cfg.conv_size) if cfg.conv_size > 1 else None
+        gates = 1 + int(self.rule.decay) + int(self.rule.optimizer == "momentum")
+        self.gates = nn.Linear(d_model, gates * h)
+        self.out = nn.Linear(h * dh, d_model, bias=False)
+        self.eta_scale = cfg.eta_scale if cfg.eta_scale is not None else (1.0 if self.rule.memory == "linear" else 0.1)
+        self.init_weights = nn.ParameterList()
+        if self.rule.memory == "mlp":
+            dims = [dh] + [dh * self.rule.mlp_expansion] * (self.rule.mlp_depth - 1) + [dh]
+            for d_in, d_out in zip(dims[:-1], dims[1:]):
+                self.init_weights.append(nn.Parameter(torch.randn(h, d_out, d_in) * d_in ** -0.5))
+        with torch.no_grad():
+            bias = self.gates.bias.view(gates, h)
+            bias[0].fill_(0.0)
+            bias[1:].fill_(3.0)       # retention and momentum start near 0.95
+
+    def initial_state(self, batch: int, like: Tensor) -> LayerState:
+        if self.rule.memory == "linear":
+            weights = (like.new_zeros(batch, self.h, self.dh, self.dh),)
+        else:
+            weights = tuple(w.to(like.dtype).expand(batch, *w.shape) for w in self.init_weights)
+        momentum = tuple(torch.zeros_like(w) for w in weights) if self.rule.optimizer == "momentum" else None
+        return LayerState(MemoryState(weights, momentum), None)
+
+    def forward(self, x: Tensor, state: Optional[LayerState] = None) -> Tuple[Tensor, LayerState]:
+        """x (B, T, d_model) -> (y (B, T, d_model), state)."""
+        b, t, _ = x.shape
+        if state is None:
+            state = self.initial_state(b, x)
+        qkv = self.qkv(x)
+        conv_state = None
+        if self.conv is not None:
+            qkv, conv_state = self.conv(qkv, state.conv)
+        q, k, v = qkv.view(b, t, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)     # 3 x (B, H, T, Dh)
+        if self.cfg.qk_norm:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        gates = torch.sigmoid(self.gates(x)).view(b, t, -1, self.h).permute(2, 0, 3, 1)  # (G, B, H, T)
+        eta = self.eta_scale * gates[0]
+        alpha = gates[1] if self.rule.decay else None
+        theta = gates[-1] if self.rule.optimizer == "momentum" else None
+        y, mem = apply_memory(self.rule, q, k, v, eta, alpha, theta, state.memory, impl=self.cfg.impl)
+        y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
+        return self.out(y), LayerState(mem, conv_state)
+
+    def state_size(self) -> int:
+        """Numbers carried per sequence: memory weights, momentum, the open mini-batch's anchor
+        (chunk > 1) and the convolution's last inputs."""
+        per_copy = sum(w[0].numel() for w in self.initial_state(1, self.qkv.weight).memory.weights)
+        copies = 1 + int(self.rule.optimizer == "momentum") + int(self.rule.chunk > 1)
+        anchor_decay = self.h if self.rule.chunk > 1 else 0
+        return per_copy * copies + anchor_decay + (self.conv.state_size() if self.conv else 0)

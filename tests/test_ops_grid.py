@@ -1,0 +1,127 @@
+"""Fast vs naive forms over the grid of memory rules: outputs, final state, gradients, pieces."""
+import itertools
+
+import pytest
+import torch
+
+from memory_inputs import memory_inputs, mlp_state
+from nlsearch.ops import linear_memory, linear_memory_naive, mlp_memory, mlp_memory_naive
+
+TOL = dict(atol=1e-9, rtol=1e-9)
+LINEAR_GRID = list(itertools.product(["dot", "l2"], ["with_step", "before_step"], [False, True], [False, True]))
+
+
+def _call(fn, inp, state=None, **kw):
+    return fn(inp["q"], inp["k"], inp["v"], inp["eta"], inp["alpha"], inp["theta"], state, **kw)
+
+
+def _cut(inp, a, b):
+    return {n: None if x is None else x[:, :, a:b] for n, x in inp.items()}
+
+
+def _assert_states(s1, s2):
+    for a, b in zip(s1.weights + (s1.momentum or ()), s2.weights + (s2.momentum or ())):
+        torch.testing.assert_close(a, b, **TOL)
+    assert s1.offset == s2.offset
+
+
+@pytest.mark.parametrize("objective,order,decay,momentum", LINEAR_GRID)
+@pytest.mark.parametrize("t,chunk", [(1, 1), (63, 1), (100, 1), (257, 1), (100, 4), (257, 16), (63, 100)])
+@pytest.mark.parametrize("read", ["after_write", "before_write"])
+def test_linear_fast_matches_naive(objective, order, decay, momentum, t, chunk, read):
+    inp = memory_inputs(t=t, decay=decay, momentum=momentum)
+    kw = dict(objective=objective, decay_order=order, chunk=chunk, read=read)
+    y1, s1 = _call(linear_memory_naive, inp, **kw)
+    y2, s2 = _call(linear_memory, inp, **kw)
+    torch.testing.assert_close(y2, y1, **TOL)
+    _assert_states(s1, s2)
+
+
+@pytest.mark.parametrize("objective,order,decay,momentum", LINEAR_GRID)
+@pytest.mark.parametrize("chunk", [1, 5])
+def test_linear_gradients_match(objective, order, decay, momentum, chunk):
+    inp = memory_inputs(t=37, decay=decay, momentum=momentum, requires_grad=True)
+    kw = dict(objective=objective, decay_order=order, chunk=chunk)
+    leaves = [x for x in inp.values() if x is not None]
+    grads = []
+    for fn in (linear_memory_naive, linear_memory):
+        y, s = _call(fn, inp, **kw)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        loss = (y * w).sum() + s.weights[0].square().sum()
+        grads.append(torch.autograd.grad(loss, leaves))
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("objective", ["dot", "l2"])
+@pytest.mark.parametrize("decay,momentum", [(False, False), (True, True)])
+@pytest.mark.parametrize("t,chunk", [(1, 1), (20, 1), (63, 4), (100, 16)])
+@pytest.mark.parametrize("read", ["after_write", "before_write"])
+def test_mlp_fast_matches_naive(objective, decay, momentum, t, chunk, read):
+    inp = memory_inputs(t=t, decay=decay, momentum=momentum, eta_max=0.1)
+    state = mlp_state(momentum=momentum)
+    kw = dict(objective=objective, chunk=chunk, read=read)
+    y1, s1 = _call(mlp_memory_naive, inp, state, **kw)
+    y2, s2 = _call(mlp_memory, inp, state, **kw)
+    torch.testing.assert_close(y2, y1, **TOL)
+    _assert_states(s1, s2)
+
+
+@pytest.mark.parametrize("activation,residual,depth", [("gelu", True, 3), ("silu", False, 2), ("gelu", False, 1)])
+def test_mlp_shapes_and_activations(activation, residual, depth):
+    inp = memory_inputs(t=50, decay=True, momentum=True, eta_max=0.1)
+    state = mlp_state(depth=depth, momentum=True)
+    kw = dict(objective="l2", chunk=8, activation=activation, residual=residual)
+    y1, s1 = _call(mlp_memory_naive, inp, state, **kw)
+    y2, s2 = _call(mlp_memory, inp, state, **kw)
+    torch.testing.assert_close(y2, y1, **TOL)
+    _assert_states(s1, s2)
+
+
+@pytest.mark.parametrize("chunk", [1, 6])
+def test_mlp_gradients_match(chunk):
+    inp = memory_inputs(t=30, decay=True, momentum=True, eta_max=0.1, requires_grad=True)
+    state = mlp_state(momentum=True, requires_grad=True)
+    leaves = [x for x in inp.values() if x is not None] + list(state.weights)
+    grads = []
+    for fn in (mlp_memory_naive, mlp_memory):
+        y, s = _call(fn, inp, state, objective="l2", chunk=chunk)
+        w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+        loss = (y * w).sum() + sum(x.square().sum() for x in s.weights + s.momentum)
+        grads.append(torch.autograd.grad(loss, leaves))
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("memory", ["linear", "mlp"])
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_pieces_and_token_by_token(memory, chunk):
+    t = 45
+    inp = memory_inputs(t=t, decay=True, momentum=True, eta_max=0.1)
+    fn = linear_memory if memory == "linear" else mlp_memory
+    kw = dict(objective="l2", chunk=chunk)
+    state0 = mlp_state(momentum=True) if memory == "mlp" else None
+    y_whole, s_whole = _call(fn, inp, state0, **kw)
+    for cuts in ([0, 7, 8, 30, t], list(range(t + 1))):
+        state, ys = state0, []
+        for a, b in zip(cuts[:-1], cuts[1:]):
+            y, state = _call(fn, _cut(inp, a, b), state, **kw)
+            ys.append(y)
+        torch.testing.assert_close(torch.cat(ys, 2), y_whole, **TOL)
+        _assert_states(state, s_whole)
+
+
+def test_block_size_never_changes_the_result():
+    inp = memory_inputs(t=130, decay=True, momentum=True)
+    ref, _ = _call(linear_memory, inp, objective="l2", chunk=2, block=64)
+    for block in (1, 2, 7, 32, 200):
+        y, _ = _call(linear_memory, inp, objective="l2", chunk=2, block=block)
+        torch.testing.assert_close(y, ref, **TOL)
+
+
+def test_float32_close_to_float64():
+    inp64 = memory_inputs(t=300, decay=True)
+    inp32 = {n: None if x is None else x.float() for n, x in inp64.items()}
+    y64, _ = _call(linear_memory, inp64, objective="l2", decay_order="before_step")
+    y32, _ = _call(linear_memory, inp32, objective="l2", decay_order="before_step")
+    torch.testing.assert_close(y32.double(), y64, atol=1e-4, rtol=1e-4)
