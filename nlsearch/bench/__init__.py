@@ -1,0 +1,1 @@
+"""Benchmarks: commands that print figures and save them under ``results/bench`` (never tests)."""
