@@ -45,11 +45,16 @@ def _ratio_matrix(log_cum_rows: Tensor, log_cum_cols: Tensor, diagonal: int) -> 
     return diff.masked_fill(~keep, float("-inf")).exp()
 
 
-def block_coefficients(log_alpha: Tensor, log_theta: Optional[Tensor], eta: Tensor) -> BlockCoefficients:
-    """Coefficients of one block (or a batch of blocks): inputs ``(..., L)``."""
-    zero = torch.zeros_like(log_alpha[..., :1])
-    log_gamma = torch.cat([zero, log_alpha.cumsum(-1)], dim=-1)            # (..., L+1)
-    gamma_ratio = _ratio_matrix(log_gamma, log_gamma[..., 1:], diagonal=-1)  # (..., L+1, L): s ≤ t
+def block_coefficients(log_alpha: Optional[Tensor], log_theta: Optional[Tensor], eta: Tensor) -> BlockCoefficients:
+    """Coefficients of one block (or a batch of blocks): inputs ``(..., L)``; ``None`` = factor 1."""
+    length = eta.shape[-1]
+    if log_alpha is None:                                                   # γ ≡ 1: a constant mask
+        log_gamma = torch.zeros_like(eta[..., :1]).expand(*eta.shape[:-1], length + 1)
+        gamma_ratio = torch.ones(length + 1, length, dtype=eta.dtype, device=eta.device).tril(-1)
+    else:
+        zero = torch.zeros_like(log_alpha[..., :1])
+        log_gamma = torch.cat([zero, log_alpha.cumsum(-1)], dim=-1)            # (..., L+1)
+        gamma_ratio = _ratio_matrix(log_gamma, log_gamma[..., 1:], diagonal=-1)  # (..., L+1, L): s ≤ t
     if log_theta is None:
         return BlockCoefficients(log_gamma, gamma_ratio * eta[..., None, :], None, None, None)
     log_big_theta = log_theta.cumsum(-1)                                    # (..., L)
@@ -60,11 +65,32 @@ def block_coefficients(log_alpha: Tensor, log_theta: Optional[Tensor], eta: Tens
     return BlockCoefficients(log_gamma, c, b, e, log_big_theta[..., -1].exp())
 
 
-def log_or_zeros(x: Optional[Tensor], like: Tensor) -> Tensor:
-    """log of a per-token factor in (0, 1]; a missing factor is 1."""
-    return torch.zeros_like(like) if x is None else x.log()
+def log_or_none(x: Optional[Tensor]) -> Optional[Tensor]:
+    """log of a per-token factor in (0, 1]; ``None`` stands for the factor 1."""
+    return None if x is None else x.log()
 
 
+class UnitLowerInverse(torch.autograd.Function):
+    """(I + T)⁻¹ for strictly lower-triangular T (its diagonal and upper part are not read).
+
+    Forward substitution against the identity (L right-hand sides, fewer than the values and keys
+    it is then applied to). Backward, from d(A⁻¹) = −A⁻¹ dT A⁻¹: ∂T = −A⁻ᵀ ∂(A⁻¹) A⁻ᵀ on the strict
+    lower triangle: two matrix products instead of autograd's generic solve and ``tril`` passes."""
+
+    @staticmethod
+    def forward(ctx, tri: Tensor) -> Tensor:
+        n = tri.shape[-1]
+        eye = torch.eye(n, dtype=tri.dtype, device=tri.device).expand_as(tri)
+        inv = torch.linalg.solve_triangular(tri, eye, upper=False, unitriangular=True)
+        ctx.save_for_backward(inv)
+        return inv
+
+    @staticmethod
+    def backward(ctx, grad_inv: Tensor) -> Tensor:
+        (inv,) = ctx.saved_tensors
+        n = inv.shape[-1]
+        strict = torch.ones(n, n, dtype=torch.bool, device=inv.device).tril(-1)
+        return -(inv.mT @ grad_inv @ inv.mT) * strict
 @dataclass
 class Segments:
     """How a sequence of T tokens is cut: a prefix that finishes the mini-batch the state left open,

@@ -18,7 +18,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from nlsearch.ops.blocks import BlockCoefficients, aligned_block, block_coefficients, log_or_zeros, plan_segments
+from nlsearch.ops.blocks import (BlockCoefficients, UnitLowerInverse, aligned_block, block_coefficients,
+                                 log_or_none, plan_segments)
 from nlsearch.ops.state import MemoryState, zeros_linear_state
 from nlsearch.ops.validate import DECAY_ORDERS, OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 
@@ -93,17 +94,15 @@ def linear_memory(
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block={block!r} must be a positive integer")
     seg = plan_segments(q.shape[2], state.offset, chunk, aligned_block(chunk, block))
-    la, lt = log_or_zeros(alpha, eta), None if theta is None else theta.log()
+    la, lt = log_or_none(alpha), log_or_none(theta)
     run = _Runner(objective, decay_order, chunk, read == "after_write")
-    ys, pos = [], 0
-    for length, n in ((seg.prefix, 1), (seg.block * seg.n_blocks, seg.n_blocks), (seg.tail, 1)):
-        if length == 0:
-            continue
-        sl = slice(pos, pos + length)
-        cut = [None if x is None else x[:, :, sl] for x in (q, k, v, eta, la, lt)]
-        y, state = run(*cut, n_blocks=n, state=state)
-        ys.append(y)
-        pos += length
+    sizes = [seg.prefix, seg.block * seg.n_blocks, seg.tail]
+    parts = [x.split(sizes, dim=2) if x is not None else [None] * 3 for x in (q, k, v, eta, la, lt)]
+    ys = []
+    for length, n, cut in zip(sizes, (1, seg.n_blocks, 1), zip(*parts)):
+        if length:
+            y, state = run(*cut, n_blocks=n, state=state)
+            ys.append(y)
     return (torch.cat(ys, dim=2) if ys else v.new_zeros(v.shape)), state
 
 
@@ -114,7 +113,11 @@ def _split(x: Optional[Tensor], n: int) -> Optional[Tensor]:
 
 class _Runner:
     """Processes ``n_blocks`` equal blocks that start on a mini-batch boundary, or (when the state has
-    an open mini-batch) one prefix block whose gradients are all read at the state's anchor."""
+    an open mini-batch) one prefix block whose gradients are all read at the state's anchor.
+
+    With ``u_s = uv_s − W_M[s] M_0ᵀ − W_S[s] S_0ᵀ`` (the written values, :meth:`_transform`), the state
+    ``Z = [M | S]`` moves across a block by one affine map ``Z' = Z P + Q`` whose ``P`` and ``Q`` are
+    built for all blocks at once; only ``Z ← Z P_n + Q_n`` runs sequentially."""
 
     def __init__(self, objective: str, decay_order: str, chunk: int, after_write: bool):
         self.objective, self.before_step = objective, decay_order == "before_step"
@@ -122,70 +125,66 @@ class _Runner:
 
     def __call__(self, q, k, v, eta, la, lt, *, n_blocks: int, state: MemoryState):
         q, k, v, eta, la, lt = (_split(x, n_blocks) for x in (q, k, v, eta, la, lt))  # (B, H, N, L, .)
-        length = q.shape[3]
         co = block_coefficients(la, lt, eta)
-        m = state.weights[0]
-        s = state.momentum[0] if lt is not None else None
+        m0 = state.weights[0]
+        z0 = m0 if lt is None else torch.cat([m0, state.momentum[0]], dim=-1)     # (B, H, Dv, Dk | 2Dk)
         if state.offset:
-            u_all, ms, ss, m, s = self._prefix(k, v, co, state, m, s)
+            uv, wm, ws = self._prefix(k, v, co, state), None, None
         else:
-            u_all, ms, ss, m_end = None, [], [], None
             uv, wm, ws = self._transform(k, v, co)
-            us = []
-            for n in range(n_blocks):
-                ms.append(m)
-                ss.append(s)
-                u = uv[:, :, n]
-                if wm is not None:
-                    u = u - wm[:, :, n] @ m.mT
-                    if ws is not None:
-                        u = u - ws[:, :, n] @ s.mT
-                us.append(u)
-                m, s = self._advance(m, s, u, k[:, :, n], co, n)
-            u_all = torch.stack(us, dim=2)                                    # (B, H, N, L, Dv)
-        y = self._read(q, k, u_all, torch.stack(ms, 2), None if s is None else torch.stack(ss, 2), co)
-        return y.flatten(2, 3), self._next_state(state, m, s, ms[-1], ss[-1], u_all, k, co, length)
-
-    def _grad_rows(self, length: int, device) -> Tensor:
-        """Index of each token's anchor row inside an aligned block: C*floor((s-1)/C), s = 1..L."""
-        return torch.arange(length, device=device) // self.chunk * self.chunk
+        p, qq = _transitions(uv, wm, ws, k, co)
+        zs = [z0]
+        for p_n, q_n in zip(p.unbind(2), qq.unbind(2)):                     # the only sequential part
+            zs.append(torch.baddbmm(q_n.flatten(0, 1), zs[-1].flatten(0, 1), p_n.flatten(0, 1)).view_as(q_n))
+        z_start = torch.stack(zs[:-1], dim=2)                                # (B, H, N, Dv, Dk | 2Dk)
+        dk = k.shape[-1]
+        ms, ss = z_start[..., :dk], (z_start[..., dk:] if lt is not None else None)
+        u = uv
+        if wm is not None:
+            u = u - wm @ ms.mT
+            if ws is not None:
+                u = u - ws @ ss.mT
+        y = self._read(q, k, u, ms, ss, co)
+        z_end = zs[-1]
+        m_end, s_end = z_end[..., :dk], (z_end[..., dk:] if lt is not None else None)
+        last_s = None if ss is None else ss[:, :, -1]
+        return y.flatten(2, 3), self._next_state(state, m_end, s_end, ms[:, :, -1], last_s, u, k, co)
 
     def _transform(self, k, v, co: BlockCoefficients):
-        """Solve (I + T) U = V − W_M M_0ᵀ − W_S S_0ᵀ up to the state terms: returns (Uv, W_M, W_S)."""
+        """Solve (I + T) U = V − W_M M_0ᵀ − W_S S_0ᵀ up to the state terms: returns (Uv, W_M, W_S).
+
+        Token s reads its gradient at the weights of row g(s) = C·floor((s−1)/C) of the block; with
+        ``before_step`` scaled by ρ_s = γ_s/γ_g(s). T_{s,r} = ρ_s c_{g(s),r} (k_s·k_r), strictly lower."""
         if self.objective == "dot":
             return v, None, None
-        g = self._grad_rows(k.shape[3], k.device)
+        length = k.shape[3]
+        if self.chunk == 1:
+            g = slice(0, length)                                              # g(s) = s − 1: a view
+        else:
+            g = torch.arange(length, device=k.device) // self.chunk * self.chunk
         lg = co.log_gamma
-        rho = (lg[..., 1:] - lg[..., g]).exp() if self.before_step else torch.ones_like(lg[..., 1:])
-        wm = (rho * lg[..., g].exp())[..., None] * k                           # (B, H, N, L, Dk)
-        ws = None if co.b is None else (rho * co.b[..., g])[..., None] * k
+        rho = (lg[..., 1:] - lg[..., g]).exp() if self.before_step else None
+        scale = lg[..., g].exp() if rho is None else rho * lg[..., g].exp()
+        wm = scale[..., None] * k                                             # (B, H, N, L, Dk)
+        ws = None
+        if co.b is not None:
+            ws = (co.b[..., g] if rho is None else rho * co.b[..., g])[..., None] * k
         rhs = [v, wm] + ([] if ws is None else [ws])
-        if self.chunk < k.shape[3]:
-            tri = rho[..., None] * co.c[..., g, :] * (k @ k.mT)                # (B, H, N, L, L) strictly lower
-            sol = torch.linalg.solve_triangular(tri, torch.cat(rhs, -1), upper=False, unitriangular=True)
+        if self.chunk < length:
+            tri = co.c[..., g, :] * (k @ k.mT)                                # (B, H, N, L, L)
+            if rho is not None:
+                tri = rho[..., None] * tri
+            sol = UnitLowerInverse.apply(tri) @ torch.cat(rhs, -1)
             rhs = list(sol.split([x.shape[-1] for x in rhs], dim=-1))
         return rhs[0], rhs[1], (rhs[2] if ws is not None else None)
 
-    def _prefix(self, k, v, co, state: MemoryState, m, s):
+    def _prefix(self, k, v, co, state: MemoryState) -> Tensor:
         """Tokens finishing the open mini-batch: every gradient is read at the stored anchor."""
-        u = v[:, :, 0]
-        if self.objective == "l2":
-            rho = state.anchor_decay[..., None] * co.log_gamma[:, :, 0, 1:].exp() if self.before_step \
-                else torch.ones_like(co.log_gamma[:, :, 0, 1:])
-            u = u - rho[..., None] * (k[:, :, 0] @ state.anchor[0].mT)
-        m_next, s_next = self._advance(m, s, u, k[:, :, 0], co, 0)
-        return u[:, :, None], [m], [s], m_next, s_next
-
-    @staticmethod
-    def _advance(m, s, u, k, co: BlockCoefficients, n: int):
-        """State after a block: M_L = γ_L M_0 + b_L S_0 + Σ_s c_{L,s} u_s k_sᵀ (and S_L likewise)."""
-        gamma_end = co.log_gamma[:, :, n, -1].exp()[..., None, None]
-        m_next = gamma_end * m + (u * co.c[:, :, n, -1, :, None]).mT @ k
-        if s is None:
-            return m_next, None
-        m_next = m_next + co.b[:, :, n, -1, None, None] * s
-        s_next = co.theta_end[:, :, n, None, None] * s + (u * co.e[:, :, n, :, None]).mT @ k
-        return m_next, s_next
+        if self.objective == "dot":
+            return v
+        ones = torch.ones_like(co.log_gamma[..., 1:])
+        rho = state.anchor_decay[..., None, None] * co.log_gamma[..., 1:].exp() if self.before_step else ones
+        return v - rho[..., None] * (k @ state.anchor[0][:, :, None].mT)
 
     def _read(self, q, k, u, ms, ss, co: BlockCoefficients) -> Tensor:
         """y_t = γ_t M_0 q_t + b_t S_0 q_t + Σ_{s≤t} c_{t,s} (k_s·q_t) u_s, all blocks at once."""
@@ -195,7 +194,9 @@ class _Runner:
             y = y + b[..., None] * (q @ ss.mT)
         return y
 
-    def _next_state(self, state, m, s, m0, s0, u, k, co, length) -> MemoryState:
+    def _next_state(self, state, m, s, m0, s0, u, k, co) -> MemoryState:
+        """The state after the last block; an unfinished mini-batch keeps its anchor."""
+        length = k.shape[3]
         if state.offset:
             offset = state.offset + length
             if offset < self.chunk:
@@ -212,6 +213,28 @@ class _Runner:
         if s0 is not None:
             anchor = anchor + co.b[:, :, -1, g, None, None] * s0
         return MemoryState((m,), _opt(s), (anchor,), (lg[..., -1] - lg[..., g]).exp(), open_tokens)
+
+
+def _transitions(uv: Tensor, wm: Optional[Tensor], ws: Optional[Tensor], k: Tensor, co: BlockCoefficients):
+    """P, Q of ``Z' = Z P + Q`` per block, from M_L = γ_L M_0 + b_L S_0 + uᵀ(c_L ⊙ k) and
+    S_L = Θ_L S_0 + uᵀ(e ⊙ k) with u = uv − W_M M_0ᵀ − W_S S_0ᵀ.  Shapes (B, H, N, ., .)."""
+    dk = k.shape[-1]
+    eye = torch.eye(dk, dtype=k.dtype, device=k.device)
+    kc = k * co.c[..., -1, :, None]                                           # (B, H, N, L, Dk)
+    gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
+    p_mm = gamma_end * eye
+    if wm is not None:
+        p_mm = p_mm - wm.mT @ kc
+    if co.b is None:
+        return p_mm, uv.mT @ kc
+    ke = k * co.e[..., None]
+    p_ms = torch.zeros_like(p_mm) if wm is None else -(wm.mT @ ke)
+    p_sm = co.b[..., -1, None, None] * eye
+    p_ss = co.theta_end[..., None, None] * eye
+    if ws is not None:
+        p_sm, p_ss = p_sm - ws.mT @ kc, p_ss - ws.mT @ ke
+    p = torch.cat([torch.cat([p_mm, p_ms], -1), torch.cat([p_sm, p_ss], -1)], -2)   # (B, H, N, 2Dk, 2Dk)
+    return p, torch.cat([uv.mT @ kc, uv.mT @ ke], -1)
 
 
 def _opt(s: Optional[Tensor]) -> Optional[Tuple[Tensor]]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_zeros, plan_segments
+from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_none, plan_segments
 from nlsearch.ops.state import MemoryState
 from nlsearch.ops.validate import OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 
@@ -111,31 +111,36 @@ def mlp_memory(
     """
     _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual)
     seg = plan_segments(q.shape[2], state.offset, chunk, chunk)
-    la, lt = log_or_zeros(alpha, eta), None if theta is None else theta.log()
-    co_full = None
-    if seg.n_blocks:
-        full = slice(seg.prefix, seg.prefix + seg.n_blocks * chunk)
-        split = [None if x is None else x[:, :, full].unflatten(2, (seg.n_blocks, chunk)) for x in (la, lt, eta)]
-        co_full = block_coefficients(*split)                                  # (B, H, N, C, ...)
-    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual)
     lengths = ([seg.prefix] if seg.prefix else []) + [chunk] * seg.n_blocks + ([seg.tail] if seg.tail else [])
-    ys, pos = [], 0
-    for i, length in enumerate(lengths):
-        sl = slice(pos, pos + length)
-        is_full = seg.prefix <= pos and length == chunk and (not seg.prefix or i > 0)
-        if is_full:
-            co = _pick(co_full, (pos - seg.prefix) // chunk)
-        else:
-            co = block_coefficients(la[:, :, sl], None if lt is None else lt[:, :, sl], eta[:, :, sl])
-        y, state = chunk_fn(q[:, :, sl], k[:, :, sl], v[:, :, sl], co, state, chunk)
+    la, lt = log_or_none(alpha), log_or_none(theta)
+    coefs = _chunk_coefficients(la, lt, eta, seg)
+    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual)
+    pieces = [x.split(lengths, dim=2) for x in (q, k, v)]      # split once: one concat in backward
+    ys = []
+    for qc, kc, vc, co in zip(*pieces, coefs):
+        y, state = chunk_fn(qc, kc, vc, co, state, chunk)
         ys.append(y)
-        pos += length
     return (torch.cat(ys, dim=2) if ys else v.new_zeros(v.shape)), state
 
 
-def _pick(co: BlockCoefficients, n: int) -> BlockCoefficients:
-    take = lambda x: None if x is None else x[:, :, n]  # noqa: E731
-    return BlockCoefficients(take(co.log_gamma), take(co.c), take(co.b), take(co.e), take(co.theta_end))
+def _chunk_coefficients(la: Tensor, lt: Optional[Tensor], eta: Tensor, seg) -> List[BlockCoefficients]:
+    """Coefficients of every segment (prefix, full chunks batched together, tail), in order."""
+    sizes = [seg.prefix, seg.n_blocks * seg.block, seg.tail]
+    parts = [x.split(sizes, dim=2) if x is not None else [None] * 3 for x in (la, lt, eta)]
+    out: List[BlockCoefficients] = []
+    for i, (a, t, e) in enumerate(zip(*parts)):
+        if sizes[i] == 0:
+            continue
+        if i != 1:
+            out.append(block_coefficients(a, t, e))
+            continue
+        split = [None if x is None else x.unflatten(2, (seg.n_blocks, seg.block)) for x in (a, t, e)]
+        co = block_coefficients(*split)                                       # (B, H, N, C, ...)
+        fields = [None if x is None else x.unbind(2) for x in
+                  (co.log_gamma, co.c, co.b, co.e, co.theta_end)]
+        out.extend(BlockCoefficients(*(None if f is None else f[n] for f in fields))
+                   for n in range(seg.n_blocks))
+    return out
 
 
 class _ChunkStep:
