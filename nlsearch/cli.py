@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--head-dim", type=int, default=32)
     ops.add_argument("--rules", nargs="+", default=list(RECURRENT), choices=list(RECURRENT))
     ops.add_argument("--repeats", type=int, default=5)
-    ops.add_argument("--max-seconds", type=float, default=60.0,
+    ops.add_argument("--max-seconds", type=float, default=30.0,
                      help="skip a measurement predicted to take longer (naive forms at long T)")
     ops.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ops.add_argument("--out", default="results/bench")

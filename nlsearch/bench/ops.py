@@ -27,7 +27,7 @@ class OpsBenchConfig:
     rules: Sequence[str] = RECURRENT
     impls: Sequence[str] = ("fast", "naive")
     repeats: int = 5
-    max_seconds: float = 60.0        # skip a measurement predicted to take longer than this
+    max_seconds: float = 30.0        # skip a measurement predicted to take longer than this
     device: str = "auto"
 
 

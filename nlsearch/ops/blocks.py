@@ -22,17 +22,44 @@ from torch import Tensor
 
 @dataclass
 class BlockCoefficients:
-    log_gamma: Tensor           # (..., L+1)  log γ_t, t = 0..L
-    c: Tensor                   # (..., L+1, L)
-    b: Optional[Tensor]         # (..., L+1), momentum only
-    e: Optional[Tensor]         # (..., L)  η_s Θ_L/Θ_s, momentum only
-    theta_end: Optional[Tensor]  # (...)   Θ_L, momentum only
+    """``c_{t,s} = η_s R_{t,s}``, stored as ``R`` (``None`` when γ ≡ 1 and there is no momentum:
+    then ``R`` is the causal mask and ``c`` is never built; η is folded into a matrix operand)."""
 
-    def rows(self, after_write: bool) -> "tuple[Tensor, Tensor, Optional[Tensor]]":
-        """(γ_t, c_{t,:}, b_t) at the weights each token reads: M_t, or M_{t-1} before the write."""
-        sl = slice(1, None) if after_write else slice(0, -1)
-        b = None if self.b is None else self.b[..., sl]
-        return self.log_gamma[..., sl].exp(), self.c[..., sl, :], b
+    log_gamma: Tensor            # (..., L+1)  log γ_t, t = 0..L
+    ratio: Optional[Tensor]      # (..., L+1, L)  R_{t,s}, zero for s > t; None: the mask [s ≤ t]
+    eta: Tensor                  # (..., L)
+    b: Optional[Tensor] = None   # (..., L+1), momentum only
+    e: Optional[Tensor] = None   # (..., L)  η_s Θ_L/Θ_s, momentum only
+    theta_end: Optional[Tensor] = None  # (...)   Θ_L, momentum only
+
+    def read_rows(self, after_write: bool) -> slice:
+        """Rows of the weights each token reads: M_t (after the write) or M_{t-1}."""
+        return slice(1, None) if after_write else slice(0, -1)
+
+    def gamma_b(self, rows: slice) -> "tuple[Tensor, Optional[Tensor]]":
+        return self.log_gamma[..., rows].exp(), None if self.b is None else self.b[..., rows]
+
+    def scores(self, a: Tensor, keys: Tensor, rows) -> Tensor:
+        """``c_{t,s} (a_t · keys_s)`` for the rows ``t`` selected by ``rows`` (a slice or an index):
+        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``."""
+        raw = a @ (keys * self.eta[..., None]).mT
+        if self.ratio is not None:
+            return raw * self.ratio[..., rows, :]
+        length = self.eta.shape[-1]
+        mask = torch.ones(length + 1, length, dtype=torch.bool, device=raw.device).tril(-1)[rows]
+        return raw.masked_fill(~mask, 0.0)
+
+    def row(self, t: int) -> Tensor:
+        """``c_{t,:}`` as ``(..., L)``."""
+        if self.ratio is not None:
+            return self.ratio[..., t, :] * self.eta
+        keep = torch.arange(self.eta.shape[-1], device=self.eta.device) < t
+        return self.eta * keep
+
+    def map(self, fn) -> "BlockCoefficients":
+        """Apply ``fn`` to every tensor field (e.g. select one block of a batch of blocks)."""
+        return BlockCoefficients(*(None if x is None else fn(x) for x in
+                                   (self.log_gamma, self.ratio, self.eta, self.b, self.e, self.theta_end)))
 
 
 def _ratio_matrix(log_cum_rows: Tensor, log_cum_cols: Tensor, diagonal: int) -> Tensor:
@@ -48,21 +75,23 @@ def _ratio_matrix(log_cum_rows: Tensor, log_cum_cols: Tensor, diagonal: int) -> 
 def block_coefficients(log_alpha: Optional[Tensor], log_theta: Optional[Tensor], eta: Tensor) -> BlockCoefficients:
     """Coefficients of one block (or a batch of blocks): inputs ``(..., L)``; ``None`` = factor 1."""
     length = eta.shape[-1]
-    if log_alpha is None:                                                   # γ ≡ 1: a constant mask
+    if log_alpha is None:                                                   # γ ≡ 1
         log_gamma = torch.zeros_like(eta[..., :1]).expand(*eta.shape[:-1], length + 1)
-        gamma_ratio = torch.ones(length + 1, length, dtype=eta.dtype, device=eta.device).tril(-1)
+        gamma_ratio = None
     else:
         zero = torch.zeros_like(log_alpha[..., :1])
         log_gamma = torch.cat([zero, log_alpha.cumsum(-1)], dim=-1)            # (..., L+1)
         gamma_ratio = _ratio_matrix(log_gamma, log_gamma[..., 1:], diagonal=-1)  # (..., L+1, L): s ≤ t
     if log_theta is None:
-        return BlockCoefficients(log_gamma, gamma_ratio * eta[..., None, :], None, None, None)
+        return BlockCoefficients(log_gamma, gamma_ratio, eta)
+    if gamma_ratio is None:
+        gamma_ratio = torch.ones(length + 1, length, dtype=eta.dtype, device=eta.device).tril(-1)
     log_big_theta = log_theta.cumsum(-1)                                    # (..., L)
     theta_ratio = _ratio_matrix(log_big_theta, log_big_theta, diagonal=0)   # (..., L, L): s ≤ r
-    c = (gamma_ratio @ theta_ratio) * eta[..., None, :]
+    ratio = gamma_ratio @ theta_ratio
     b = (gamma_ratio @ log_big_theta.exp()[..., None]).squeeze(-1)
     e = theta_ratio[..., -1, :] * eta
-    return BlockCoefficients(log_gamma, c, b, e, log_big_theta[..., -1].exp())
+    return BlockCoefficients(log_gamma, ratio, eta, b, e, log_big_theta[..., -1].exp())
 
 
 def log_or_none(x: Optional[Tensor]) -> Optional[Tensor]:

@@ -171,7 +171,7 @@ class _Runner:
             ws = (co.b[..., g] if rho is None else rho * co.b[..., g])[..., None] * k
         rhs = [v, wm] + ([] if ws is None else [ws])
         if self.chunk < length:
-            tri = co.c[..., g, :] * (k @ k.mT)                                # (B, H, N, L, L)
+            tri = co.scores(k, k, g)                                          # (B, H, N, L, L)
             if rho is not None:
                 tri = rho[..., None] * tri
             sol = UnitLowerInverse.apply(tri) @ torch.cat(rhs, -1)
@@ -188,8 +188,9 @@ class _Runner:
 
     def _read(self, q, k, u, ms, ss, co: BlockCoefficients) -> Tensor:
         """y_t = γ_t M_0 q_t + b_t S_0 q_t + Σ_{s≤t} c_{t,s} (k_s·q_t) u_s, all blocks at once."""
-        gamma, c, b = co.rows(self.after_write)
-        y = gamma[..., None] * (q @ ms.mT) + (c * (q @ k.mT)) @ u
+        rows = co.read_rows(self.after_write)
+        gamma, b = co.gamma_b(rows)
+        y = gamma[..., None] * (q @ ms.mT) + co.scores(q, k, rows) @ u
         if ss is not None:
             y = y + b[..., None] * (q @ ss.mT)
         return y
@@ -208,7 +209,7 @@ class _Runner:
             return MemoryState((m,), _opt(s))
         g = length - open_tokens
         lg = co.log_gamma[:, :, -1]
-        cg = co.c[:, :, -1, g, :, None]
+        cg = co.map(lambda x: x[:, :, -1]).row(g)[..., None]
         anchor = lg[..., g].exp()[..., None, None] * m0 + (u[:, :, -1] * cg).mT @ k[:, :, -1]
         if s0 is not None:
             anchor = anchor + co.b[:, :, -1, g, None, None] * s0
@@ -220,7 +221,7 @@ def _transitions(uv: Tensor, wm: Optional[Tensor], ws: Optional[Tensor], k: Tens
     S_L = Θ_L S_0 + uᵀ(e ⊙ k) with u = uv − W_M M_0ᵀ − W_S S_0ᵀ.  Shapes (B, H, N, ., .)."""
     dk = k.shape[-1]
     eye = torch.eye(dk, dtype=k.dtype, device=k.device)
-    kc = k * co.c[..., -1, :, None]                                           # (B, H, N, L, Dk)
+    kc = k * co.row(k.shape[-2])[..., None]                                   # (B, H, N, L, Dk)
     gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
     p_mm = gamma_end * eye
     if wm is not None:

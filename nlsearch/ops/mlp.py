@@ -136,10 +136,8 @@ def _chunk_coefficients(la: Tensor, lt: Optional[Tensor], eta: Tensor, seg) -> L
             continue
         split = [None if x is None else x.unflatten(2, (seg.n_blocks, seg.block)) for x in (a, t, e)]
         co = block_coefficients(*split)                                       # (B, H, N, C, ...)
-        fields = [None if x is None else x.unbind(2) for x in
-                  (co.log_gamma, co.c, co.b, co.e, co.theta_end)]
-        out.extend(BlockCoefficients(*(None if f is None else f[n] for f in fields))
-                   for n in range(seg.n_blocks))
+        unbound = co.map(lambda x: x.unbind(2))                               # one backward concat
+        out.extend(unbound.map(lambda xs, n=n: xs[n]) for n in range(seg.n_blocks))
     return out
 
 
@@ -173,16 +171,17 @@ class _ChunkStep:
         weights, mom = state.weights, state.momentum if co.b is not None else None
         anchor = state.anchor if state.offset else weights
         xs, deltas = self._grads(anchor, k, v)
-        gamma, c, b = co.rows(self.after_write)
+        rows = co.read_rows(self.after_write)
+        gamma, b = co.gamma_b(rows)
         h = q
         for i, w in enumerate(weights):
-            z = gamma[..., None] * (h @ w.mT) - (c * (h @ xs[i].mT)) @ deltas[i]
+            z = gamma[..., None] * (h @ w.mT) - co.scores(h, xs[i], rows) @ deltas[i]
             if mom is not None:
                 z = z + b[..., None] * (h @ mom[i].mT)
             h = self.act(z) if i < len(weights) - 1 else z
         y = h + q if self.residual else h
         gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
-        c_end = co.c[..., -1, :, None]
+        c_end = co.row(q.shape[2])[..., None]
         new_w = [gamma_end * w - (d * c_end).mT @ x for w, d, x in zip(weights, deltas, xs)]
         new_s = None
         if mom is not None:

@@ -1,0 +1,115 @@
+"""A Mamba (selective SSM) mixer: the Mamba-1 block around :func:`nlsearch.ops.ssm.selective_scan`.
+
+    [x, z] = W_in u;  x = SiLU(conv(x));  Δ = softplus(W_Δ (W_r x) + b_Δ);  B, C = W_B x, W_C x
+    y = W_out (scan(x, Δ, A = −exp(A_log), B, C, D) ⊙ SiLU(z))
+
+Initialisation as in Mamba: A_log = log(1..N) per channel (S4D-real), D = 1, and b_Δ the inverse
+softplus of Δ drawn log-uniformly in [dt_min, dt_max]. With ``use_kernel`` and the optional package
+``mamba_ssm`` installed, a CUDA input without a carried state goes through its fused kernel; every
+other case (and every test) runs the pure-PyTorch scan.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from nlsearch.layers.conv import ShortConv
+from nlsearch.ops.ssm import selective_scan, selective_scan_naive
+
+
+class MambaLayerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["mamba"] = "mamba"
+    expand: PositiveInt = 2                  # inner channels = expand * d_model
+    d_state: PositiveInt = 16                # N
+    dt_rank: Optional[PositiveInt] = None    # low-rank Δ projection; default ceil(d_model / 16)
+    conv_size: int = 4                       # 0 or 1: no short convolution
+    dt_min: PositiveFloat = 1e-3
+    dt_max: PositiveFloat = 1e-1
+    chunk: PositiveInt = 64                  # compute setting of the chunked scan
+    impl: Literal["fast", "naive"] = "fast"
+    use_kernel: bool = True                  # mamba_ssm's CUDA kernel where installed and applicable
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "MambaLayerConfig":
+        if self.dt_min >= self.dt_max:
+            raise ValueError(f"dt_min={self.dt_min} must be below dt_max={self.dt_max}")
+        if self.conv_size < 0:
+            raise ValueError(f"conv_size={self.conv_size} must be >= 0")
+        return self
+
+    def build(self, d_model: int) -> "MambaLayer":
+        return MambaLayer(d_model, self)
+
+
+class MambaState(NamedTuple):
+    ssm: Tensor              # (B, Dch, N)
+    conv: Optional[Tensor]   # (B, Dch, conv_size - 1), None without a convolution
+
+
+class MambaLayer(nn.Module):
+    def __init__(self, d_model: int, cfg: MambaLayerConfig):
+        super().__init__()
+        self.cfg = cfg
+        dch, n = cfg.expand * d_model, cfg.d_state
+        rank = cfg.dt_rank or math.ceil(d_model / 16)
+        self.dch, self.n, self.rank = dch, n, rank
+        self.in_proj = nn.Linear(d_model, 2 * dch, bias=False)
+        self.conv = ShortConv(dch, cfg.conv_size) if cfg.conv_size > 1 else None
+        self.x_proj = nn.Linear(dch, rank + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(rank, dch)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(dch, 1))
+        self.D = nn.Parameter(torch.ones(dch))
+        self.out_proj = nn.Linear(dch, d_model, bias=False)
+        self._init_dt()
+
+    def _init_dt(self) -> None:
+        cfg = self.cfg
+        with torch.no_grad():
+            nn.init.uniform_(self.dt_proj.weight, -self.rank ** -0.5, self.rank ** -0.5)
+            lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+            dt = torch.exp(lo + (hi - lo) * torch.rand(self.dch))
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))     # softplus(bias) = dt
+
+    def forward(self, u: Tensor, state: Optional[MambaState] = None) -> Tuple[Tensor, MambaState]:
+        """u (B, T, d_model) -> (y (B, T, d_model), state)."""
+        x, z = self.in_proj(u).chunk(2, dim=-1)                             # (B, T, Dch) each
+        conv_state = None
+        if self.conv is not None:
+            x, conv_state = self.conv(x, None if state is None else state.conv)
+        else:
+            x = F.silu(x)
+        dt, b, c = self.x_proj(x).split([self.rank, self.n, self.n], dim=-1)
+        delta = F.softplus(self.dt_proj(dt))                                # (B, T, Dch)
+        a = -torch.exp(self.A_log.to(x.dtype))                              # (Dch, N)
+        d = self.D.to(x.dtype)
+        y, h = self._scan(x, delta, a, b, c, d, None if state is None else state.ssm)
+        return self.out_proj(y * F.silu(z)), MambaState(h, conv_state)
+
+    def _scan(self, x, delta, a, b, c, d, h0) -> Tuple[Tensor, Tensor]:
+        kernel = _kernel() if self.cfg.use_kernel and x.is_cuda and h0 is None else None
+        if kernel is not None:
+            y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d.float(), return_last_state=True)
+            return y.mT, h.to(x.dtype)                                      # the kernel takes no h0
+        if self.cfg.impl == "naive":
+            return selective_scan_naive(x, delta, a, b, c, d, h0)
+        return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
+
+    def state_size(self) -> int:
+        """Numbers carried per sequence: the SSM state (Dch × N) and the convolution's last inputs."""
+        return self.dch * self.n + (self.conv.state_size() if self.conv else 0)
+
+
+def _kernel():
+    """``mamba_ssm``'s fused selective scan, or None where the package is not installed."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except ImportError:
+        return None
+    return selective_scan_fn
