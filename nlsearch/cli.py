@@ -23,7 +23,7 @@ def _table(df, title: str, floatfmt: str = "{:.3g}") -> Table:
 
 def _bench_ops(args: argparse.Namespace) -> int:
     from nlsearch.bench.ops import OpsBenchConfig, floor_checks, pick_device, run_ops_bench
-    from nlsearch.io import write_parquet, write_text
+    from nlsearch.io import markdown_table, write_parquet, write_text
 
     cfg = OpsBenchConfig(lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
                          rules=args.rules, repeats=args.repeats, max_seconds=args.max_seconds,
@@ -37,8 +37,8 @@ def _bench_ops(args: argparse.Namespace) -> int:
     out = Path(args.out)
     table_path = write_parquet(df, out / f"ops-{device.type}.parquet")
     md = "\n\n".join([f"# nlsearch bench ops ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}, "
-                      f"commit {df['git_commit'].iloc[0]})", shown.to_markdown(index=False),
-                      "## Floors", floors.to_markdown(index=False)])
+                      f"commit {df['git_commit'].iloc[0]})", markdown_table(shown),
+                      "## Floors", markdown_table(floors)])
     write_text(md + "\n", out / f"ops-{device.type}.md")
     console.print(f"saved {table_path} and {out / f'ops-{device.type}.md'}")
     return 0

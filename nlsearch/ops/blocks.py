@@ -109,8 +109,9 @@ class UnitLowerInverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, tri: Tensor) -> Tensor:
         n = tri.shape[-1]
-        eye = torch.eye(n, dtype=tri.dtype, device=tri.device).expand_as(tri)
-        inv = torch.linalg.solve_triangular(tri, eye, upper=False, unitriangular=True)
+        work = tri if tri.dtype in (torch.float32, torch.float64) else tri.float()   # no half-precision solve
+        eye = torch.eye(n, dtype=work.dtype, device=work.device).expand_as(work)
+        inv = torch.linalg.solve_triangular(work, eye, upper=False, unitriangular=True).to(tri.dtype)
         ctx.save_for_backward(inv)
         return inv
 

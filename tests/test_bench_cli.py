@@ -1,0 +1,23 @@
+"""The benchmark command runs end to end at a tiny size and writes its tables (no timing asserted)."""
+import pandas as pd
+
+from nlsearch.cli import main
+
+
+def test_bench_ops_writes_tables(tmp_path):
+    rc = main(["bench", "ops", "--lengths", "16", "32", "--batch", "1", "--heads", "1", "--head-dim", "4",
+               "--rules", "deltanet", "titans-lmm", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    assert rc == 0
+    df = pd.read_parquet(tmp_path / "ops-cpu.parquet")
+    assert set(df.rule) == {"sdpa", "deltanet", "titans-lmm"}
+    assert set(df["T"]) == {16, 32}
+    assert (df.seconds > 0).all() and (df.tokens_per_s > 0).all()
+    assert {"hardware", "torch", "git_commit", "saved_bytes_per_token"} <= set(df.columns)
+    assert (tmp_path / "ops-cpu.md").read_text().startswith("# nlsearch bench ops")
+
+
+def test_bench_ops_bad_device_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    rc = main(["bench", "ops", "--device", "cuda", "--out", str(tmp_path / "out")])
+    assert rc == 2
+    assert not (tmp_path / "out").exists()
