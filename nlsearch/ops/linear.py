@@ -13,7 +13,7 @@ weight decay: ``M(αI − ηkkᵀ) + ηvkᵀ`` per token), ``before_step`` at th
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
