@@ -1,46 +1,10 @@
-"""The memory layer and the minimal backbone: pieces, state size, and a smoke training run."""
+"""The memory layer and the backbone (the mixer contract lives in test_mixers.py)."""
 import pytest
 import torch
 
 from nlsearch.layers import MemoryLayerConfig
 from nlsearch.models import BackboneConfig
-from nlsearch.ops import PRESETS, preset
-
-
-def _tensors(state):
-    if isinstance(state, torch.Tensor):
-        return [state]
-    if isinstance(state, (tuple, list)):
-        return [t for s in state for t in _tensors(s)]
-    return []
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_layer_pieces_equal_whole(name):
-    layer = MemoryLayerConfig(rule=preset(name), n_heads=2).build(16).double()
-    x = torch.randn(2, 29, 16, dtype=torch.float64)
-    y, st = layer(x)
-    ys, s = [], None
-    for a, b in [(0, 5), (5, 6), (6, 29)]:
-        y_, s = layer(x[:, a:b], s)
-        ys.append(y_)
-    torch.testing.assert_close(torch.cat(ys, 1), y, atol=1e-10, rtol=1e-10)
-    carried = sum(t[0].numel() for t in _tensors(s))
-    assert carried <= layer.state_size()
-    if preset(name).chunk == 1:
-        assert carried == layer.state_size()
-
-
-@pytest.mark.parametrize("name", sorted(PRESETS))
-def test_layer_is_causal(name):
-    layer = MemoryLayerConfig(rule=preset(name), n_heads=2).build(16).double()
-    x = torch.randn(1, 40, 16, dtype=torch.float64)
-    y1, _ = layer(x)
-    x2 = x.clone()
-    x2[:, 25] += 1.0
-    y2, _ = layer(x2)
-    torch.testing.assert_close(y1[:, :25], y2[:, :25], atol=0, rtol=0)
-    assert not torch.allclose(y1[:, 25:], y2[:, 25:])
+from nlsearch.ops import preset
 
 
 def test_fast_and_naive_layers_agree():
@@ -81,3 +45,22 @@ def test_smoke_training_loss_falls(name):
         losses.append(loss.item())
     first, last = sum(losses[:20]) / 20, sum(losses[-20:]) / 20
     assert last < 0.6 * first, (first, last)
+
+
+@pytest.mark.parametrize("mixer", [{"kind": "attention", "n_heads": 2}, {"kind": "mamba"},
+                                   {"rule": {"objective": "dot"}}])
+def test_backbone_builds_every_mixer_kind_and_carries_state(mixer):
+    cfg = BackboneConfig.model_validate({"d_model": 16, "n_layers": 2, "mixer": mixer})
+    model = cfg.build().double()
+    tokens = torch.randint(0, 256, (2, 23))
+    whole, _ = model(tokens)
+    first, state = model(tokens[:, :9])
+    rest, _ = model(tokens[:, 9:], state)
+    torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=1e-10, rtol=1e-10)
+
+
+def test_backbone_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="mixer.mamba.n_heads"):
+        BackboneConfig.model_validate({"mixer": {"kind": "mamba", "n_heads": 2}})
+    with pytest.raises(ValueError, match="kind"):
+        BackboneConfig.model_validate({"mixer": {"kind": "lstm"}})

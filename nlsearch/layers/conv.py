@@ -21,7 +21,7 @@ class ShortConv(nn.Module):
             state = xt.new_zeros(xt.shape[0], xt.shape[1], self.size - 1)
         full = torch.cat([state, xt], dim=-1)                                    # (B, C, size-1+T)
         y = F.silu(self.conv(full)).transpose(1, 2)
-        return y, full[..., full.shape[-1] - (self.size - 1):]
+        return y, full[..., full.shape[-1] - (self.size - 1):].clone()     # not a view of all of x
 
     def state_size(self) -> int:
         return self.conv.in_channels * (self.size - 1)

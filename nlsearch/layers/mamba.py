@@ -87,21 +87,24 @@ class MambaLayer(nn.Module):
             x = F.silu(x)
         dt, b, c = self.x_proj(x).split([self.rank, self.n, self.n], dim=-1)
         delta = F.softplus(self.dt_proj(dt))                                # (B, T, Dch)
-        a = -torch.exp(self.A_log.to(x.dtype))                              # (Dch, N)
-        d = self.D.to(x.dtype)
-        y, h = self._scan(x, delta, a, b, c, d, None if state is None else state.ssm)
-        return self.out_proj(y * F.silu(z)), MambaState(h, conv_state)
+        y, h = self._scan(x, delta, b, c, None if state is None else state.ssm)
+        return self.out_proj(y.to(z.dtype) * F.silu(z)), MambaState(h, conv_state)
 
-    def _scan(self, x, delta, a, b, c, d, h0) -> Tuple[Tensor, Tensor]:
+    def _scan(self, x, delta, b, c, h0) -> Tuple[Tensor, Tensor]:
+        """The scan runs in float32 at least (float64 stays float64); so does the carried state."""
+        work = torch.promote_types(x.dtype, torch.float32)
+        a = -torch.exp(self.A_log.to(work))                                 # (Dch, N)
+        d = self.D.to(work)
         kernel = _kernel() if self.cfg.use_kernel and x.is_cuda and h0 is None else None
         if kernel is not None:
-            y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d.float(), return_last_state=True)
-            return y.mT, h.to(x.dtype)                                      # the kernel takes no h0
+            y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d, return_last_state=True)
+            return y.mT, h.to(work)                                         # the kernel takes no h0
+        x, delta, b, c = (t.to(work) for t in (x, delta, b, c))
         if self.cfg.impl == "naive":
             return selective_scan_naive(x, delta, a, b, c, d, h0)
         return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
 
-    def state_size(self) -> int:
+    def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence: the SSM state (Dch × N) and the convolution's last inputs."""
         return self.dch * self.n + (self.conv.state_size() if self.conv else 0)
 

@@ -6,7 +6,7 @@ memory read is RMS-normalised per head before the output projection.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional, Tuple
+from typing import Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,13 +20,14 @@ from nlsearch.ops import MemoryRule, MemoryState, apply_memory, preset
 class MemoryLayerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    kind: Literal["memory"] = "memory"
     rule: MemoryRule = preset("deltanet")
     n_heads: PositiveInt = 4
     head_dim: Optional[PositiveInt] = None   # default d_model // n_heads
     conv_size: int = 4                       # 0 or 1: no short convolution
     qk_norm: bool = True
     eta_scale: Optional[float] = None        # default 1 for linear memories, 0.1 for MLP memories
-    impl: str = "fast"
+    impl: Literal["fast", "naive"] = "fast"      # compute path only: both give the same results
 
     def build(self, d_model: int) -> "MemoryLayer":
         return MemoryLayer(d_model, self)
@@ -89,9 +90,9 @@ class MemoryLayer(nn.Module):
         y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
         return self.out(y), LayerState(mem, conv_state)
 
-    def state_size(self) -> int:
-        """Numbers carried per sequence: memory weights, momentum, the open mini-batch's anchor
-        (chunk > 1) and the convolution's last inputs."""
+    def state_size(self, seq_len: Optional[int] = None) -> int:
+        """Numbers carried per sequence (any ``seq_len``): memory weights, momentum, the open
+        mini-batch's anchor (chunk > 1) and the convolution's last inputs."""
         per_copy = sum(w[0].numel() for w in self.initial_state(1, self.qkv.weight).memory.weights)
         copies = 1 + int(self.rule.optimizer == "momentum") + int(self.rule.chunk > 1)
         anchor_decay = self.h if self.rule.chunk > 1 else 0

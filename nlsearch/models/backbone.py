@@ -1,12 +1,24 @@
 """The one generic backbone: embedding -> N x (pre-norm mixer, pre-norm MLP) -> norm -> head."""
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Annotated, Any, List, Optional, Tuple, Union
 
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import BaseModel, ConfigDict, Discriminator, PositiveInt, Tag
 from torch import Tensor, nn
 
-from nlsearch.layers import MemoryLayerConfig, SwiGLU
+from nlsearch.layers import AttentionLayerConfig, MambaLayerConfig, MemoryLayerConfig, SwiGLU
+
+
+def _mixer_kind(value) -> Optional[str]:
+    """A mixer config's ``kind``; a mapping without one is a memory mixer (the default)."""
+    return value.get("kind", "memory") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+MixerConfig = Annotated[
+    Union[Annotated[MemoryLayerConfig, Tag("memory")], Annotated[MambaLayerConfig, Tag("mamba")],
+          Annotated[AttentionLayerConfig, Tag("attention")]],
+    Discriminator(_mixer_kind),
+]
 
 
 class BackboneConfig(BaseModel):
@@ -16,7 +28,7 @@ class BackboneConfig(BaseModel):
     d_model: PositiveInt = 128
     n_layers: PositiveInt = 2
     mlp_ratio: float = 4.0
-    mixer: MemoryLayerConfig = MemoryLayerConfig()
+    mixer: MixerConfig = MemoryLayerConfig()
     tie_embeddings: bool = True
 
     def build(self) -> "LM":
@@ -59,5 +71,7 @@ class LM(nn.Module):
             new_states.append(st)
         return self.head(self.norm(x)), new_states
 
-    def state_size(self) -> int:
-        return sum(b.mixer.state_size() for b in self.blocks)
+    def state_size(self, seq_len: Optional[int] = None) -> int:
+        """Numbers carried per sequence after ``seq_len`` tokens (needed where a mixer's state grows
+        with the length, as attention's KV cache does)."""
+        return sum(b.mixer.state_size(seq_len) for b in self.blocks)
