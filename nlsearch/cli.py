@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console()
@@ -44,6 +45,108 @@ def _bench_ops(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nlsearch.models import load_model_config
+    from nlsearch.models.describe import describe
+
+    info = describe(load_model_config(args.model), seq_len=args.seq_len)
+    console.print(f"[bold]{info['name']}[/bold]  sha256 {info['config_sha256'][:16]}")
+    console.print(f"parameters {info['params']:,} ({info['params_non_embedding']:,} without the embedding)  "
+                  f"state {info['state_size']:,} numbers/sequence at T={info['seq_len']}  "
+                  f"~{info['flops_per_token'] / 1e6:.2f} MFLOP/token (forward)")
+    levels = pd.DataFrame(info["levels"])[["name", "frequency", "objective", "memory", "what"]]
+    console.print(_table(levels, f"nesting profile, fastest first: depth {info['nesting_depth']}"))
+    return 0
+
+
+def _tasks_list(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nlsearch.budgets import task_kind
+    from nlsearch.tasks import list_tasks, load_task
+
+    tasks_dir = Path(args.tasks_dir) if args.tasks_dir else None
+    rows = []
+    for ref in list_tasks(tasks_dir):
+        task = load_task(ref, tasks_dir)
+        metrics = ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in task.spec.metrics)
+        rows.append({"task": ref, "kind": task_kind(task), "phases": len(task.phase_names()), "metrics": metrics,
+                     "train": " ".join(map(str, task.spec.lengths.train)),
+                     "eval": " ".join(map(str, task.spec.lengths.eval))})
+    console.print(_table(pd.DataFrame(rows), "tasks (↑ higher is better, ↓ lower is better)"))
+    return 0
+
+
+def _result_table(record, title: str) -> Table:
+    import pandas as pd
+
+    names = [n for n in record.metrics if "[" not in n]
+    df = pd.DataFrame({"metric": names, "value": [record.metrics[n] for n in names],
+                       "better": ["higher" if record.higher_is_better[n] else "lower" for n in names]})
+    return _table(df, title, floatfmt="{:.4f}")
+
+
+def _print_record(record, where: Path) -> None:
+    console.print(_result_table(record, f"{record.model or 'model'} on {record.task}, budget {record.budget}, "
+                                        f"seed {record.seed}"))
+    speed = f"{record.tokens_per_s:,.0f} tokens/s" if record.tokens_per_s else "tokens/s n/a"
+    console.print(f"parameters {record.params:,}  state {record.state_size:,} numbers/sequence at "
+                  f"T={record.state_size_length}  {speed}  wall {record.wall_time_s:.1f} s  "
+                  f"{record.hardware}  commit {record.git_commit}")
+    console.print(f"saved {escape(str(where))}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from nlsearch.train import NonFiniteLossError, default_run_dir, plan_run, train
+
+    plan = plan_run(args.model, args.task, args.budget, args.seed, args.device, args.threads)
+    run_dir = default_run_dir(args.out, plan)
+    try:
+        result = train(plan.cfg, plan.task, plan.budget, args.seed, run_dir=run_dir, resume=args.resume,
+                       device=args.device, threads=args.threads, progress=not args.quiet)
+    except NonFiniteLossError as err:
+        console.print(f"[red]diverged:[/red] {escape(str(err))}; checkpoints, if any, are in {escape(str(run_dir))}")
+        return 1
+    _print_record(result.record, run_dir / "record.json")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from nlsearch.train import evaluate_checkpoint
+
+    record, _, out = evaluate_checkpoint(args.checkpoint, task=args.task, budget=args.budget, device=args.device)
+    _print_record(record, out / "record.json")
+    return 0
+
+
+def _add_run_commands(sub) -> None:
+    tasks = sub.add_parser("tasks", help="task specs").add_subparsers(dest="what", required=True)
+    listing = tasks.add_parser("list", help="every task spec: name@version, kind, metrics, lengths")
+    listing.add_argument("--tasks-dir", default=None, help="folder of task YAML files (default: tasks/)")
+    listing.set_defaults(func=_tasks_list)
+
+    tr = sub.add_parser("train", help="train a model on a task under a budget; print and save its record")
+    tr.add_argument("--model", required=True, help="a preset name or a model YAML file")
+    tr.add_argument("--task", required=True, help="name, name@version or a task YAML file")
+    tr.add_argument("--budget", default="smoke", help="smoke, cpu, gpu or a budget YAML file")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", default="results/runs", help="runs go to OUT/<task>/<model>-<sha>/<budget>-seed<seed>")
+    tr.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: the budget's)")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+    tr.set_defaults(func=_train)
+
+    ev = sub.add_parser("eval", help="re-evaluate a saved model; print and save its record")
+    ev.add_argument("--checkpoint", required=True, help="a run directory (or one of its checkpoint folders)")
+    ev.add_argument("--task", default=None, help="another task (default: the run's)")
+    ev.add_argument("--budget", default=None, help="another budget (default: the run's)")
+    ev.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ev.set_defaults(func=_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlsearch", description="Nested Learning architecture search and benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -61,15 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ops.add_argument("--out", default="results/bench")
     ops.set_defaults(func=_bench_ops)
+
+    desc = sub.add_parser("describe", help="parameters, state size, FLOPs/token and the nesting profile")
+    desc.add_argument("model", help="a preset name (nlsearch/models/presets/) or a model YAML file")
+    desc.add_argument("--seq-len", type=int, default=512, help="length at which state and FLOPs are counted")
+    desc.set_defaults(func=_describe)
+    _add_run_commands(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    global console
+    console = Console()                       # created per call: honours COLUMNS and redirection
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:
-        console.print(f"[red]error:[/red] {err}")
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        console.print(f"[red]error:[/red] {escape(str(message))}")
         return 2
 
 

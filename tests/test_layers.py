@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from nlsearch.layers import MemoryLayerConfig
-from nlsearch.models import BackboneConfig
+from nlsearch.models import ModelConfig
 from nlsearch.ops import preset
 
 
@@ -29,7 +29,7 @@ def _recall_batch(gen, batch=32, pairs=4, vocab=16):
 @pytest.mark.parametrize("name", ["deltanet", "titans-lmm"])
 def test_smoke_training_loss_falls(name):
     torch.manual_seed(0)
-    cfg = BackboneConfig(vocab_size=16, d_model=32, n_layers=2,
+    cfg = ModelConfig(vocab_size=16, d_model=32, n_layers=2,
                          mixer=MemoryLayerConfig(rule=preset(name), n_heads=2))
     model = cfg.build()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -50,17 +50,10 @@ def test_smoke_training_loss_falls(name):
 @pytest.mark.parametrize("mixer", [{"kind": "attention", "n_heads": 2}, {"kind": "mamba"},
                                    {"rule": {"objective": "dot"}}])
 def test_backbone_builds_every_mixer_kind_and_carries_state(mixer):
-    cfg = BackboneConfig.model_validate({"d_model": 16, "n_layers": 2, "mixer": mixer})
+    cfg = ModelConfig.model_validate({"d_model": 16, "n_layers": 2, "mixer": mixer})
     model = cfg.build().double()
     tokens = torch.randint(0, 256, (2, 23))
     whole, _ = model(tokens)
     first, state = model(tokens[:, :9])
     rest, _ = model(tokens[:, 9:], state)
     torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=1e-10, rtol=1e-10)
-
-
-def test_backbone_config_errors_name_the_key():
-    with pytest.raises(ValueError, match="mixer.mamba.n_heads"):
-        BackboneConfig.model_validate({"mixer": {"kind": "mamba", "n_heads": 2}})
-    with pytest.raises(ValueError, match="kind"):
-        BackboneConfig.model_validate({"mixer": {"kind": "lstm"}})

@@ -3,9 +3,9 @@
 from nlsearch.layers.attention import AttentionLayer, AttentionLayerConfig, KVCache
 from nlsearch.layers.mamba import MambaLayer, MambaLayerConfig, MambaState
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
-from nlsearch.layers.mlp import SwiGLU
+from nlsearch.layers.mlp import SwiGLU, SwiGLUConfig
 
 __all__ = [
     "AttentionLayer", "AttentionLayerConfig", "KVCache", "LayerState", "MambaLayer", "MambaLayerConfig",
-    "MambaState", "MemoryLayer", "MemoryLayerConfig", "SwiGLU",
+    "MambaState", "MemoryLayer", "MemoryLayerConfig", "SwiGLU", "SwiGLUConfig",
 ]

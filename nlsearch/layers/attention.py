@@ -12,15 +12,17 @@ from typing import Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
+from nlsearch.config import Strict
+from nlsearch.profile import Level
 from nlsearch.ops.attention import causal_attention
+from nlsearch.registry import MIXERS
 
 
-class AttentionLayerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+@MIXERS.register("attention")
+class AttentionLayerConfig(Strict):
     kind: Literal["attention"] = "attention"
     n_heads: PositiveInt = 4
     head_dim: Optional[PositiveInt] = None   # default d_model // n_heads; even (RoPE turns pairs)
@@ -29,6 +31,16 @@ class AttentionLayerConfig(BaseModel):
 
     def build(self, d_model: int) -> "AttentionLayer":
         return AttentionLayer(d_model, self)
+
+    def check(self, d_model: int, path: str = "mixer") -> None:
+        """Fail before any tensor exists when the heads cannot tile the width."""
+        if self.head_dim is None and d_model % self.n_heads:
+            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
+
+    def levels(self) -> "list[Level]":
+        span = "all past tokens" if self.window is None else f"last {self.window} tokens"
+        return [Level("attention", f"non-parametric key-value memory of the {span}", "tokens", 1,
+                      "softmax (dot)", "kv-cache")]
 
 
 class KVCache(NamedTuple):
@@ -89,6 +101,11 @@ class AttentionLayer(nn.Module):
         keep = k.shape[2] if self.cfg.window is None else min(self.cfg.window - 1, k.shape[2])
         cache = KVCache(k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], offset + t)
         return self.out(y), cache
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Scores and weighted values over the average context a token sees (causal: about T/2)."""
+        context = seq_len / 2 if self.cfg.window is None else min(self.cfg.window, seq_len / 2)
+        return 2.0 * 2 * context * self.h * self.dh
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence after ``seq_len`` tokens: keys and values of the cached tokens.

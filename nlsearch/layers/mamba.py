@@ -15,16 +15,18 @@ from typing import Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt, model_validator
+from pydantic import PositiveFloat, PositiveInt, model_validator
 from torch import Tensor, nn
 
+from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
+from nlsearch.profile import Level
 from nlsearch.ops.ssm import selective_scan, selective_scan_naive
+from nlsearch.registry import MIXERS
 
 
-class MambaLayerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+@MIXERS.register("mamba")
+class MambaLayerConfig(Strict):
     kind: Literal["mamba"] = "mamba"
     expand: PositiveInt = 2                  # inner channels = expand * d_model
     d_state: PositiveInt = 16                # N
@@ -32,9 +34,9 @@ class MambaLayerConfig(BaseModel):
     conv_size: int = 4                       # 0 or 1: no short convolution
     dt_min: PositiveFloat = 1e-3
     dt_max: PositiveFloat = 1e-1
-    chunk: PositiveInt = 64                  # compute setting of the chunked scan
-    impl: Literal["fast", "naive"] = "fast"
-    use_kernel: bool = True                  # mamba_ssm's CUDA kernel where installed and applicable
+    chunk: PositiveInt = unhashed(64, "tokens per step of the chunked scan")
+    impl: Literal["fast", "naive"] = unhashed("fast", "chunked or per-token scan; same results")
+    use_kernel: bool = unhashed(True, "mamba_ssm's CUDA kernel where installed and applicable")
 
     @model_validator(mode="after")
     def _consistent(self) -> "MambaLayerConfig":
@@ -46,6 +48,10 @@ class MambaLayerConfig(BaseModel):
 
     def build(self, d_model: int) -> "MambaLayer":
         return MambaLayer(d_model, self)
+
+    def levels(self) -> "list[Level]":
+        return [Level("selective ssm", f"diagonal state h_t (N={self.d_state}) with input-dependent decay",
+                      "tokens", 1, "dot", "linear (diagonal)")]
 
 
 class MambaState(NamedTuple):
@@ -103,6 +109,10 @@ class MambaLayer(nn.Module):
         if self.cfg.impl == "naive":
             return selective_scan_naive(x, delta, a, b, c, d, h0)
         return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """The scan: decay, input and read of the (channels x state) h_t per token, ~6 FLOPs each."""
+        return 6.0 * self.dch * self.n
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence: the SSM state (Dch × N) and the convolution's last inputs."""

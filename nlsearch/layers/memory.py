@@ -6,31 +6,58 @@ memory read is RMS-normalised per head before the output projection.
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional, Tuple
+from typing import List, Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, PositiveInt
+from pydantic import PositiveInt, field_validator
 from torch import Tensor, nn
 
+from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
-from nlsearch.ops import MemoryRule, MemoryState, apply_memory, preset
+from nlsearch.profile import Level
+from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, preset
+from nlsearch.registry import MIXERS
 
 
-class MemoryLayerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+@MIXERS.register("memory")
+class MemoryLayerConfig(Strict):
     kind: Literal["memory"] = "memory"
-    rule: MemoryRule = preset("deltanet")
+    rule: MemoryRule = preset("deltanet")    # or a preset's name, e.g. ``rule: titans-lmm``
     n_heads: PositiveInt = 4
     head_dim: Optional[PositiveInt] = None   # default d_model // n_heads
     conv_size: int = 4                       # 0 or 1: no short convolution
     qk_norm: bool = True
     eta_scale: Optional[float] = None        # default 1 for linear memories, 0.1 for MLP memories
-    impl: Literal["fast", "naive"] = "fast"      # compute path only: both give the same results
+    impl: Literal["fast", "naive"] = unhashed("fast", "chunkwise or per-token form; same results")
+
+    @field_validator("rule", mode="before")
+    @classmethod
+    def _rule_by_name(cls, value):
+        if isinstance(value, str):
+            if value not in PRESETS:
+                raise ValueError(f"unknown memory preset {value!r}; known: {sorted(PRESETS)}")
+            return PRESETS[value]
+        return value
 
     def build(self, d_model: int) -> "MemoryLayer":
         return MemoryLayer(d_model, self)
+
+    def check(self, d_model: int, path: str = "mixer") -> None:
+        """Fail before any tensor exists when the heads cannot tile the width."""
+        if self.head_dim is None and d_model % self.n_heads:
+            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
+
+    def levels(self) -> List[Level]:
+        r = self.rule
+        named = next((n for n, p in PRESETS.items() if p == r), "custom rule")
+        what = f"{r.memory} fast weights ({named}), gd" if r.optimizer == "gd" else \
+            f"{r.memory} fast weights ({named}), momentum"
+        out = [Level(f"memory ({named})", what, "tokens", r.chunk, r.objective, r.memory)]
+        if r.optimizer == "momentum":
+            out.append(Level("memory momentum", "inner momentum S_t of the memory's gradients", "tokens",
+                             r.chunk, "ema of gradients", "momentum", stage=1))
+        return out
 
 
 class LayerState(NamedTuple):
@@ -89,6 +116,12 @@ class MemoryLayer(nn.Module):
         y, mem = apply_memory(self.rule, q, k, v, eta, alpha, theta, state.memory, impl=self.cfg.impl)
         y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
         return self.out(y), LayerState(mem, conv_state)
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Memory work per token beyond the projections: a write and a read of the fast weights
+        (about 3 matmul passes over them), plus the chunk form's intra-block products (~64 tokens)."""
+        fast = sum(w[0].numel() for w in self.initial_state(1, self.qkv.weight).memory.weights)
+        return 2.0 * 3 * fast + 2.0 * 3 * min(seq_len, 64) * 2 * self.h * self.dh
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence (any ``seq_len``): memory weights, momentum, the open

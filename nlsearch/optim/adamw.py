@@ -1,0 +1,34 @@
+"""AdamW: its moments are an exponential moving-average memory of gradients (and their squares)."""
+from __future__ import annotations
+
+from typing import Iterable, List, Tuple
+
+import torch
+from pydantic import PositiveFloat
+from typing_extensions import Literal
+
+from nlsearch.config import Strict
+from nlsearch.profile import Level
+from nlsearch.registry import OPTIMIZERS
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
+    """Weight decay on matrices (dim >= 2) only; norms, biases and gains keep theirs at 0."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+@OPTIMIZERS.register("adamw")
+class AdamWConfig(Strict):
+    kind: Literal["adamw"] = "adamw"
+    lr: PositiveFloat = 3e-3
+    weight_decay: float = 0.1
+    betas: Tuple[float, float] = (0.9, 0.95)
+
+    def build(self, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(decay_groups(model, self.weight_decay), lr=self.lr, betas=self.betas)
+
+    def levels(self) -> Iterable[Level]:
+        return [Level("AdamW moments", f"EMAs of gradients (β1={self.betas[0]}) and their squares "
+                      f"(β2={self.betas[1]})", "steps", 1, "ema of gradients", "moments", stage=1)]

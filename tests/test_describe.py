@@ -1,0 +1,53 @@
+"""describe: parameter count, state size, FLOPs estimate and the nesting profile."""
+import pytest
+
+from nlsearch.cli import main
+from nlsearch.models import build_model, list_presets, load_model_config
+from nlsearch.models.describe import describe, nesting_levels
+
+
+def _profile(name):
+    return [(lv.name, lv.clock, lv.period) for lv in nesting_levels(load_model_config(name))]
+
+
+def test_transformer_profile():
+    assert _profile("transformer") == [("attention", "tokens", 1), ("weights", "steps", 1),
+                                       ("AdamW moments", "steps", 1)]
+
+
+def test_titans_lmm_profile():
+    assert _profile("titans-lmm") == [("memory (titans-lmm)", "tokens", 16), ("memory momentum", "tokens", 16),
+                                      ("weights", "steps", 1), ("AdamW moments", "steps", 1)]
+
+
+def test_fastest_level_first_and_depth_counts_levels():
+    info = describe(load_model_config("deltanet"))
+    assert [row["name"] for row in info["levels"]] == ["memory (deltanet)", "weights", "AdamW moments"]
+    assert info["levels"][0]["frequency"] == "every token"
+    assert info["nesting_depth"] == 3
+
+
+@pytest.mark.parametrize("name", list_presets())
+def test_describe_counts_match_the_model(name):
+    cfg = load_model_config(name)
+    info = describe(cfg, seq_len=256)
+    model = build_model(cfg)
+    assert info["params"] == sum(p.numel() for p in model.parameters())
+    assert info["state_size"] == model.state_size(256)
+    assert info["flops_per_token"] > 2 * info["params_non_embedding"]
+    assert info["nesting_depth"] == len(info["levels"]) >= 3
+
+
+def test_attention_flops_grow_with_length_recurrent_do_not():
+    att, mem = load_model_config("transformer"), load_model_config("deltanet")
+    assert describe(att, 4096)["flops_per_token"] > describe(att, 512)["flops_per_token"]
+    assert describe(mem, 4096)["flops_per_token"] == describe(mem, 512)["flops_per_token"]
+
+
+def test_cli_describe(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["describe", "titans-lmm"]) == 0
+    out = capsys.readouterr().out
+    assert "nesting profile" in out and "memory (titans-lmm)" in out
+    assert main(["describe", "no-such-preset"]) == 2
+    assert "unknown model preset 'no-such-preset'" in capsys.readouterr().out
