@@ -37,8 +37,8 @@ def parse_config(cls: Type[C], data: Any, source: str = "<config>") -> C:
         raise ConfigError(_format(err, source)) from None
 
 
-def load_config(cls: Type[C], path: Union[str, Path]) -> C:
-    """Read YAML (or JSON, a YAML subset) with safe parsing only; nothing is executed."""
+def read_yaml_mapping(path: Union[str, Path]) -> dict:
+    """The mapping in a YAML (or JSON) file, read with safe parsing only: nothing is executed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
@@ -48,7 +48,11 @@ def load_config(cls: Type[C], path: Union[str, Path]) -> C:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-    return parse_config(cls, data, str(path))
+    return data
+
+
+def load_config(cls: Type[C], path: Union[str, Path]) -> C:
+    return parse_config(cls, read_yaml_mapping(path), str(path))
 
 
 def unhashed(default: Any, description: str):

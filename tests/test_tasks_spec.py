@@ -102,7 +102,7 @@ def test_spec_file_errors(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match="absent.yaml"):
         load_task(str(tmp_path / "absent.yaml"))
     (tmp_path / "bad.yaml").write_text("- a list\n")
-    with pytest.raises(ValueError, match="a task spec is a mapping"):
+    with pytest.raises(ValueError, match="bad.yaml: expected a mapping at the top level"):
         read_spec(tmp_path / "bad.yaml")
     folder = tmp_path / "dup"
     folder.mkdir()

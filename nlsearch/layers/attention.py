@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
+from nlsearch.layers.heads import head_dim
 from nlsearch.config import Strict
 from nlsearch.profile import Level
 from nlsearch.ops.attention import causal_attention
@@ -34,8 +35,7 @@ class AttentionLayerConfig(Strict):
 
     def check(self, d_model: int, path: str = "mixer") -> None:
         """Fail before any tensor exists when the heads cannot tile the width."""
-        if self.head_dim is None and d_model % self.n_heads:
-            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
+        head_dim(d_model, self.n_heads, self.head_dim, path)
 
     def levels(self) -> "list[Level]":
         span = "all past tokens" if self.window is None else f"last {self.window} tokens"
@@ -75,9 +75,7 @@ class AttentionLayer(nn.Module):
     def __init__(self, d_model: int, cfg: AttentionLayerConfig):
         super().__init__()
         h = cfg.n_heads
-        dh = cfg.head_dim or d_model // h
-        if cfg.head_dim is None and d_model % h:
-            raise ValueError(f"n_heads={h} does not divide d_model={d_model}")
+        dh = head_dim(d_model, h, cfg.head_dim)
         if dh % 2:
             raise ValueError(f"head_dim={dh} must be even: RoPE rotates pairs of channels")
         self.cfg, self.h, self.dh = cfg, h, dh

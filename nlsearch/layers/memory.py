@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pydantic import PositiveInt, field_validator
 from torch import Tensor, nn
 
+from nlsearch.layers.heads import head_dim
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
@@ -45,8 +46,7 @@ class MemoryLayerConfig(Strict):
 
     def check(self, d_model: int, path: str = "mixer") -> None:
         """Fail before any tensor exists when the heads cannot tile the width."""
-        if self.head_dim is None and d_model % self.n_heads:
-            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
+        head_dim(d_model, self.n_heads, self.head_dim, path)
 
     def levels(self) -> List[Level]:
         r = self.rule
@@ -69,9 +69,7 @@ class MemoryLayer(nn.Module):
     def __init__(self, d_model: int, cfg: MemoryLayerConfig):
         super().__init__()
         h = cfg.n_heads
-        dh = cfg.head_dim or d_model // h
-        if cfg.head_dim is None and d_model % h:
-            raise ValueError(f"n_heads={h} does not divide d_model={d_model}")
+        dh = head_dim(d_model, h, cfg.head_dim)
         self.cfg, self.rule, self.h, self.dh = cfg, cfg.rule, h, dh
         self.qkv = nn.Linear(d_model, 3 * h * dh, bias=False)
         self.conv = ShortConv(3 * h * dh, cfg.conv_size) if cfg.conv_size > 1 else None

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
+from nlsearch.config import read_yaml_mapping
 from nlsearch.tasks.batch import TaskBatch, TaskContext, check_split, torch_rng
 from nlsearch.tasks.registry import Generator, get_generator
 
@@ -82,12 +82,7 @@ def _explain(err: ValidationError, path: Path, prefix: Tuple[str, ...] = ()) -> 
 def read_spec(path: Union[str, Path]) -> TaskSpec:
     """Returns the validated spec in ``path``; raises ValueError naming the file and the bad key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a task spec is a mapping, got {type(raw).__name__}")
+    raw = read_yaml_mapping(path)
     try:
         spec = TaskSpec.model_validate(raw)
     except ValidationError as e:
