@@ -1,5 +1,7 @@
 """Outer optimizers: the slowest levels of the nesting (weights, then the optimizer's own memory of
 gradients). Each config is registered by ``kind`` and builds a ``torch.optim.Optimizer``."""
 from nlsearch.optim.adamw import AdamWConfig
+from nlsearch.optim.dmgd import DMGD, DMGDConfig
+from nlsearch.optim.muon import MuonAdamW, MuonConfig
 
-__all__ = ["AdamWConfig"]
+__all__ = ["AdamWConfig", "DMGD", "DMGDConfig", "MuonAdamW", "MuonConfig"]
