@@ -160,3 +160,49 @@ def test_mamba_scans_half_inputs_in_float32():
     y2, _ = layer(x, state)
     assert y.dtype == y2.dtype == torch.bfloat16 and state.ssm.dtype == torch.float32
     assert torch.isfinite(y2).all()
+
+
+SELFMOD_SETTINGS = {
+    "chunk1-paper": dict(chunk=1, conv_size=4),
+    "chunk4-before-value-linear-split": dict(chunk=4, conv_size=0, read="before_write", memory_target="value",
+                                             gates="linear", head_input="split"),
+}
+
+
+class TestSelfModLayer(MixerContract):
+    @pytest.fixture(autouse=True, params=sorted(SELFMOD_SETTINGS))
+    def _setting(self, request):
+        self.setting = SELFMOD_SETTINGS[request.param]
+
+    def make_mixer(self, d_model):
+        from nlsearch.layers import SelfModConfig
+        return SelfModConfig(n_heads=2, **self.setting).build(d_model)
+
+    def expected_state_size(self, mixer, seq_len):
+        """state_size() counts the anchor of an open chunk, absent when seq_len % chunk == 0."""
+        chunk = mixer.cfg.chunk
+        return mixer.state_size(), chunk == 1 or seq_len % chunk != 0
+
+
+CMS_SETTINGS = {
+    "tokens-1-4-6": dict(clock="tokens", periods=[1, 4, 6]),
+    "tokens-3-8-before": dict(clock="tokens", periods=[3, 8], read="before_write"),
+    "steps-1-3": dict(clock="steps", periods=[1, 3], ratio=2.0),
+}
+
+
+class TestCMS(MixerContract):
+    """CMS is a channel mixer with the mixer interface; clock tokens carries its fast weights."""
+
+    @pytest.fixture(autouse=True, params=sorted(CMS_SETTINGS))
+    def _setting(self, request):
+        self.setting = CMS_SETTINGS[request.param]
+
+    def make_mixer(self, d_model):
+        from nlsearch.layers import CMSConfig
+        return CMSConfig(n_heads=2, **self.setting).build(d_model)
+
+    def expected_state_size(self, mixer, seq_len):
+        """Each block's anchor is carried only while its window is open (seq_len % period != 0)."""
+        exact = all(c == 1 or seq_len % c for c in mixer.cfg.periods)
+        return mixer.state_size(), exact or mixer.cfg.clock == "steps"
