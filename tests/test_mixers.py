@@ -162,6 +162,57 @@ def test_mamba_scans_half_inputs_in_float32():
     assert torch.isfinite(y2).all()
 
 
+def _titans_exact(mixer, seq_len):
+    """The memory's state_size() counts the anchor of an open mini-batch (see TestMemoryLayer)."""
+    chunk = mixer.memory.rule.chunk
+    return mixer.state_size(seq_len), chunk == 1 or seq_len % chunk != 0
+
+
+class TestTitansMAG(MixerContract):
+    @pytest.fixture(autouse=True, params=["normalized", "linear"])
+    def _gate(self, request):
+        self.gate = request.param
+
+    def make_mixer(self, d_model):
+        from nlsearch.layers import TitansMAGConfig
+        return TitansMAGConfig(memory=MemoryLayerConfig(rule="titans-lmm", n_heads=2), n_heads=2, window=6,
+                               n_persistent=3, gate=self.gate).build(d_model)
+
+    def expected_state_size(self, mixer, seq_len):
+        return _titans_exact(mixer, seq_len)
+
+
+class TestTitansMAL(MixerContract):
+    @pytest.fixture(autouse=True, params=["residual", "compose"])
+    def _inner(self, request):
+        self.inner = request.param
+
+    def make_mixer(self, d_model):
+        from nlsearch.layers import TitansMALConfig
+        return TitansMALConfig(memory=MemoryLayerConfig(rule="titans-lmm", n_heads=2), n_heads=2, window=6,
+                               n_persistent=3, inner=self.inner).build(d_model)
+
+    def expected_state_size(self, mixer, seq_len):
+        return _titans_exact(mixer, seq_len)
+
+
+class TestTitansMAC(MixerContract):
+    """Any cut works (the state keeps the open segment's start weights and keys/values), so the
+    default cuts, inside and across segments, stay."""
+
+    @pytest.fixture(autouse=True, params=[(8, "titans-lmm"), (5, "deltanet")], ids=["seg8-lmm", "seg5-deltanet"])
+    def _setting(self, request):
+        self.segment, self.rule = request.param
+
+    def make_mixer(self, d_model):
+        from nlsearch.layers import TitansMACConfig
+        return TitansMACConfig(memory=MemoryLayerConfig(rule=self.rule, n_heads=2), n_heads=2,
+                               segment=self.segment, n_persistent=3).build(d_model)
+
+    def expected_state_size(self, mixer, seq_len):
+        return _titans_exact(mixer, seq_len)
+
+
 SELFMOD_SETTINGS = {
     "chunk1-paper": dict(chunk=1, conv_size=4),
     "chunk4-before-value-linear-split": dict(chunk=4, conv_size=0, read="before_write", memory_target="value",

@@ -6,9 +6,13 @@ from nlsearch.layers.mamba import MambaLayer, MambaLayerConfig, MambaState
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
 from nlsearch.layers.mlp import SwiGLU, SwiGLUConfig
 from nlsearch.layers.selfmod import SelfModConfig, SelfModLayer
+from nlsearch.layers.titans import (
+    TitansMAC, TitansMACConfig, TitansMAG, TitansMAGConfig, TitansMAL, TitansMALConfig,
+)
 
 __all__ = [
     "AttentionLayer", "AttentionLayerConfig", "CMS", "CMSConfig", "KVCache", "LayerState", "MambaLayer",
     "MambaLayerConfig", "MambaState", "MemoryLayer", "MemoryLayerConfig", "SelfModConfig", "SelfModLayer",
-    "SwiGLU", "SwiGLUConfig",
+    "SwiGLU", "SwiGLUConfig", "TitansMAC", "TitansMACConfig", "TitansMAG", "TitansMAGConfig", "TitansMAL",
+    "TitansMALConfig",
 ]
