@@ -51,7 +51,7 @@ def test_tokens_clock_takes_one_step_per_window_with_the_summed_gradients():
     block = cms.blocks[0]
     q, k, v = block.qkv(x).view(2, 8, 3, 2, 4).permute(2, 0, 3, 1, 4)          # 3 x (B, H, T, Dh)
     k = F.normalize(k, dim=-1)
-    eta = 0.1 * torch.sigmoid(block.gates(x)).permute(0, 2, 1)                   # (B, H, T)
+    eta = 0.1 * torch.sigmoid(block.gates(x)).permute(0, 2, 1) / 4               # η = eta_scale σ(·) / C
     ws, after = [w.expand(2, -1, -1, -1) for w in block.init_weights], []
     for start in (0, 4):
         grads = [torch.func.grad(_block_loss)(ws, k[:, :, s], v[:, :, s]) for s in range(start, start + 4)]

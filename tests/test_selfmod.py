@@ -74,7 +74,7 @@ def reference(layer, x, cfg):
         k = memory(anchor["k"], u[:, s])
         k = F.normalize(k, dim=-1) if cfg.qk_norm else k
         v = memory(anchor["v"], u[:, s])
-        eta = cfg.eta_scale * torch.sigmoid(gate(layer, memory(anchor["eta"], u[:, s]), 0, cfg))
+        eta = cfg.eta_scale * torch.sigmoid(gate(layer, memory(anchor["eta"], u[:, s]), 0, cfg)) / cfg.chunk
         alpha = torch.sigmoid(gate(layer, memory(anchor["alpha"], u[:, s]), 1, cfg))
         before = weights["memory"]
         for n in NAMES:

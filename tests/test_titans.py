@@ -177,7 +177,7 @@ def test_prefix_attention_matches_naive(n_persistent):
 def test_memory_mapping_without_rule_keeps_titans_lmm_and_rule_is_configurable():
     cfg = parse_config(ModelConfig, {"d_model": 16, "mixer": {"kind": "titans-mag", "n_heads": 2,
                                                                "memory": {"n_heads": 2}}})
-    assert cfg.mixer.memory.rule == preset("titans-lmm") and cfg.mixer.memory.eta_scale == 0.02
+    assert cfg.mixer.memory.rule == preset("titans-lmm") and cfg.mixer.memory.eta_scale is None
     cfg = parse_config(ModelConfig, {"d_model": 16, "mixer": {"kind": "titans-mac", "n_heads": 2,
                                                                "memory": {"n_heads": 2, "rule": "deltanet"}}})
     assert cfg.mixer.memory.rule == preset("deltanet") and cfg.mixer.memory.eta_scale is None
@@ -221,7 +221,8 @@ def test_mac_state_size_counts_the_open_segment():
 
 @pytest.mark.parametrize("name", ["titans-mac", "titans-mag", "titans-mal"])
 def test_presets_stay_finite_at_initialisation_on_repetitive_text(name):
-    """Regression: with the memory layer's default eta_scale (0.1) these diverge at initialisation."""
+    """Regression: before the memory layer normalised its step size by the chunk (and momentum), these
+    diverged at initialisation."""
     torch.manual_seed(0)
     model = build_model(name)
     tokens = torch.tensor(list(b"the quick brown fox jumps over the lazy dog.      " * 6))[None]   # (1, 300)

@@ -87,6 +87,14 @@ class MemoryLayer(nn.Module):
             bias[0].fill_(0.0)
             bias[1:].fill_(3.0)       # retention and momentum start near 0.95
 
+    def _step_size(self, gate: Tensor, theta: Optional[Tensor]) -> Tensor:
+        """η_t = eta_scale · σ(·), divided by the mini-batch size (the op SUMS a window's gradients,
+        so this makes one window's step the mean gradient's), and by (1 − θ_t)⁻¹ with momentum
+        (momentum as an average of steps, not a sum: a window without feedback then moves at most
+        about as far as plain GD would)."""
+        eta = self.eta_scale * gate / self.rule.chunk
+        return eta if theta is None else eta * (1 - theta)
+
     def initial_state(self, batch: int, like: Tensor) -> LayerState:
         if self.rule.memory == "linear":
             weights = (like.new_zeros(batch, self.h, self.dh, self.dh),)
@@ -108,9 +116,9 @@ class MemoryLayer(nn.Module):
         if self.cfg.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         gates = torch.sigmoid(self.gates(x)).view(b, t, -1, self.h).permute(2, 0, 3, 1)  # (G, B, H, T)
-        eta = self.eta_scale * gates[0]
         alpha = gates[1] if self.rule.decay else None
         theta = gates[-1] if self.rule.optimizer == "momentum" else None
+        eta = self._step_size(gates[0], theta)
         y, mem = apply_memory(self.rule, q, k, v, eta, alpha, theta, state.memory, impl=self.cfg.impl)
         y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
         return self.out(y), LayerState(mem, conv_state)

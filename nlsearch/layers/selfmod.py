@@ -6,7 +6,7 @@ Per head, five residual 2-layer MLP memories ``M_□(a) = a + W_□,2 σ(W_□,1
 
     u_t = x_t W_u (head_input: project) or x_t's head slice (split);   q_t = x_t W_q (fixed)
     k_t = M_k,t−1(u_t)    v_t = M_v,t−1(u_t)
-    η_t = eta_scale σ(g_η(M_η,t−1(u_t)))    α_t = σ(g_α(M_α,t−1(u_t)))
+    η_t = eta_scale σ(g_η(M_η,t−1(u_t))) / C    α_t = σ(g_α(M_α,t−1(u_t)))
     v̂_□,t = M_□,t−1(v_t)
     M_□,t = α_t M_□,t−1 − η_t ∇_M ½‖M_□,t−1(k_t) − v̂_□,t‖²      (the same k_t, η_t, α_t for every □)
     y_t = W_o rms(M_memory,t(q_t))
@@ -31,7 +31,8 @@ Named readings where the paper leaves room (both of each are tested):
   memories generate their own targets).
 - ``gates``: how the scalars η_t, α_t (per head) come out of the head-wide outputs of M_η, M_α:
   ``mean`` (the mean over the head's dims, plus a learned per-head bias) or ``linear`` (a learned
-  fixed read-out vector and bias); then η = eta_scale σ(·), α = σ(·).
+  fixed read-out vector and bias); then η = eta_scale σ(·) / chunk (the op sums a chunk's gradients:
+  this makes a chunk's step the mean gradient's, as in MemoryLayer), α = σ(·).
 - ``head_input``: what the per-head memories read: ``project`` (a fixed projection u_t = x_t W_u,
   like q_t) or ``split`` (x_t's own slice of width head_dim: M_k(x_t) with no fixed weights).
 """
@@ -137,7 +138,7 @@ class SelfModLayer(nn.Module):
         k, v, s_eta, s_alpha = proj.split(h, dim=1)
         if self.cfg.qk_norm:
             k = F.normalize(k, dim=-1)
-        eta = self.cfg.eta_scale * torch.sigmoid(self._gate(s_eta, ETA))      # (B, H, L)
+        eta = self.cfg.eta_scale * torch.sigmoid(self._gate(s_eta, ETA)) / self.cfg.chunk  # (B, H, L)
         alpha = torch.sigmoid(self._gate(s_alpha, ALPHA))
         n_self = N_MEMORIES if self.cfg.memory_target == "self" else N_MEMORIES - 1
         targets = mlp_forward([w[:, :n_self * h] for w in anchor], v.repeat(1, n_self, 1, 1), act, True)

@@ -50,20 +50,17 @@ from nlsearch.ops import preset
 from nlsearch.profile import Level
 from nlsearch.registry import MIXERS
 
-MEMORY_DEFAULTS = {"rule": "titans-lmm", "eta_scale": 0.02}
-LMM = MemoryLayerConfig(rule=preset("titans-lmm"), eta_scale=MEMORY_DEFAULTS["eta_scale"])
+MEMORY_DEFAULTS = {"rule": "titans-lmm"}
+LMM = MemoryLayerConfig(rule=preset("titans-lmm"))
 
 
 class TitansConfigBase(Strict):
-    """``memory``: a mapping without ``rule`` is the Titans memory: the keys it omits come from
-    :data:`MEMORY_DEFAULTS`; one that names its rule keeps the memory layer's defaults. ``eta_scale`` 0.02,
-    not the memory layer's 0.1: with 0.1 the chunk-16 mini-batch (16 gradients summed at one anchor)
-    plus momentum ≈ 0.95 overshoots on correlated tokens (attention outputs, repeated text) and the
-    presets give non-finite outputs at initialisation; 0.02 keeps them finite there (training can still
-    diverge: a property of the memory rule's dynamics, shared by the ``titans-lmm`` preset)."""
+    """``memory``: a mapping without ``rule`` is the Titans memory (:data:`MEMORY_DEFAULTS`); the
+    memory layer's own step-size normalisation (η divided by the chunk, momentum as an average) keeps
+    the chunk-16 momentum rule finite on correlated tokens (tested on repetitive text)."""
 
     kind: str
-    memory: MemoryLayerConfig = LMM          # a mapping without rule: titans-lmm, eta_scale 0.02
+    memory: MemoryLayerConfig = LMM          # a mapping without rule: titans-lmm
     n_heads: PositiveInt = 4                 # attention heads
     head_dim: Optional[PositiveInt] = None   # attention head width, default d_model // n_heads; even
     rope_base: PositiveFloat = 10000.0
