@@ -10,38 +10,40 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from nlsearch.bench.report import rich_table
+
 console = Console()
-
-
-def _table(df, title: str, floatfmt: str = "{:.3g}") -> Table:
-    table = Table(title=title)
-    for col in df.columns:
-        table.add_column(str(col))
-    for _, row in df.iterrows():
-        table.add_row(*[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row])
-    return table
 
 
 def _bench_ops(args: argparse.Namespace) -> int:
     from nlsearch.bench.ops import OpsBenchConfig, floor_checks, pick_device, run_ops_bench
-    from nlsearch.io import markdown_table, write_parquet, write_text
+    from nlsearch.bench.report import report
 
     cfg = OpsBenchConfig(lengths=args.lengths, batch=args.batch, heads=args.heads, head_dim=args.head_dim,
                          rules=args.rules, repeats=args.repeats, max_seconds=args.max_seconds,
                          device=args.device)
     device = pick_device(cfg.device)
     df = run_ops_bench(cfg, log=console.print)
-    floors = floor_checks(df)
-    shown = df[["rule", "impl", "T", "seconds", "tokens_per_s", "saved_bytes_per_token", "peak_bytes"]]
-    console.print(_table(shown, f"memory ops, forward+backward, B={cfg.batch} H={cfg.heads} D={cfg.head_dim}"))
-    console.print(_table(floors, "floors (ratios from this run)"))
-    out = Path(args.out)
-    table_path = write_parquet(df, out / f"ops-{device.type}.parquet")
-    md = "\n\n".join([f"# nlsearch bench ops ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}, "
-                      f"commit {df['git_commit'].iloc[0]})", markdown_table(shown),
-                      "## Floors", markdown_table(floors)])
-    write_text(md + "\n", out / f"ops-{device.type}.md")
-    console.print(f"saved {table_path} and {out / f'ops-{device.type}.md'}")
+    report(console, df, floor_checks(df), ["rule", "impl", "T", "seconds", "tokens_per_s",
+                                           "saved_bytes_per_token", "peak_bytes"],
+           f"bench ops: forward+backward, B={cfg.batch} H={cfg.heads} D={cfg.head_dim}", Path(args.out),
+           f"ops-{device.type}")
+    return 0
+
+
+def _bench_models(args: argparse.Namespace) -> int:
+    from nlsearch.bench.models import ModelsBenchConfig, model_floor_checks, run_models_bench
+    from nlsearch.bench.ops import pick_device
+    from nlsearch.bench.report import report
+
+    cfg = ModelsBenchConfig(presets=args.presets, lengths=args.lengths, batch=args.batch, d_model=args.d_model,
+                            n_layers=args.n_layers, repeats=args.repeats, device=args.device)
+    device = pick_device(cfg.device)
+    df = run_models_bench(cfg, log=console.print)
+    report(console, df, model_floor_checks(df), ["preset", "T", "seconds", "tokens_per_s",
+                                                 "saved_bytes_per_token", "peak_bytes"],
+           f"bench models: training step, B={cfg.batch} d_model={cfg.d_model} layers={cfg.n_layers}",
+           Path(args.out), f"models-{device.type}")
     return 0
 
 
@@ -57,25 +59,28 @@ def _describe(args: argparse.Namespace) -> int:
                   f"state {info['state_size']:,} numbers/sequence at T={info['seq_len']}  "
                   f"~{info['flops_per_token'] / 1e6:.2f} MFLOP/token (forward)")
     levels = pd.DataFrame(info["levels"])[["name", "frequency", "objective", "memory", "what"]]
-    console.print(_table(levels, f"nesting profile, fastest first: depth {info['nesting_depth']}"))
+    console.print(rich_table(levels, f"nesting profile, fastest first: depth {info['nesting_depth']}"))
     return 0
 
 
-def _tasks_list(args: argparse.Namespace) -> int:
-    import pandas as pd
+def _lengths(lengths) -> str:
+    return " ".join(f"{n // 1024}k" if n % 1024 == 0 else str(n) for n in lengths)
 
+
+def _tasks_list(args: argparse.Namespace) -> int:
     from nlsearch.budgets import task_kind
     from nlsearch.tasks import list_tasks, load_task
 
     tasks_dir = Path(args.tasks_dir) if args.tasks_dir else None
-    rows = []
+    table = Table(title="tasks (↑ higher is better, ↓ lower is better)")
+    for col in ("task", "kind", "phases", "metrics", "train", "eval"):
+        table.add_column(col, no_wrap=True)
     for ref in list_tasks(tasks_dir):
         task = load_task(ref, tasks_dir)
-        metrics = ", ".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in task.spec.metrics)
-        rows.append({"task": ref, "kind": task_kind(task), "phases": len(task.phase_names()), "metrics": metrics,
-                     "train": " ".join(map(str, task.spec.lengths.train)),
-                     "eval": " ".join(map(str, task.spec.lengths.eval))})
-    console.print(_table(pd.DataFrame(rows), "tasks (↑ higher is better, ↓ lower is better)"))
+        metrics = "\n".join(f"{m.name} {'↑' if m.higher_is_better else '↓'}" for m in task.spec.metrics)
+        table.add_row(ref, task_kind(task), str(len(task.phase_names())), metrics,
+                      _lengths(task.spec.lengths.train), _lengths(task.spec.lengths.eval))
+    Console(width=max(console.width, 120)).print(table)
     return 0
 
 
@@ -85,7 +90,7 @@ def _result_table(record, title: str) -> Table:
     names = [n for n in record.metrics if "[" not in n]
     df = pd.DataFrame({"metric": names, "value": [record.metrics[n] for n in names],
                        "better": ["higher" if record.higher_is_better[n] else "lower" for n in names]})
-    return _table(df, title, floatfmt="{:.4f}")
+    return rich_table(df, title, floatfmt="{:.4f}")
 
 
 def _print_record(record, where: Path) -> None:
@@ -164,6 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     ops.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ops.add_argument("--out", default="results/bench")
     ops.set_defaults(func=_bench_ops)
+    models = bench.add_parser("models", help="training tokens/s and memory of every model preset")
+    models.add_argument("--presets", nargs="+", default=[], metavar="NAME", help="default: every preset")
+    models.add_argument("--lengths", type=int, nargs="+", default=[512, 4096], metavar="T")
+    models.add_argument("--batch", type=int, default=8)
+    models.add_argument("--d-model", type=int, default=128)
+    models.add_argument("--n-layers", type=int, default=2)
+    models.add_argument("--repeats", type=int, default=3)
+    models.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    models.add_argument("--out", default="results/bench")
+    models.set_defaults(func=_bench_models)
 
     desc = sub.add_parser("describe", help="parameters, state size, FLOPs/token and the nesting profile")
     desc.add_argument("model", help="a preset name (nlsearch/models/presets/) or a model YAML file")

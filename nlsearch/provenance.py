@@ -28,14 +28,21 @@ def device_name(device: torch.device) -> str:
     return f"{_cpu_model()}, {torch.get_num_threads()} threads"
 
 
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
+                         cwd=Path(__file__).resolve().parent)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
 @lru_cache(maxsize=1)
 def git_commit() -> str:
+    """Short commit of the package's checkout, ``-dirty`` when tracked files differ from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        return out.stdout.strip() or "unknown"
+        sha = _git("rev-parse", "--short", "HEAD")
+        dirty = _git("status", "--porcelain", "--untracked-files=no") if sha else ""
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (sha + ("-dirty" if dirty else "")) or "unknown"
 
 
 def provenance(device: torch.device) -> Dict[str, str]:

@@ -21,3 +21,18 @@ def test_bench_ops_bad_device_leaves_nothing(tmp_path, monkeypatch):
     rc = main(["bench", "ops", "--device", "cuda", "--out", str(tmp_path / "out")])
     assert rc == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_bench_models_writes_tables(tmp_path):
+    rc = main(["bench", "models", "--presets", "transformer", "deltanet", "--lengths", "16", "32", "--batch", "1",
+               "--d-model", "16", "--n-layers", "1", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
+    assert rc == 0
+    df = pd.read_parquet(tmp_path / "models-cpu.parquet")
+    assert set(df.preset) == {"transformer", "deltanet"} and set(df["T"]) == {16, 32}
+    assert (df.tokens_per_s > 0).all()
+    assert "deltanet time per token" in (tmp_path / "models-cpu.md").read_text()
+
+
+def test_bench_models_unknown_preset_fails_cleanly(tmp_path):
+    assert main(["bench", "models", "--presets", "nope", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

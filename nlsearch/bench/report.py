@@ -1,0 +1,35 @@
+"""Print a benchmark's table and floor checks, and save both (Parquet + Markdown) atomically."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from nlsearch.io import markdown_table, write_parquet, write_text
+
+
+def rich_table(df: pd.DataFrame, title: str, floatfmt: str = "{:.3g}") -> Table:
+    table = Table(title=title)
+    for col in df.columns:
+        table.add_column(str(col))
+    for _, row in df.iterrows():
+        table.add_row(*[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row])
+    return table
+
+
+def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List[str], title: str,
+           out: Path, stem: str) -> Path:
+    """Show ``df[shown]`` and ``floors``; write ``<out>/<stem>.parquet`` (all columns) and ``.md``."""
+    view = df[shown]
+    console.print(rich_table(view, title))
+    console.print(rich_table(floors, "floors (ratios from this run)"))
+    table_path = write_parquet(df, Path(out) / f"{stem}.parquet")
+    head = (f"# nlsearch {title} ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}, "
+            f"commit {df['git_commit'].iloc[0]})")
+    md_path = write_text("\n\n".join([head, markdown_table(view), "## Floors", markdown_table(floors)]) + "\n",
+                         Path(out) / f"{stem}.md")
+    console.print(f"saved {table_path} and {md_path}")
+    return table_path

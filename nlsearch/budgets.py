@@ -1,0 +1,153 @@
+"""Training budgets: named, frozen, versioned profiles that fix how long and how large a run is.
+
+A budget fixes, per task kind (``lm``, ``recall``, ``longctx``, ``continual``), the number of steps
+(per phase for a continual task), the batch size, the train lengths, the eval set size and the eval
+lengths; and for every kind the learning-rate schedule (linear warmup, then cosine decay to
+``min_lr_ratio`` times the optimizer's lr), gradient clipping, the eval and checkpoint intervals, how
+evaluation splits long sequences, and the CPU thread count. ``train_lengths`` / ``eval_lengths`` of
+``None`` take the task spec's own lengths (the protocol a leaderboard run uses). A change to a profile
+is a new ``version``: records name ``smoke@1``, never a moving target.
+
+- ``smoke``: seconds, for tests and for trying a config end to end;
+- ``cpu``: minutes per run on a 2-core machine;
+- ``gpu``: a real run on one accelerator, at the task specs' lengths (long context up to 16k).
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Dict, Literal, Optional, Tuple, Union
+
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
+
+from nlsearch.config import Strict, canonical_json, load_config
+
+Kind = Literal["lm", "recall", "longctx", "continual"]
+KINDS: Tuple[str, ...] = ("lm", "recall", "longctx", "continual")
+GENERATOR_KIND: Dict[str, str] = {
+    "lm_bytes": "lm",
+    "mqar": "recall",
+    "needle": "longctx",
+    "babi": "longctx",
+    "continual_recall": "continual",
+    "continual_text": "continual",
+    "drift_recall": "continual",
+}
+
+
+class KindBudget(Strict):
+    steps: PositiveInt                                     # optimizer steps (per phase when continual)
+    batch_size: PositiveInt                                # sequences per step
+    train_lengths: Optional[Tuple[PositiveInt, ...]] = Field(None, min_length=1)  # step s: [s % n]
+    eval_lengths: Optional[Tuple[PositiveInt, ...]] = Field(None, min_length=1)
+    eval_size: PositiveInt = 64                            # eval sequences per length (and per phase)
+
+
+class Budget(Strict):
+    name: str
+    version: PositiveInt
+    description: str = ""
+    lm: KindBudget
+    recall: KindBudget
+    longctx: KindBudget
+    continual: KindBudget
+    warmup: float = Field(0.05, ge=0.0, lt=1.0)           # fraction of (phase) steps with a linear ramp
+    min_lr_ratio: float = Field(0.1, ge=0.0, le=1.0)      # the cosine ends at lr * min_lr_ratio
+    grad_clip: PositiveFloat = 1.0                         # max global gradient norm
+    eval_interval: PositiveInt = 100                       # steps between intermediate evals (reporter)
+    checkpoint_interval: NonNegativeInt = 0                # steps between checkpoints; 0 = end only
+    eval_batch: PositiveInt = 16                           # eval sequences per forward pass
+    eval_piece: Optional[PositiveInt] = None               # tokens per forward; state carried between
+    eval_seed: int = 0                                     # the eval set is the same for every run
+    threads: Optional[PositiveInt] = None                  # torch.set_num_threads on CPU; None: as is
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical_json(self).encode()).hexdigest()
+
+    def for_kind(self, kind: str) -> KindBudget:
+        if kind not in KINDS:
+            raise ValueError(f"unknown task kind {kind!r}; known: {list(KINDS)}")
+        return getattr(self, kind)
+
+    def lr_factor(self, step: int, steps: int) -> float:
+        """Returns the lr multiplier for 0-based ``step`` of ``steps``: a linear warmup over
+        ``ceil(warmup * steps)`` steps, then a half cosine from 1 to ``min_lr_ratio``."""
+        warm = math.ceil(self.warmup * steps)
+        if step < warm:
+            return (step + 1) / warm
+        progress = (step - warm) / max(steps - warm - 1, 1)
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+BUDGETS: Dict[str, Budget] = {
+    "smoke": Budget(
+        name="smoke", version=1, description="seconds: tests and end-to-end checks",
+        lm=KindBudget(steps=20, batch_size=4, train_lengths=(256,), eval_lengths=(256,), eval_size=8),
+        recall=KindBudget(steps=20, batch_size=4, train_lengths=(256,), eval_lengths=(256,), eval_size=8),
+        longctx=KindBudget(steps=10, batch_size=4, train_lengths=(512,), eval_lengths=(512, 1024), eval_size=8),
+        continual=KindBudget(steps=10, batch_size=8, train_lengths=(128,), eval_lengths=(128,), eval_size=16),
+        warmup=0.1, eval_interval=10, checkpoint_interval=10, eval_batch=8, eval_piece=512, threads=1),
+    "cpu": Budget(
+        name="cpu", version=1, description="minutes per run on a 2-core CPU",
+        lm=KindBudget(steps=300, batch_size=8, train_lengths=(512,), eval_lengths=(512, 1024), eval_size=32),
+        recall=KindBudget(steps=250, batch_size=16, train_lengths=(256,), eval_lengths=(256, 512), eval_size=128),
+        longctx=KindBudget(steps=200, batch_size=8, train_lengths=(512,), eval_lengths=(1024, 2048, 4096),
+                           eval_size=32),
+        continual=KindBudget(steps=100, batch_size=16, eval_size=64),
+        warmup=0.05, eval_interval=100, checkpoint_interval=100, eval_batch=16, eval_piece=1024, threads=2),
+    "gpu": Budget(
+        name="gpu", version=1, description="a real run on one GPU at the task specs' lengths (up to 16k)",
+        lm=KindBudget(steps=5000, batch_size=32, eval_size=256),
+        recall=KindBudget(steps=4000, batch_size=64, eval_size=1024),
+        longctx=KindBudget(steps=3000, batch_size=16, eval_size=128),
+        continual=KindBudget(steps=1000, batch_size=64, eval_size=512),
+        warmup=0.02, eval_interval=500, checkpoint_interval=500, eval_batch=16, eval_piece=4096),
+}
+
+
+def list_budgets() -> Tuple[str, ...]:
+    return tuple(BUDGETS)
+
+
+def load_budget(spec: Union[str, Path, Budget]) -> Budget:
+    """Returns a budget: a profile name (``smoke``, ``cpu``, ``gpu``; ``name@version`` must match the
+    frozen version), a strict YAML file, or a Budget (returned as is)."""
+    if isinstance(spec, Budget):
+        return spec
+    text = str(spec)
+    if text.endswith((".yaml", ".yml", ".json")):
+        return load_config(Budget, Path(text))
+    name, _, version = text.partition("@")
+    if name not in BUDGETS:
+        raise ValueError(f"unknown budget {text!r}; known: {list(BUDGETS)} (or a budget YAML file)")
+    budget = BUDGETS[name]
+    if version and version != str(budget.version):
+        raise ValueError(f"budget {name!r} has version {budget.version}, not {version!r}")
+    return budget
+
+
+def task_kind(task) -> str:
+    """Returns the kind (``lm``, ``recall``, ``longctx``, ``continual``) of a Task by its generator."""
+    name = task.spec.generator.name
+    if name not in GENERATOR_KIND:
+        raise ValueError(f"task {task.ref}: generator {name!r} has no task kind; known: {sorted(GENERATOR_KIND)}")
+    return GENERATOR_KIND[name]
+
+
+def run_lengths(budget: Budget, task) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """Returns (train lengths, eval lengths) of ``task`` under ``budget``; raises ValueError naming the
+    task, budget and length when one is shorter than the task needs."""
+    kb = budget.for_kind(task_kind(task))
+    train = kb.train_lengths or tuple(task.spec.lengths.train)
+    evals = kb.eval_lengths or tuple(task.spec.lengths.eval)
+    for what, lengths in (("train length", train), ("eval length", evals)):
+        for length in lengths:
+            if length < task.min_length:
+                raise ValueError(f"budget {budget.ref}: {what} {length} is shorter than task {task.ref} needs "
+                                 f"(at least {task.min_length} tokens)")
+    return train, evals

@@ -1,0 +1,121 @@
+"""Everything a run needs, resolved and validated before anything is written: the model config (with
+the task's vocabulary), the task, the budget, lengths, data, device and the run directory.
+
+Vocabulary rule: a config that does not set ``vocab_size`` takes the task's (``task.vocab_size``;
+presets leave it unset); a config that sets it must cover the task's vocabulary, else ValueError.
+The record's config (and its sha256) is the one trained, with the vocabulary filled in.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import torch
+
+from nlsearch.budgets import Budget, KindBudget, load_budget, run_lengths, task_kind
+from nlsearch.config import config_hash, parse_config
+from nlsearch.eval.forward import pick_device
+from nlsearch.eval.scores import check_metrics
+from nlsearch.models import ModelConfig, load_model_config
+from nlsearch.tasks import Task, load_task
+
+CHECKPOINTS = "checkpoints"
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    cfg: ModelConfig
+    task: Task
+    budget: Budget
+    seed: int
+    device: torch.device
+    threads: Optional[int]
+    train_lengths: Tuple[int, ...]
+    eval_lengths: Tuple[int, ...]
+
+    @property
+    def kind(self) -> str:
+        return task_kind(self.task)
+
+    @property
+    def kb(self) -> KindBudget:
+        return self.budget.for_kind(self.kind)
+
+    @property
+    def n_phases(self) -> int:
+        return len(self.task.phase_names())
+
+    @property
+    def total_steps(self) -> int:
+        return self.kb.steps * self.n_phases
+
+    def identity(self) -> Dict[str, Any]:
+        """What a checkpoint must match to be resumed by this plan."""
+        return {"config_sha256": config_hash(self.cfg), "task": self.task.ref, "task_sha256": self.task.spec.sha256(),
+                "budget": self.budget.ref, "budget_sha256": self.budget.sha256(), "seed": self.seed}
+
+
+def with_task_vocab(cfg: ModelConfig, task: Task) -> ModelConfig:
+    """Returns ``cfg`` with ``vocab_size`` = the task's when the config leaves it unset; raises
+    ValueError when a set ``vocab_size`` is smaller than the task's vocabulary."""
+    if "vocab_size" not in cfg.model_fields_set:
+        data = cfg.model_dump(mode="json")
+        data["vocab_size"] = task.vocab_size
+        return parse_config(ModelConfig, data, f"{cfg.name or 'model'} with the vocabulary of {task.ref}")
+    if cfg.vocab_size < task.vocab_size:
+        raise ValueError(f"model {cfg.name or ''} has vocab_size={cfg.vocab_size}, task {task.ref} needs "
+                         f"{task.vocab_size}: a model's vocabulary must cover its task's (a config without "
+                         f"vocab_size takes the task's)")
+    return cfg
+
+
+def resolve_task(task: Union[str, Path, Task], tasks_dir: Optional[Path] = None) -> Task:
+    return task if isinstance(task, Task) else load_task(task, tasks_dir)
+
+
+def check_data(plan: RunPlan) -> None:
+    """Draws one sequence per phase and split at the shortest length, so a missing or empty data file
+    fails here, before any directory exists."""
+    for phase in range(plan.n_phases):
+        plan.task.batch(1, min(plan.train_lengths), 0, "train", phase)
+        plan.task.batch(1, min(plan.eval_lengths), 0, "eval", phase)
+
+
+def plan_run(model_config: Union[str, Path, Dict[str, Any], ModelConfig], task: Union[str, Path, Task],
+             budget: Union[str, Path, Budget], seed: int, device: Optional[str] = None,
+             threads: Optional[int] = None, tasks_dir: Optional[Path] = None) -> RunPlan:
+    """Resolves and validates a run; raises ValueError / KeyError / FileNotFoundError naming the bad
+    input (config, task, budget, length, metric, data file, device, seed)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    task = resolve_task(task, tasks_dir)
+    budget = load_budget(budget)
+    cfg = with_task_vocab(load_model_config(model_config), task)
+    check_metrics(task)
+    train_lengths, eval_lengths = run_lengths(budget, task)
+    plan = RunPlan(cfg, task, budget, seed, pick_device(device), threads or budget.threads,
+                   train_lengths, eval_lengths)
+    check_data(plan)
+    return plan
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Raises ValueError when ``run_dir`` holds a run and ``resume`` is False (never mix two runs)."""
+    if resume or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ValueError(f"run directory {run_dir} is a file")
+    if (run_dir / RECORD).exists() or (run_dir / CHECKPOINTS).exists():
+        raise ValueError(f"run directory {run_dir} already holds a run; resume it or choose another directory")
+
+
+def default_run_dir(out: Union[str, Path], plan: RunPlan) -> Path:
+    """Returns ``out/<task>@<v>/<model>-<sha12>/<budget>@<v>-seed<seed>``."""
+    label = re.sub(r"[^A-Za-z0-9._-]+", "-", plan.cfg.name or "model")
+    model = f"{label}-{config_hash(plan.cfg)[:12]}"
+    return Path(out) / plan.task.ref / model / f"{plan.budget.ref}-seed{plan.seed}"

@@ -1,0 +1,128 @@
+"""The result record of a run (DESIGN.md, "Results and provenance") and its files.
+
+A run directory holds, once the run completed (``record.json`` is written last, so its presence
+marks a finished run):
+
+- ``record.json``: a ``RunRecord`` (format 1);
+- ``metrics.parquet``: one row per metric row (name, metric, length, group, value,
+  higher_is_better) with the run's identity columns (config_sha256, model, task, budget, seed);
+- ``history.parquet``: one row per intermediate evaluation (step, train_loss, lr, metrics);
+- ``checkpoints/``: see ``nlsearch.train.checkpoint``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Sequence
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from nlsearch.config import canonical_json, config_hash
+from nlsearch.eval.scores import MetricRow
+from nlsearch.io import write_parquet, write_text
+from nlsearch.provenance import provenance
+
+FORMAT = 1
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: int = FORMAT
+    status: Literal["completed", "evaluated"]
+    created: str                            # UTC, ISO 8601
+    model: Optional[str]                    # the config's label (not hashed)
+    config: Dict[str, Any]                  # the canonical JSON of the trained config, parsed
+    config_sha256: str
+    task: str                               # name@version
+    task_sha256: str
+    task_kind: str
+    budget: str                             # name@version
+    budget_sha256: str
+    seed: int                               # training seed
+    eval_seed: int
+    steps: int
+    train_lengths: List[int]
+    eval_lengths: List[int]
+    headline: List[str]                     # the task spec's metrics, names into ``metrics``
+    metrics: Dict[str, Optional[float]]     # every metric row by name (None for NaN)
+    higher_is_better: Dict[str, bool]
+    params: int
+    state_size: int                         # numbers carried per sequence at state_size_length
+    state_size_length: int
+    train_tokens: int
+    tokens_per_s: Optional[float]           # training throughput (forward, backward, step)
+    wall_time_s: float
+    device: str
+    threads: int
+    hardware: str
+    cpu_count: str
+    torch: str
+    nlsearch: str
+    git_commit: str
+    python: str
+
+
+def _number(x: float) -> Optional[float]:
+    return None if math.isnan(x) else float(x)
+
+
+def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[MetricRow], steps: int,
+                 train_tokens: int, train_time: float, wall_time: float) -> RunRecord:
+    """Returns the record of ``model`` trained (or evaluated) under ``plan`` with ``rows``."""
+    prov = provenance(plan.device)
+    longest = max(plan.eval_lengths)
+    return RunRecord(
+        status=status, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=plan.cfg.name, config=json.loads(canonical_json(plan.cfg)), config_sha256=config_hash(plan.cfg),
+        task=plan.task.ref, task_sha256=plan.task.spec.sha256(), task_kind=plan.kind,
+        budget=plan.budget.ref, budget_sha256=plan.budget.sha256(), seed=plan.seed,
+        eval_seed=plan.budget.eval_seed, steps=steps, train_lengths=list(plan.train_lengths),
+        eval_lengths=list(plan.eval_lengths),
+        headline=[r.name for r in rows if r.length is None and r.group is None],
+        metrics={r.name: _number(r.value) for r in rows}, higher_is_better={r.name: r.higher_is_better for r in rows},
+        params=sum(p.numel() for p in model.parameters()), state_size=int(model.state_size(longest)),
+        state_size_length=longest, train_tokens=train_tokens,
+        tokens_per_s=train_tokens / train_time if train_time > 0 else None, wall_time_s=wall_time,
+        device=str(plan.device), threads=torch.get_num_threads(), hardware=prov["hardware"],
+        cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
+        git_commit=prov["git_commit"], python=prov["python"])
+
+
+def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:
+    """One row per metric row, with the run's identity columns."""
+    frame = pd.DataFrame({
+        "name": [r.name for r in rows], "metric": [r.metric for r in rows],
+        "length": pd.array([r.length for r in rows], dtype="Int64"),
+        "group": pd.array([r.group for r in rows], dtype="string"),
+        "value": [float(r.value) for r in rows], "higher_is_better": [r.higher_is_better for r in rows]})
+    for col in ("config_sha256", "model", "task", "budget", "seed", "status"):
+        frame[col] = getattr(record, col)
+    return frame
+
+
+def write_run(folder: Path, record: RunRecord, rows: Sequence[MetricRow],
+              history: Sequence[Dict[str, Any]] = ()) -> Path:
+    """Writes ``metrics.parquet``, ``history.parquet`` (when there is history) and then
+    ``record.json``, each atomically; returns the record's path."""
+    folder = Path(folder)
+    write_parquet(metrics_frame(record, rows), folder / "metrics.parquet")
+    if history:
+        write_parquet(pd.DataFrame(list(history)), folder / "history.parquet")
+    return write_text(record.model_dump_json(indent=2) + "\n", folder / "record.json")
+
+
+def read_record(path: Path) -> RunRecord:
+    """Returns the record in ``path`` (a record.json or the folder holding one)."""
+    path = Path(path)
+    path = path / "record.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no record at {path}")
+    try:
+        return RunRecord.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ValueError(f"{path}: not a valid run record: {err}") from None

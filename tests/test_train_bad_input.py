@@ -1,0 +1,79 @@
+"""Bad inputs fail before anything is written: an error naming the bad thing, and no directory."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nlsearch.budgets import KindBudget, load_budget
+from nlsearch.cli import main
+from nlsearch.config import ConfigError
+from nlsearch.train import train
+from train_fixtures import TINY_MODEL, tiny_budget, write_tasks
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    folder = write_tasks(tmp_path_factory.mktemp("tasks"))
+    spec = {"name": "missing_text", "version": 1, "description": "a corpus file that is not there",
+            "generator": {"name": "lm_bytes", "params": {"corpus": {"source": "text", "files": ["nowhere.txt"]}}},
+            "lengths": {"train": [64], "eval": [64]},
+            "metrics": [{"name": "bits_per_byte", "higher_is_better": False}]}
+    (folder / "missing_text.yaml").write_text(yaml.safe_dump(spec))
+    odd = {**spec, "name": "odd_metric", "generator": {"name": "lm_bytes", "params": {}},
+           "metrics": [{"name": "perplexity", "higher_is_better": False}]}
+    (folder / "odd_metric.yaml").write_text(yaml.safe_dump(odd))
+    return folder
+
+
+SHORT = tiny_budget(recall=KindBudget(steps=2, batch_size=2, train_lengths=(8,)))
+
+
+@pytest.mark.parametrize("model,task,budget,seed,error,match", [
+    (TINY_MODEL, "no_such_task", tiny_budget(), 0, ValueError, "unknown task 'no_such_task'"),
+    (TINY_MODEL, "tiny_recall@7", tiny_budget(), 0, ValueError, "no version 7"),
+    (TINY_MODEL, "missing_text", tiny_budget(), 0, FileNotFoundError, "nowhere.txt"),
+    (TINY_MODEL, "odd_metric", tiny_budget(), 0, ValueError, "perplexity"),
+    (TINY_MODEL, "tiny_recall", SHORT, 0, ValueError, "train length 8 is shorter"),
+    (TINY_MODEL, "tiny_recall", "huge", 0, ValueError, "unknown budget 'huge'"),
+    (TINY_MODEL, "tiny_recall", tiny_budget(), -1, ValueError, "seed"),
+    ({**TINY_MODEL, "d_modle": 32}, "tiny_recall", tiny_budget(), 0, ConfigError, "d_modle"),
+    ({**TINY_MODEL, "d_model": 30, "mixer": {"kind": "attention", "n_heads": 4}}, "tiny_recall", tiny_budget(), 0,
+     ConfigError, "n_heads=4 does not divide"),
+    ("no-such-preset", "tiny_recall", tiny_budget(), 0, KeyError, "no-such-preset"),
+])
+def test_bad_input_writes_nothing(tasks, tmp_path, model, task, budget, seed, error, match):
+    run_dir = tmp_path / "run"
+    with pytest.raises(error, match=match):
+        train(model, task, budget, seed, run_dir=run_dir, tasks_dir=tasks)
+    assert not run_dir.exists()
+
+
+def test_a_finished_run_is_not_overwritten(tasks, tmp_path):
+    train(TINY_MODEL, "tiny_recall", tiny_budget(steps=2), 0, run_dir=tmp_path, tasks_dir=tasks)
+    before = (tmp_path / "record.json").read_text()
+    with pytest.raises(ValueError, match="already holds a run"):
+        train(TINY_MODEL, "tiny_recall", tiny_budget(steps=2), 0, run_dir=tmp_path, tasks_dir=tasks)
+    with pytest.raises(ValueError, match="another run"):
+        train(TINY_MODEL, "tiny_recall", tiny_budget(steps=2), 1, run_dir=tmp_path, tasks_dir=tasks, resume=True)
+    assert (tmp_path / "record.json").read_text() == before
+
+
+def test_budget_versions_are_checked():
+    assert load_budget("smoke@1") is load_budget("smoke")
+    with pytest.raises(ValueError, match="version 1, not '2'"):
+        load_budget("smoke@2")
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model", "no-such-preset", "--task", "tiny_recall"], "no-such-preset"),
+    (["--model", "transformer", "--task", "no_such_task"], "no_such_task"),
+    (["--model", "transformer", "--task", "tiny_recall", "--budget", "huge"], "huge"),
+    (["--model", "transformer", "--task", "tiny_recall", "--device", "cuda"], "cuda"),
+])
+def test_cli_bad_input_exits_2_and_writes_nothing(tasks, tmp_path, monkeypatch, capsys, argv, match):
+    monkeypatch.setenv("NLSEARCH_TASKS_DIR", str(tasks))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    out = tmp_path / "out"
+    assert main(["train", *argv, "--out", str(out), "--quiet"]) == 2
+    assert match in capsys.readouterr().out
+    assert not out.exists()

@@ -1,0 +1,105 @@
+"""train(): loss falls, same inputs give the same numbers, a killed run resumes to the same numbers,
+a non-finite loss ends the run with NonFiniteLossError, the vocabulary follows the task."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nlsearch.budgets import BUDGETS
+from nlsearch.train import NonFiniteLossError, latest_checkpoint, train
+from train_fixtures import TINY_MODEL, tiny_budget, write_tasks
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("tasks"))
+
+
+def _task(tasks, name: str) -> str:
+    return str(tasks / f"{name}.yaml")
+
+
+def test_loss_falls_on_recall_at_smoke_size(tasks):
+    result = train(TINY_MODEL, _task(tasks, "tiny_recall"), "smoke", seed=0)
+    losses = result.losses
+    assert result.status == "completed" and len(losses) == BUDGETS["smoke"].recall.steps
+    assert sum(losses[-5:]) / 5 < losses[0] - 0.3
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    assert set(result.metrics) >= {"accuracy", "accuracy@256"}
+    assert result.higher_is_better["accuracy"] is True
+
+
+def test_same_inputs_same_numbers_and_the_caller_rng_is_untouched(tasks):
+    before = torch.get_rng_state()
+    a = train(TINY_MODEL, _task(tasks, "tiny_recall"), tiny_budget(), seed=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    b = train(TINY_MODEL, _task(tasks, "tiny_recall"), tiny_budget(), seed=3)
+    other = train(TINY_MODEL, _task(tasks, "tiny_recall"), tiny_budget(), seed=4)
+    assert a.losses == b.losses and a.metrics == b.metrics and a.history == b.history
+    assert a.losses != other.losses
+    assert a.record.config_sha256 == b.record.config_sha256
+
+
+@pytest.mark.parametrize("name,stop_after", [("tiny_recall", 6), ("tiny_continual", 10), ("tiny_continual", 13)])
+def test_killed_run_resumes_to_the_same_metrics(tasks, tmp_path, name, stop_after):
+    budget = tiny_budget(steps=8)
+    full = train(TINY_MODEL, _task(tasks, name), budget, seed=1, run_dir=tmp_path / "full")
+    cut = train(TINY_MODEL, _task(tasks, name), budget, seed=1, run_dir=tmp_path / "cut", stop_after=stop_after)
+    assert cut.status == "interrupted" and cut.steps == stop_after and cut.record is None
+    assert not (tmp_path / "cut" / "record.json").exists()
+    step = json.loads((latest_checkpoint(tmp_path / "cut") / "trainer.json").read_text())["state"]["step"]
+    assert step == stop_after // 4 * 4
+    resumed = train(TINY_MODEL, _task(tasks, name), budget, seed=1, run_dir=tmp_path / "cut", resume=True)
+    assert resumed.status == "completed"
+    assert resumed.metrics == full.metrics
+    assert resumed.losses == full.losses and resumed.history == full.history
+    assert (tmp_path / "cut" / "record.json").exists()
+
+
+@pytest.mark.parametrize("over", [
+    {"optimizer": {"kind": "muon", "lr": 0.02}},
+    {"optimizer": {"kind": "dmgd", "lr": 0.02}},
+    {"mlp": {"kind": "cms", "clock": "steps", "periods": [1, 3], "ratio": 2.0}},
+], ids=["muon", "dmgd", "cms-steps-clock"])
+def test_resume_is_exact_for_every_outer_optimizer(tasks, tmp_path, over):
+    model, budget = {**TINY_MODEL, **over}, tiny_budget(steps=10)
+    full = train(model, _task(tasks, "tiny_recall"), budget, seed=1)
+    train(model, _task(tasks, "tiny_recall"), budget, seed=1, run_dir=tmp_path, stop_after=7)
+    resumed = train(model, _task(tasks, "tiny_recall"), budget, seed=1, run_dir=tmp_path, resume=True)
+    assert resumed.losses == full.losses and resumed.metrics == full.metrics
+
+
+def test_reporter_stops_and_resume_finishes_identically(tasks, tmp_path):
+    budget = tiny_budget(steps=12, checkpoint_interval=0)
+    calls = []
+
+    def prune(step, metrics):
+        calls.append((step, metrics))
+        return step >= 8
+
+    full = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=2)
+    stopped = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=2, reporter=prune, run_dir=tmp_path)
+    assert [s for s, _ in calls] == [4, 8]
+    assert {"train_loss", "accuracy@32"} <= set(calls[0][1])
+    assert stopped.status == "stopped" and stopped.steps == 8
+    assert stopped.higher_is_better["train_loss"] is False and stopped.higher_is_better["accuracy@32"] is True
+    resumed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=2, run_dir=tmp_path, resume=True)
+    assert resumed.metrics == full.metrics and resumed.losses == full.losses
+
+
+def test_non_finite_loss_raises_with_step_and_loss(tasks, tmp_path):
+    absurd = {**TINY_MODEL, "optimizer": {"kind": "adamw", "lr": 1e30}}
+    with pytest.raises(NonFiniteLossError) as err:
+        train(absurd, _task(tasks, "tiny_recall"), tiny_budget(steps=20), seed=0, run_dir=tmp_path / "run")
+    assert err.value.step >= 1
+    assert not torch.isfinite(torch.tensor(err.value.loss))
+    assert not (tmp_path / "run" / "record.json").exists()
+
+
+def test_vocabulary_follows_the_task_unless_set(tasks):
+    result = train(TINY_MODEL, _task(tasks, "tiny_recall"), tiny_budget(steps=2), seed=0)
+    assert result.record.config["vocab_size"] == 64
+    with pytest.raises(ValueError, match="vocab_size=32"):
+        train({**TINY_MODEL, "vocab_size": 32}, _task(tasks, "tiny_recall"), tiny_budget(steps=2), seed=0)
