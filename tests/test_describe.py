@@ -20,6 +20,28 @@ def test_titans_lmm_profile():
                                       ("weights", "steps", 1), ("AdamW moments", "steps", 1)]
 
 
+def test_cms_profile():
+    assert _profile("cms") == [("attention", "tokens", 1), ("CMS-1", "tokens", 16), ("CMS-2", "tokens", 64),
+                               ("weights", "steps", 1), ("AdamW moments", "steps", 1)]
+
+
+def test_hope_profile():
+    levels = _profile("hope")
+    assert len(levels) == 6
+    assert levels[-2:] == [("weights", "steps", 1), ("AdamW moments", "steps", 1)]
+    assert {name for name, _, _ in levels[:4]} == {"self-modifying memory", "self-modifying projections",
+                                                   "CMS-1", "CMS-2"}
+    assert [period for _, clock, period in levels[:4]] == [16, 16, 16, 64]
+
+
+def test_steps_clock_cms_levels_sit_among_the_outer_levels():
+    cfg = load_model_config({"mixer": {"kind": "attention"}, "mlp": {"kind": "cms", "clock": "steps",
+                                                                     "periods": [1, 4]}})
+    names = [(lv.name, lv.clock, lv.period) for lv in nesting_levels(cfg)]
+    assert names[0] == ("attention", "tokens", 1)
+    assert ("CMS-2", "steps", 4) in names and names.index(("CMS-2", "steps", 4)) == len(names) - 1
+
+
 def test_fastest_level_first_and_depth_counts_levels():
     info = describe(load_model_config("deltanet"))
     assert [row["name"] for row in info["levels"]] == ["memory (deltanet)", "weights", "AdamW moments"]
