@@ -8,7 +8,7 @@ and the cache keeps the last W − 1 tokens; without a window the cache keeps ev
 """
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, Optional, Tuple
+from typing import Callable, Sequence, Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +71,31 @@ def attention_mask(t: int, cached: int, window: Optional[int], device) -> Tensor
     return allowed
 
 
+def windowed_attention(queries: Sequence[Tensor], keys: Sequence[Tensor], window: int, attend: Callable) -> Tensor:
+    """Sliding-window attention in blocks: O(T·W) work and memory instead of a (T, S) mask.
+
+    ``queries``: tensors (B, H, T, ·) for the last T of the S positions of ``keys`` (B, H, S, ·) (the
+    first S − T are cached). Queries are cut into blocks of ``window``; block j sees the 2W key slots
+    that end with its own last position, masked to the window. ``attend(*q_blocks, *k_blocks, mask)``
+    gets blocks folded into the batch, (B·nb, H, W | 2W, ·), and ``mask`` (B·nb, 1, W, 2W); it returns
+    (B·nb, H, W, D). Returns (B, H, T, D)."""
+    b, h, t = queries[0].shape[:3]
+    cached, w = keys[0].shape[2] - t, window
+    nb = -(-t // w)
+    pad_left, pad_q = max(0, w - cached), nb * w - t
+    start = cached + pad_left - w                                           # first key slot of block 0
+    q_blocks = [F.pad(q, (0, 0, 0, pad_q)).reshape(b, h, nb, w, -1) for q in queries]
+    k_blocks = [F.pad(k, (0, 0, pad_left, pad_q))[:, :, start:start + (nb + 1) * w]
+                .unfold(2, 2 * w, w).transpose(-1, -2) for k in keys]             # (B, H, nb, 2W, .)
+    i = torch.arange(w, device=queries[0].device)[:, None]
+    m = torch.arange(2 * w, device=queries[0].device)[None, :]
+    key_pos = cached - w + m + w * torch.arange(nb, device=queries[0].device)[:, None, None]   # (nb, 1, 2W)
+    mask = (m > i) & (m <= w + i) & (key_pos >= 0)                            # (nb, W, 2W)
+    fold = lambda x: x.transpose(1, 2).flatten(0, 1)  # noqa: E731  (B, H, nb, ...) -> (B·nb, H, ...)
+    y = attend(*map(fold, q_blocks), *map(fold, k_blocks), mask[:, None].repeat(b, 1, 1, 1))
+    return y.unflatten(0, (b, nb)).transpose(1, 2).flatten(2, 3)[:, :, :t]
+
+
 class AttentionLayer(nn.Module):
     def __init__(self, d_model: int, cfg: AttentionLayerConfig):
         super().__init__()
@@ -92,6 +117,9 @@ class AttentionLayer(nn.Module):
             k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)   # (B, H, S + T, Dh)
         if state is None and self.cfg.window is None:
             y = causal_attention(q, k, v)
+        elif self.cfg.window is not None and t > self.cfg.window:
+            y = windowed_attention([q], [k, v], self.cfg.window,
+                                   lambda qb, kb, vb, mask: F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask))
         else:
             mask = attention_mask(t, k.shape[2] - t, self.cfg.window, x.device)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)

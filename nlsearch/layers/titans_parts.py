@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nlsearch.layers.attention import KVCache, attention_mask, rotary
+from nlsearch.layers.attention import KVCache, attention_mask, rotary, windowed_attention
 from nlsearch.layers.memory import MemoryLayer
 from nlsearch.ops import mlp_forward
 
@@ -24,6 +24,7 @@ from nlsearch.ops import mlp_forward
 def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optional[Tensor],
                      vp: Optional[Tensor], mask: Tensor) -> Tensor:
     """Softmax over [persistent keys, context keys] in one ``scaled_dot_product_attention`` call.
+    (``mask`` may carry leading batch dims, e.g. (B, 1, T, S).)
 
     q, q_rot (B, H, T, Dh): queries before / after RoPE; k, v (B, H, S, Dh): rotated context keys and
     values; kp, vp (H, P, Dh) or None: persistent keys and values; mask (T, S) bool, True = visible.
@@ -33,13 +34,13 @@ def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optiona
     scale = q.shape[-1] ** -0.5
     if kp is None:
         return F.scaled_dot_product_attention(q_rot, k, v, attn_mask=mask, scale=scale)
-    b, t, p = q.shape[0], q.shape[2], kp.shape[1]
+    b, p = q.shape[0], kp.shape[1]
     kp, vp = kp.expand(b, -1, -1, -1), vp.expand(b, -1, -1, -1)                # (B, H, P, Dh)
     q2 = torch.cat([q_rot, q], dim=-1)                                          # (B, H, T, 2Dh)
     k2 = torch.cat([torch.cat([torch.zeros_like(kp), kp], dim=-1),
                     torch.cat([k, torch.zeros_like(k)], dim=-1)], dim=2)        # (B, H, P + S, 2Dh)
     v2 = torch.cat([vp, v], dim=2)                                              # (B, H, P + S, Dh)
-    mask2 = torch.cat([mask.new_ones(t, p), mask], dim=-1)                      # (T, P + S)
+    mask2 = torch.cat([mask.new_ones(*mask.shape[:-1], p), mask], dim=-1)     # (..., T, P + S)
     return F.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask2, scale=scale)
 
 
@@ -100,7 +101,13 @@ class PersistentAttention(nn.Module):
         q, q_rot, k, v = self.project(x, offset)
         if cache is not None:
             k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)   # (B, H, S + T, Dh)
-        y = self.attend(q, q_rot, k, v, attention_mask(t, k.shape[2] - t, self.window, x.device))
+        if self.window is not None and t > self.window:
+            kp, vp = self.persistent_kv()
+            y = windowed_attention([q, q_rot], [k, v], self.window,
+                                   lambda qb, qrb, kb, vb, mask: prefix_attention(qb, qrb, kb, vb, kp, vp, mask))
+            y = self.out(y.transpose(1, 2).reshape(x.shape[0], t, self.h * self.dh))
+        else:
+            y = self.attend(q, q_rot, k, v, attention_mask(t, k.shape[2] - t, self.window, x.device))
         keep = k.shape[2] if self.window is None else min(self.window - 1, k.shape[2])
         return y, KVCache(k[:, :, k.shape[2] - keep:], v[:, :, v.shape[2] - keep:], offset + t)
 
