@@ -125,3 +125,17 @@ def test_float32_close_to_float64():
     y64, _ = _call(linear_memory, inp64, objective="l2", decay_order="before_step")
     y32, _ = _call(linear_memory, inp32, objective="l2", decay_order="before_step")
     torch.testing.assert_close(y32.double(), y64, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("t", [1, 63, 100])
+def test_causal_attention_matches_naive(t):
+    from nlsearch.ops import causal_attention, causal_attention_naive
+    inp = memory_inputs(t=t, requires_grad=True)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    y_fast, y_naive = causal_attention(q, k, v), causal_attention_naive(q, k, v)
+    torch.testing.assert_close(y_fast, y_naive, **TOL)
+    w = torch.linspace(-1, 1, y_fast.numel(), dtype=y_fast.dtype).view_as(y_fast)
+    g_fast = torch.autograd.grad((y_fast * w).sum(), (q, k, v))
+    g_naive = torch.autograd.grad((y_naive * w).sum(), (q, k, v))
+    for a, b in zip(g_fast, g_naive):
+        torch.testing.assert_close(a, b, **TOL)

@@ -26,14 +26,6 @@ class MemoryState(NamedTuple):
     anchor_decay: Optional[Tensor] = None
     offset: int = 0
 
-    def numel_per_sequence(self) -> int:
-        """Numbers kept per sequence (all heads), the unit of ``state_size()``."""
-        tensors = list(self.weights) + list(self.momentum or ()) + list(self.anchor or ())
-        total = sum(t[0].numel() for t in tensors)
-        if self.anchor_decay is not None:
-            total += self.anchor_decay[0].numel()
-        return total
-
 
 def zeros_linear_state(
     batch: int, heads: int, d_k: int, d_v: int, *, momentum: bool, dtype: torch.dtype, device
@@ -41,7 +33,3 @@ def zeros_linear_state(
     """An empty linear memory (and momentum), the usual start of a sequence."""
     m = torch.zeros(batch, heads, d_v, d_k, dtype=dtype, device=device)
     return MemoryState(weights=(m,), momentum=(torch.zeros_like(m),) if momentum else None)
-
-
-def zero_momentum(weights: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
-    return tuple(torch.zeros_like(w) for w in weights)
