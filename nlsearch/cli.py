@@ -152,6 +152,38 @@ def _add_run_commands(sub) -> None:
     ev.set_defaults(func=_eval)
 
 
+def _run_suite(args: argparse.Namespace) -> int:
+    from nlsearch.train.suite import DEFAULT_TASKS, run_suite, suite_pivot
+
+    out = Path(args.out)
+    frame = run_suite(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget, args.seeds, out,
+                      log=lambda msg: console.print(escape(msg)), device=args.device, progress=not args.quiet)
+    presets = list(dict.fromkeys(p for p in frame.preset if p != "bigram"))
+    pivot = suite_pivot(frame, presets, list(dict.fromkeys(frame.task)))
+    console.print(rich_table(pivot, f"suite: budget {frame.budget.iloc[0]}, seeds {args.seeds} "
+                                    f"(headline metric, mean over seeds; ↑ higher / ↓ lower is better)"))
+    failed = int(frame.status.str.startswith("failed").sum())
+    if failed:
+        console.print(f"[yellow]{failed} run(s) failed[/yellow]: see the status column")
+    console.print(f"saved {escape(str(out / 'suite.parquet'))}, {escape(str(out / 'suite.md'))}, "
+                  f"runs in {escape(str(out / 'runs'))}")
+    return 0
+
+
+def _add_suite_command(sub) -> None:
+    su = sub.add_parser("run-suite", help="train presets x tasks x seeds under one budget; one comparison table")
+    su.add_argument("--presets", nargs="+", default=[], metavar="NAME", help="presets or model YAML files "
+                    "(default: every preset)")
+    su.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="task names, name@version or YAML "
+                    "files (default: recall recall_overwrite lm longctx_needle continual_recall)")
+    su.add_argument("--budget", default="cpu", help="smoke, cpu, gpu or a budget YAML file")
+    su.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
+    su.add_argument("--out", default="results/suite", help="OUT/suite.parquet, OUT/suite.md, OUT/runs/...")
+    su.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    su.add_argument("--quiet", action="store_true", help="no progress bars")
+    su.set_defaults(func=_run_suite)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nlsearch", description="Nested Learning architecture search and benchmark")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("--seq-len", type=int, default=512, help="length at which state and FLOPs are counted")
     desc.set_defaults(func=_describe)
     _add_run_commands(sub)
+    _add_suite_command(sub)
     return parser
 
 
