@@ -17,7 +17,7 @@ from nlsearch.layers.heads import head_dim
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
-from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, preset
+from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, mlp_forward, preset
 from nlsearch.registry import MIXERS
 
 
@@ -120,8 +120,28 @@ class MemoryLayer(nn.Module):
         theta = gates[-1] if self.rule.optimizer == "momentum" else None
         eta = self._step_size(gates[0], theta)
         y, mem = apply_memory(self.rule, q, k, v, eta, alpha, theta, state.memory, impl=self.cfg.impl)
-        y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
-        return self.out(y), LayerState(mem, conv_state)
+        return self._project_out(y), LayerState(mem, conv_state)
+
+    def _project_out(self, y: Tensor) -> Tensor:
+        """Memory reads y (B, H, T, Dh) -> RMS-normalised per head, merged, projected: (B, T, d_model)."""
+        b, _, t, _ = y.shape
+        return self.out(F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh))
+
+    def read(self, x: Tensor, weights: Tuple[Tensor, ...]) -> Tensor:
+        """``M(q)`` at fixed fast ``weights`` (no write): x (B, T, d_model) -> (B, T, d_model).
+
+        Queries use the layer's W_Q (and q-normalisation) without the short convolution, whose state
+        follows the stream the memory is written from."""
+        b, t, _ = x.shape
+        hd = self.h * self.dh
+        q = F.linear(x, self.qkv.weight[:hd]).view(b, t, self.h, self.dh).transpose(1, 2)   # (B, H, T, Dh)
+        if self.cfg.qk_norm:
+            q = F.normalize(q, dim=-1)
+        if self.rule.memory == "linear":
+            y = q @ weights[0].mT                                               # M q, M (B, H, Dv, Dk)
+        else:
+            y = mlp_forward(weights, q, self.rule.activation, residual=True)
+        return self._project_out(y)
 
     def flops_per_token(self, seq_len: int) -> float:
         """Memory work per token beyond the projections: a write and a read of the fast weights

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict
 from nlsearch.layers.attention import KVCache, attention_mask
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
-from nlsearch.layers.titans_parts import OutputGate, PersistentAttention, memory_read
+from nlsearch.layers.titans_parts import OutputGate, PersistentAttention
 from nlsearch.ops import preset
 from nlsearch.profile import Level
 from nlsearch.registry import MIXERS
@@ -222,7 +222,7 @@ class TitansMAC(nn.Module):
 
     def retrieve(self, x: Tensor, weights: Tuple[Tensor, ...]) -> Tensor:
         """h = M*(x W_Q) at fixed ``weights``: (B, n, d) -> (B, n, d)."""
-        return memory_read(self.memory, x, weights)
+        return self.memory.read(x, tuple(weights))
 
     def _step(self, x: Tensor, st: MACState) -> Tuple[Tensor, MACState]:
         """Tokens x (B, n, d) inside one segment, ``start`` of its tokens already seen."""

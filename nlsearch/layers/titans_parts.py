@@ -10,15 +10,13 @@ Queries never come from them: they are context, not outputs.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence, Tuple
+from typing import Literal, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlsearch.layers.attention import KVCache, attention_mask, rotary, windowed_attention
-from nlsearch.layers.memory import MemoryLayer
-from nlsearch.ops import mlp_forward
 
 
 def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optional[Tensor],
@@ -153,24 +151,3 @@ class OutputGate(nn.Module):
         if self.form == "normalized":
             return self.out(self.norm_y(y) * torch.sigmoid(self.norm_m(m)))
         return self.out(y * torch.sigmoid(self.gate(m)))
-
-
-def memory_read(memory: MemoryLayer, x: Tensor, weights: Sequence[Tensor]) -> Tensor:
-    """``M*(q)``: read a memory layer at fixed fast ``weights`` (no write) with queries of x.
-
-    x (B, T, d) -> (B, T, d). The queries use the layer's own W_Q (and q-normalisation) without its
-    short convolution, whose state follows the stream the memory is written from; the read is
-    RMS-normalised and projected out exactly as the layer's own output is.
-    """
-    b, t, _ = x.shape
-    hd = memory.h * memory.dh
-    q = F.linear(x, memory.qkv.weight[:hd]).view(b, t, memory.h, memory.dh).transpose(1, 2)  # (B, H, T, Dh)
-    if memory.cfg.qk_norm:
-        q = F.normalize(q, dim=-1)
-    rule = memory.rule
-    if rule.memory == "linear":
-        y = q @ weights[0].mT                                                   # M q, M (B, H, Dv, Dk)
-    else:
-        y = mlp_forward(weights, q, rule.activation, residual=True)
-    y = F.rms_norm(y, (memory.dh,)).transpose(1, 2).reshape(b, t, hd)
-    return memory.out(y)
