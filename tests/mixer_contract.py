@@ -95,6 +95,24 @@ class MixerContract:
             assert p.grad is not None, f"{name} got no gradient"
             assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
 
+    def test_gradients_flow_through_the_carried_state(self):
+        """Backward through pieces with carried state equals backward through the whole sequence
+        (float64): the state is part of the graph, not a detached copy."""
+        mixer = self._mixer()
+        x = self._input(self.seq_len).requires_grad_()
+        w = torch.linspace(-1, 1, self.seq_len * self.d_model, dtype=x.dtype).view(1, self.seq_len, -1)
+        params = [p for p in mixer.parameters() if p.requires_grad]
+        whole = torch.autograd.grad((mixer(x)[0] * w).sum(), [x] + params, allow_unused=True)
+        y1, s = mixer(x[:, :20])
+        y2, _ = mixer(x[:, 20:], s)
+        pieces = torch.autograd.grad((torch.cat([y1, y2], dim=1) * w).sum(), [x] + params, allow_unused=True)
+        assert whole[0].abs().sum() > 0
+        for a, b in zip(whole, pieces):
+            if a is None or b is None:
+                assert a is None and b is None
+                continue
+            self._assert_close(b, a, "gradients")
+
     def test_state_size_counts_the_returned_state(self):
         mixer = self._mixer()
         for t in self.state_lengths:

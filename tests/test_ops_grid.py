@@ -20,9 +20,14 @@ def _cut(inp, a, b):
 
 
 def _assert_states(s1, s2):
-    for a, b in zip(s1.weights + (s1.momentum or ()), s2.weights + (s2.momentum or ())):
-        torch.testing.assert_close(a, b, **TOL)
+    for part in ("weights", "momentum", "anchor"):
+        a, b = getattr(s1, part) or (), getattr(s2, part) or ()
+        assert len(a) == len(b), part
+        for x, y in zip(a, b):
+            torch.testing.assert_close(x, y, **TOL)
     assert s1.offset == s2.offset
+    if s1.offset:
+        torch.testing.assert_close(s1.anchor_decay, s2.anchor_decay, **TOL)
 
 
 @pytest.mark.parametrize("objective,order,decay,momentum", LINEAR_GRID)
@@ -47,7 +52,7 @@ def test_linear_gradients_match(objective, order, decay, momentum, chunk):
     for fn in (linear_memory_naive, linear_memory):
         y, s = _call(fn, inp, **kw)
         w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
-        loss = (y * w).sum() + s.weights[0].square().sum()
+        loss = (y * w).sum() + s.weights[0].square().sum() + sum(m.square().sum() for m in s.momentum or ())
         grads.append(torch.autograd.grad(loss, leaves))
     for g1, g2 in zip(*grads):
         torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)

@@ -103,3 +103,18 @@ def test_vocabulary_follows_the_task_unless_set(tasks):
     assert result.record.config["vocab_size"] == 64
     with pytest.raises(ValueError, match="vocab_size=32"):
         train({**TINY_MODEL, "vocab_size": 32}, _task(tasks, "tiny_recall"), tiny_budget(steps=2), seed=0)
+
+
+def test_resume_reads_the_checkpoint(tasks, tmp_path):
+    """A resumed run continues from the saved weights: corrupting them changes the result."""
+    from safetensors.torch import load_file, save_file
+
+    budget = tiny_budget(steps=8)
+    full = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=1)
+    train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=1, run_dir=tmp_path, stop_after=6)
+    path = latest_checkpoint(tmp_path) / "model.safetensors"
+    weights = load_file(path)
+    save_file({k: v + 0.5 for k, v in weights.items()}, path)
+    resumed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=1, run_dir=tmp_path, resume=True)
+    assert resumed.losses[:4] == full.losses[:4]
+    assert resumed.losses[4:] != full.losses[4:]
