@@ -43,6 +43,9 @@ class TestAttentionLayer(MixerContract):
     def make_mixer(self, d_model):
         return AttentionLayerConfig(n_heads=2, window=self.window).build(d_model)
 
+    def mixes_over_time(self, mixer):
+        return self.window != 1
+
     def expected_state_size(self, mixer, seq_len):
         return mixer.state_size(seq_len), True
 
@@ -252,6 +255,9 @@ class TestCMS(MixerContract):
     def make_mixer(self, d_model):
         from nlsearch.layers import CMSConfig
         return CMSConfig(n_heads=2, **self.setting).build(d_model)
+
+    def mixes_over_time(self, mixer):
+        return mixer.cfg.clock == "tokens"
 
     def expected_state_size(self, mixer, seq_len):
         """Each block's anchor is carried only while its window is open (seq_len % period != 0)."""
