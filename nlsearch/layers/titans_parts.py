@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlsearch.layers.attention import KVCache, attention_mask, rotary, windowed_attention
+from nlsearch.layers.heads import head_dim as resolve_head_dim
 
 
 def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optional[Tensor],
@@ -63,9 +64,7 @@ class PersistentAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, head_dim: Optional[int], rope_base: float,
                  n_persistent: int, window: Optional[int] = None, segment: Optional[int] = None):
         super().__init__()
-        dh = head_dim or d_model // n_heads
-        if head_dim is None and d_model % n_heads:
-            raise ValueError(f"n_heads={n_heads} does not divide d_model={d_model}")
+        dh = resolve_head_dim(d_model, n_heads, head_dim)
         if dh % 2:
             raise ValueError(f"head_dim={dh} must be even: RoPE rotates pairs of channels")
         self.h, self.dh, self.rope_base, self.window, self.segment = n_heads, dh, rope_base, window, segment
