@@ -93,26 +93,6 @@ def test_mac_handles_empty_input():
     assert y.shape == (2, 0, D) and st.offset == 0
 
 
-def test_mag_gates_attention_with_the_memory_on_the_same_input():
-    torch.manual_seed(0)
-    mag = TitansMAGConfig(memory=MEM, n_heads=2, window=4, n_persistent=2).build(D).double()
-    x = _x(13)
-    y, _ = mag(x)
-    expected = mag.gate(mag.attn(x)[0], mag.memory(x)[0])
-    torch.testing.assert_close(y, expected, atol=0, rtol=0)
-
-
-@pytest.mark.parametrize("inner", ["compose", "residual"])
-def test_mal_runs_attention_on_the_memory_output(inner):
-    torch.manual_seed(0)
-    mal = TitansMALConfig(memory=MEM, n_heads=2, window=4, n_persistent=2, inner=inner).build(D).double()
-    x = _x(13)
-    y, _ = mal(x)
-    m = mal.memory(x)[0]
-    expected = mal.attn(m)[0] if inner == "compose" else m + mal.attn(mal.norm(x + m))[0]
-    torch.testing.assert_close(y, expected, atol=0, rtol=0)
-
-
 @pytest.mark.parametrize("form", ["normalized", "linear"])
 def test_gate_forms(form):
     torch.manual_seed(0)

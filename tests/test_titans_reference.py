@@ -1,10 +1,12 @@
-"""Titans MAG against a reference written from its equations (paper §4.2 with the documented gate):
+"""Titans MAG and MAL against references written from its equations (paper §4.2 with the documented gate):
 a = W_o^attn softmax over [persistent keys (no position), RoPE keys of the last W tokens] ;
 m = the memory layer's output (MemoryLayer has its own reference test) ;
 y = W_o (RMSNorm_a(a) ⊙ σ(RMSNorm_m(m)))."""
 import torch
 
-from nlsearch.layers import MemoryLayerConfig, TitansMAGConfig
+import pytest
+
+from nlsearch.layers import MemoryLayerConfig, TitansMAGConfig, TitansMALConfig
 from nlsearch.ops import preset
 
 F64 = torch.float64
@@ -50,3 +52,17 @@ def test_mag_matches_reference():
     g = mag.gate
     want = (_rms(a, g.norm_y.weight) * torch.sigmoid(_rms(m, g.norm_m.weight))) @ g.out.weight.T
     torch.testing.assert_close(mag(x)[0], want, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("inner", ["compose", "residual"])
+def test_mal_matches_reference(inner):
+    """MAL: attention on the memory's output (compose: a = Attn(m); residual: m + Attn(RMSNorm(x + m)))."""
+    torch.manual_seed(0)
+    cfg = TitansMALConfig(memory=MemoryLayerConfig(rule=preset("titans-lmm"), n_heads=2), n_heads=2, window=5,
+                          n_persistent=2, inner=inner)
+    mal = cfg.build(16).double()
+    x = torch.randn(2, 19, 16, dtype=F64)
+    m = mal.memory(x)[0]
+    want = _attention(mal.attn, m, 5) if inner == "compose" else \
+        m + _attention(mal.attn, _rms(x + m, mal.norm.weight), 5)
+    torch.testing.assert_close(mal(x)[0], want, atol=1e-10, rtol=1e-10)

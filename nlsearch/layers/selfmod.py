@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
+from nlsearch.layers.heads import head_dim
 from nlsearch.layers.memory import LayerState
 from nlsearch.ops import MemoryState, mlp_forward, mlp_memory, mlp_memory_naive
 from nlsearch.ops.blocks import plan_segments
@@ -79,9 +80,7 @@ class SelfModConfig(Strict):
 
     def check(self, d_model: int, path: str = "mixer") -> None:
         """Fail before any tensor exists when the heads cannot tile the width."""
-        if self.head_dim is None and d_model % self.n_heads:
-            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
-        width = self.n_heads * (self.head_dim or d_model // self.n_heads)
+        width = self.n_heads * head_dim(d_model, self.n_heads, self.head_dim, path)
         if self.head_input == "split" and width != d_model:
             raise ValueError(f"{path}.head_input='split' needs n_heads * head_dim == d_model, "
                              f"got {width} != {d_model}")
@@ -101,7 +100,7 @@ class SelfModLayer(nn.Module):
         super().__init__()
         cfg.check(d_model, path="selfmod")
         h = cfg.n_heads
-        dh = cfg.head_dim or d_model // h
+        dh = head_dim(d_model, h, cfg.head_dim)
         hidden = cfg.expansion * dh
         self.cfg, self.h, self.dh = cfg, h, dh
         self.inp = nn.Linear(d_model, (1 if cfg.head_input == "split" else 2) * h * dh, bias=False)

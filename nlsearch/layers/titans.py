@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict
 from nlsearch.layers.attention import KVCache, attention_mask
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
+from nlsearch.layers.heads import head_dim
 from nlsearch.layers.titans_parts import OutputGate, PersistentAttention
 from nlsearch.ops import preset
 from nlsearch.profile import Level
@@ -76,9 +77,7 @@ class TitansConfigBase(Strict):
     def check(self, d_model: int, path: str = "mixer") -> None:
         """Fail before any tensor exists when heads cannot tile the width or RoPE cannot pair channels."""
         self.memory.check(d_model, f"{path}.memory")
-        if self.head_dim is None and d_model % self.n_heads:
-            raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
-        dh = self.head_dim or d_model // self.n_heads
+        dh = head_dim(d_model, self.n_heads, self.head_dim, path)
         if dh % 2:
             raise ValueError(f"{path}: attention head_dim={dh} must be even (RoPE rotates pairs)")
 
