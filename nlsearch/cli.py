@@ -218,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     desc.set_defaults(func=_describe)
     _add_run_commands(sub)
     _add_suite_command(sub)
+    from nlsearch.search.cli import add_commands as add_search_commands
+    add_search_commands(sub, lambda: console)
     return parser
 
 

@@ -7,7 +7,9 @@ As a channel mixer the module returns ``h_k − x``, accumulated as the sum of t
 bit for bit. Block ℓ is updated every ``periods[ℓ]`` = C_ℓ ticks of one of two named clocks
 (DESIGN.md, "CMS"), always with the SUM of the updates over its window (no step's gradient is dropped):
 
-``clock: tokens`` (in context). ``f_ℓ`` is an in-context MLP memory: a :class:`MemoryLayer` whose
+``clock: tokens`` (in context). ``f_ℓ`` is an in-context memory (by default an MLP memory; the
+per-block ``memory``/``objective`` lists pick linear and/or ``dot`` instead, so a search can vary the
+rule of every level): a :class:`MemoryLayer` whose
 rule is the MLP, l2, gd mini-batch rule with ``chunk = C_ℓ``: its fast weights (per head, residual,
 depth 2, starting at meta-learned parameters) take one step per window of C_ℓ tokens, the sum of
 the window's gradients, all taken at the window's start weights. Local objective (TTT style):
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 from typing import Dict, List, Literal, Optional, Tuple
 
-from pydantic import PositiveFloat, PositiveInt, field_validator
+from pydantic import PositiveFloat, PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
 from nlsearch.config import Strict, unhashed
@@ -52,6 +54,8 @@ class CMSConfig(Strict):
     eta_scale: PositiveFloat = 0.1             # tokens: η_t = eta_scale * sigmoid(·)
     read: Literal["after_write", "before_write"] = "after_write"
     carry_state: bool = True                   # tokens: fast weights persist across calls
+    memory: Tuple[Literal["mlp", "linear"], ...] = ()   # tokens: per block; () = "mlp" for every block
+    objective: Tuple[Literal["l2", "dot"], ...] = ()    # tokens: per block; () = "l2" for every block
     impl: Literal["fast", "naive"] = unhashed("fast", "chunkwise or per-token form; same results")
 
     @field_validator("periods", mode="before")
@@ -63,6 +67,22 @@ class CMSConfig(Strict):
                              f"every periods[ℓ] tokens or steps), got {list(value)}")
         return value
 
+    @model_validator(mode="after")
+    def _per_block(self) -> "CMSConfig":
+        for name in ("memory", "objective"):
+            given = getattr(self, name)
+            if given and len(given) != len(self.periods):
+                raise ValueError(f"{name} has {len(given)} entries but periods has {len(self.periods)}: give "
+                                 f"one per block, or none for the default")
+            if given and self.clock == "steps":
+                raise ValueError(f"{name} applies to clock: tokens only (clock: steps blocks are SwiGLU MLPs)")
+        return self
+
+    def block_rule(self, index: int) -> Tuple[str, str]:
+        """(memory, objective) of block ``index`` (clock: tokens)."""
+        return ((self.memory[index] if self.memory else "mlp"),
+                (self.objective[index] if self.objective else "l2"))
+
     def build(self, d_model: int) -> "CMS":
         return CMS(d_model, self)
 
@@ -71,17 +91,20 @@ class CMSConfig(Strict):
         if self.clock == "tokens" and d_model % self.n_heads:
             raise ValueError(f"{path}.n_heads={self.n_heads} does not divide d_model={d_model}")
 
-    def memory_config(self, period: int) -> MemoryLayerConfig:
-        """The in-context block of period C (clock: tokens): MLP l2 memory, one step per C tokens."""
-        rule = MemoryRule(memory="mlp", objective="l2", optimizer="gd", chunk=period, read=self.read,
+    def memory_config(self, period: int, memory: str = "mlp", objective: str = "l2") -> MemoryLayerConfig:
+        """The in-context block of period C (clock: tokens): by default an MLP l2 memory, one step per
+        C tokens; ``memory``/``objective`` pick another point of the rule grid for this block."""
+        rule = MemoryRule(memory=memory, objective=objective, optimizer="gd", chunk=period, read=self.read,
                           mlp_expansion=self.expansion, activation=self.activation)
         return MemoryLayerConfig(rule=rule, n_heads=self.n_heads, conv_size=0, qk_norm=True,
                                  eta_scale=self.eta_scale, impl=self.impl)
 
     def levels(self) -> List[Level]:
         if self.clock == "tokens":
-            return [Level(f"CMS-{i + 1}", f"MLP fast weights, one step per {c} tokens (sum of the window's "
-                          "l2 gradients)", "tokens", c, "l2", "mlp") for i, c in enumerate(self.periods)]
+            rules = [self.block_rule(i) for i in range(len(self.periods))]
+            return [Level(f"CMS-{i + 1}", f"{m.upper() if m == 'mlp' else m} fast weights, one step per {c} "
+                          f"tokens (sum of the window's {o} gradients)", "tokens", c, o, m)
+                    for i, (c, (m, o)) in enumerate(zip(self.periods, rules))]
         return [Level(f"CMS-{i + 1}", f"MLP block parameters, one optimizer step per {c} steps (sum of "
                       "the window's gradients)", "steps", c, "LM loss (next token)", "mlp")
                 for i, c in enumerate(self.periods)]
@@ -93,7 +116,8 @@ class CMS(nn.Module):
         cfg.check(d_model, path="cms")
         self.cfg = cfg
         if cfg.clock == "tokens":
-            blocks = [MemoryLayer(d_model, cfg.memory_config(c)) for c in cfg.periods]
+            blocks = [MemoryLayer(d_model, cfg.memory_config(c, *cfg.block_rule(i)))
+                      for i, c in enumerate(cfg.periods)]
         else:
             blocks = [SwiGLU(d_model, max(1, int(cfg.ratio * d_model))) for _ in cfg.periods]
         self.blocks = nn.ModuleList(blocks)

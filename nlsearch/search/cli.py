@@ -1,0 +1,129 @@
+"""``nlsearch search FILE`` and ``nlsearch space show FILE``."""
+from __future__ import annotations
+
+import argparse
+from typing import List
+
+import pandas as pd
+from rich.console import Console
+from rich.markup import escape
+
+from nlsearch.bench.report import rich_table
+
+
+def _dimension_rows(space) -> List[dict]:
+    from nlsearch.search.space import Param
+
+    def describe(spec: Param) -> tuple:
+        if spec.choices is not None:
+            return "categorical", ", ".join(str(c) for c in spec.labels)
+        bounds = spec.int if spec.int is not None else spec.float
+        kind = "int" if spec.int is not None else "float"
+        extra = " (log)" if spec.log else (f" step {spec.step}" if spec.step else "")
+        return kind, f"[{bounds[0]}, {bounds[1]}]{extra}"
+
+    rows = []
+    for name, spec in space.params.items():
+        when = ", ".join(f"{k} in {v}" for k, v in spec.when.items()) or "always"
+        if isinstance(spec, Param):
+            kind, values = describe(spec)
+            rows.append({"parameter": name, "kind": kind, "values": values, "path": spec.path or name, "when": when})
+            continue
+        rows.append({"parameter": name, "kind": "group size", "values": f"[{spec.repeat[0]}, {spec.repeat[1]}]",
+                     "path": spec.path or ".", "when": when})
+        for item, item_spec in spec.each.items():
+            kind, values = describe(item_spec)
+            rows.append({"parameter": f"{name}.<i>.{item}", "kind": kind, "values": values,
+                         "path": f"{spec.path}.{item_spec.path or item} (list)", "when": f"i < {name}"})
+    return rows
+
+
+def _space_show(args: argparse.Namespace, console: Console) -> int:
+    import optuna
+
+    from nlsearch.budgets import run_lengths
+    from nlsearch.config import to_yaml
+    from nlsearch.search.compile import sample
+    from nlsearch.search.driver import resolve_budget
+    from nlsearch.search.space import load_space
+    from nlsearch.tasks import load_task
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(args.file)
+    budget = resolve_budget(space)
+    console.print(f"[bold]{space.name}[/bold]: {escape(space.description.strip())}")
+    console.print(f"tasks {space.tasks} · budget {budget.ref} · seeds {space.seeds} · trials {space.trials} · "
+                  f"sampler {space.sampler.kind} · pruner {space.pruner.kind} · base {space.base}")
+    console.print("objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in space.objectives))
+    if space.constraints:
+        console.print("constraints: " + ", ".join(f"{k} in [{b.min}, {b.max}]" for k, b in space.constraints.items()))
+    if space.match_params:
+        m = space.match_params
+        console.print(f"match_params: {m.adjust} set so parameters ≈ {m.target:,}")
+    console.print(rich_table(pd.DataFrame(_dimension_rows(space)), "dimensions (applied in this order)"))
+    seq_len = run_lengths(budget, load_task(space.tasks[0]))[0][0]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed), directions=space.directions)
+    cand = sample(space, study.ask(), seq_len)
+    console.print(f"one sampled candidate (seed {args.seed}): {cand.sampled}")
+    console.print(f"params {cand.facts['params']:,.0f} · state {cand.facts['state_size']:,.0f} at T={seq_len} · "
+                  f"nesting depth {cand.facts['nesting_depth']:.0f}")
+    console.print(escape(to_yaml(cand.config)))
+    return 0
+
+
+def _search(args: argparse.Namespace, console: Console) -> int:
+    from rich.live import Live
+    from rich.text import Text
+
+    from nlsearch.search.results import top_table
+    from nlsearch.search.run import run_search
+    from nlsearch.search.driver import SearchInterrupted
+
+    live = Live(Text("starting…"), console=console, refresh_per_second=4, transient=False) if not args.quiet else None
+
+    def status(line: str) -> None:
+        if live is not None:
+            live.update(Text(line))
+
+    try:
+        if live is not None:
+            live.start()
+        study, frame, out = run_search(args.file, out=args.out, workers=args.workers, address=args.address,
+                                       storage=args.storage, trials=args.trials, device=args.device,
+                                       log=lambda m: console.print(escape(m)), status=status,
+                                       plots=not args.no_plots)
+    except SearchInterrupted:
+        console.print("[yellow]interrupted[/yellow]: the study is consistent; run the same command to resume")
+        return 130
+    finally:
+        if live is not None:
+            live.stop()
+    from nlsearch.search.space import load_space
+    space = load_space(args.file)
+    if (frame.state == "COMPLETE").any():
+        console.print(rich_table(top_table(study, space, frame), f"search {space.name}: best trials"))
+    console.print(f"results in {escape(str(out))}: trials.parquet, best.yaml, summary.md, plots"
+                  f"{', pareto.parquet' if space.multi_objective else ''}")
+    return 0
+
+
+def add_commands(sub, console_of) -> None:
+    """Registers ``search`` and ``space show``; ``console_of()`` returns the CLI's console."""
+    se = sub.add_parser("search", help="explore a search space with Optuna (trials in process or on Ray)")
+    se.add_argument("file", help="a search space YAML (search_spaces/*.yaml)")
+    se.add_argument("--workers", type=int, default=1, help="trials at once; > 1 starts a local Ray")
+    se.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto) instead of a local one")
+    se.add_argument("--storage", default=None, help="an Optuna storage URL (postgresql://…); default: a "
+                    "journal file in the results folder")
+    se.add_argument("--out", default=None, help="results folder (default results/<space name>)")
+    se.add_argument("--trials", type=int, default=None, help="finished trials wanted (default: the space's)")
+    se.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    se.add_argument("--no-plots", action="store_true")
+    se.add_argument("--quiet", action="store_true", help="no live progress line")
+    se.set_defaults(func=lambda a: _search(a, console_of()))
+
+    space = sub.add_parser("space", help="search spaces").add_subparsers(dest="what", required=True)
+    show = space.add_parser("show", help="dimensions, conditions and one sampled config of a space")
+    show.add_argument("file")
+    show.add_argument("--seed", type=int, default=0, help="seed of the sampled example")
+    show.set_defaults(func=lambda a: _space_show(a, console_of()))

@@ -1,0 +1,218 @@
+"""The search driver: Optuna asks, an executor runs, Optuna is told (``run_search``).
+
+Optuna is the single source of truth and the driver its only writer. For each free worker slot the
+driver asks a trial, samples a candidate (define-by-run), checks the constraints before any training
+(an infeasible candidate is told PRUNED with its constraint values, through Optuna's constraint API,
+and never trained), and submits a job. Intermediate reports feed the pruner; outcomes are told back:
+COMPLETE with the objective values, PRUNED, or FAIL with the reason in the trial's ``reason``
+attribute. ``results/<study>/`` is rewritten after every finished trial (see ``results``).
+
+Stopping: Ctrl-C cancels the running trials, re-queues them (their checkpoints are kept) and leaves a
+study that the same command resumes. A crash (kill -9) leaves RUNNING trials that the next run
+re-queues the same way.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from nlsearch.budgets import Budget, load_budget, run_lengths, task_kind
+from nlsearch.config import canonical_json, config_hash, parse_config
+from nlsearch.search.compile import Candidate, check_space, sample
+from nlsearch.search.executors import Executor, InProcessExecutor
+from nlsearch.search.space import SearchSpace
+from nlsearch.search.study import DriverLock, finished, open_study, recover, requeue
+from nlsearch.search.trial import TrialJob, TrialOutcome
+from nlsearch.tasks import load_task
+
+Log = Callable[[str], Any]
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C: the study was left consistent and resumable."""
+
+
+@dataclass
+class SearchState:
+    """What the progress display shows."""
+
+    wanted: int
+    started: float = field(default_factory=time.monotonic)
+    durations: List[float] = field(default_factory=list)
+    running: int = 0
+
+
+class Driver:
+    def __init__(self, space: SearchSpace, run_dir: Path, executor: Optional[Executor], storage: Optional[str] = None,
+                 trials: Optional[int] = None, device: str = "auto", tasks_dir: Optional[Path] = None,
+                 log: Log = print, on_change: Optional[Callable[["Driver"], None]] = None):
+        self.space, self.run_dir, self.executor = space, Path(run_dir), executor
+        self.trials = trials or space.trials
+        self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
+        self.budget = resolve_budget(space)
+        self.tasks = [load_task(t, tasks_dir) for t in space.tasks]
+        self._check_metrics()
+        first = self.space.objectives[0]
+        self.prune_task = first.task if first.task is not None and not space.multi_objective else None
+        self.prune_metric = first.name if self.prune_task else None
+        self.max_steps = max(self.budget.for_kind(task_kind(t)).steps for t in self.tasks)
+        self.seq_len = run_lengths(self.budget, self.tasks[0])[0][0]
+        check_space(space, self.seq_len)
+        self.storage = storage
+        self.pending: Dict[int, optuna.Trial] = {}
+        self.state = SearchState(self.trials)
+
+    def _check_metrics(self) -> None:
+        by_name = {t.split("@")[0]: task for t, task in zip(self.space.tasks, self.tasks)}
+        for i, obj in enumerate(self.space.objectives):
+            if obj.task is None:
+                continue
+            names = [m.name for m in by_name[obj.task].spec.metrics]
+            if obj.name not in names:
+                raise ValueError(f"{self.space.source or self.space.name}: objectives.{i}.metric {obj.metric!r}: "
+                                 f"task {obj.task} reports {names}")
+
+    # --- asking -------------------------------------------------------------------------------
+
+    def _constraints(self, trial: optuna.Trial, cand: Candidate) -> List[str]:
+        broken = []
+        for key, bound in self.space.constraints.items():
+            value = cand.facts[key]
+            excess = max((bound.min - value) if bound.min is not None else -math.inf,
+                         (value - bound.max) if bound.max is not None else -math.inf)
+            trial.set_constraint(key, excess)
+            if excess > 0:
+                broken.append(f"{key}={value:,.0f} outside [{bound.min}, {bound.max}]")
+        return broken
+
+    def _ask(self, study: optuna.Study) -> None:
+        trial = study.ask()
+        try:
+            cand = sample(self.space, trial, self.seq_len)
+        except ValueError as err:
+            trial.set_user_attr("reason", f"config: {err}")
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"trial {trial.number} failed: {err}")
+            return
+        for key, value in {"config": canonical_json(cand.config), "config_sha256": config_hash(cand.config),
+                           **cand.facts}.items():
+            trial.set_user_attr(key, value)
+        broken = self._constraints(trial, cand)
+        if broken:
+            trial.set_user_attr("reason", "infeasible (not trained): " + "; ".join(broken))
+            study.tell(trial, state=TrialState.PRUNED)
+            return
+        run_dir = trial.user_attrs.get("run_dir") or str(self.run_dir / "trials" / f"{trial.number:04d}")
+        trial.set_user_attr("run_dir", run_dir)
+        self.pending[trial.number] = trial
+        self.executor.submit(TrialJob(
+            number=trial.number, config=cand.config.model_dump(mode="json"), tasks=list(self.space.tasks),
+            budget=self.budget.model_dump(mode="json"), seeds=list(self.space.seeds), run_dir=run_dir,
+            prune_task=self.prune_task, prune_metric=self.prune_metric, threads=self.executor.threads(),
+            device=self.device, tasks_dir=str(self.tasks_dir) if self.tasks_dir else None))
+
+    # --- telling ------------------------------------------------------------------------------
+
+    def on_report(self, number: int, step: int, value: float) -> bool:
+        trial = self.pending.get(number)
+        if trial is None or not math.isfinite(value):
+            return False
+        trial.report(value, step)
+        return trial.should_prune()
+
+    def _values(self, outcome: TrialOutcome, trial: optuna.Trial) -> Optional[List[float]]:
+        values = []
+        for obj in self.space.objectives:
+            if obj.task is not None:
+                value = outcome.metrics.get(f"{obj.task}:{obj.name}")
+            elif obj.metric == "tokens_per_s":
+                value = outcome.tokens_per_s
+            else:
+                value = trial.user_attrs.get(obj.metric)
+            if value is None or not math.isfinite(value):
+                return None
+            values.append(float(value))
+        return values
+
+    def _tell(self, study: optuna.Study, outcome: TrialOutcome) -> None:
+        trial = self.pending.pop(outcome.number)
+        attrs = {"metrics": outcome.metrics, "tokens_per_s": outcome.tokens_per_s, "wall_s": outcome.wall_s,
+                 "hardware": outcome.hardware, "reason": outcome.reason, "pruned_at": outcome.pruned_at}
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        self.state.durations.append(outcome.wall_s)
+        if outcome.status == "complete":
+            values = self._values(outcome, trial)
+            if values is None:
+                trial.set_user_attr("reason", f"an objective is missing or not finite: {outcome.metrics}")
+                study.tell(trial, state=TrialState.FAIL)
+            else:
+                study.tell(trial, values)
+        elif outcome.status == "pruned":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            self.log(f"trial {outcome.number} failed: {outcome.reason}")
+            study.tell(trial, state=TrialState.FAIL)
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> optuna.Study:
+        with DriverLock(self.run_dir):
+            study = open_study(self.space, self.run_dir, self.storage, self.max_steps)
+            stale = recover(study)
+            if stale:
+                self.log(f"resuming {self.space.name}: {stale} interrupted trial(s) re-queued")
+            self.executor.start(self.on_report)
+            try:
+                self._loop(study)
+            except KeyboardInterrupt:
+                for number in self.executor.cancel_all():
+                    if number in self.pending:
+                        self.pending.pop(number)
+                        requeue(study, number, f"interrupted: Ctrl-C while trial {number} ran")
+                raise SearchInterrupted() from None
+            finally:
+                self.executor.shutdown()
+                self._changed(study)
+        return study
+
+    def _loop(self, study: optuna.Study) -> None:
+        deadline = (time.monotonic() + 60 * self.space.timeout_minutes) if self.space.timeout_minutes else None
+        while True:
+            asking = deadline is None or time.monotonic() < deadline
+            while asking and len(self.pending) < self.executor.slots and \
+                    finished(study) + len(self.pending) < self.trials:
+                self._ask(study)
+                self._changed(study)
+            if not self.pending:
+                return
+            for outcome in self.executor.wait(timeout=0.5):
+                self._tell(study, outcome)
+                self._changed(study)
+
+    def _changed(self, study: optuna.Study) -> None:
+        self.state.running = len(self.pending)
+        if self.on_change is not None:
+            self.on_change(self, study)
+
+
+def resolve_budget(space: SearchSpace) -> Budget:
+    """The space's budget: a profile name, a budget file, or an inline mapping (a full Budget)."""
+    if isinstance(space.budget, str):
+        return load_budget(space.budget)
+    return parse_config(Budget, space.budget, f"{space.source or space.name}: budget")
+
+
+def default_executor(workers: int, address: Optional[str], space: SearchSpace) -> Executor:
+    """In process for one local worker; Ray for ``workers`` > 1 or a cluster ``address``."""
+    if workers <= 1 and not address:
+        return InProcessExecutor(threads=space.resources.cpus_per_trial)
+    from nlsearch.search.executors import RayExecutor
+    return RayExecutor(workers=workers, address=address, resources=space.resources)
+

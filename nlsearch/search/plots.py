@@ -1,0 +1,112 @@
+"""The figures of a search (matplotlib, Agg): each returns the sentence summary.md puts under it."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Dict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from nlsearch.search.results import objective_columns, save_figure  # noqa: E402
+from nlsearch.search.space import SearchSpace  # noqa: E402
+
+
+def _complete(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[frame.state == "COMPLETE"]
+
+
+def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
+    col, obj = objective_columns(space)[0], space.objectives[0]
+    done = _complete(frame).dropna(subset=[col, "nesting_depth"])
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter(done.nesting_depth, done[col], alpha=0.5, label="trials")
+    stats = done.groupby("nesting_depth")[col].agg(["mean", "std", "count"]).reset_index()
+    ax.errorbar(stats.nesting_depth, stats["mean"], yerr=stats["std"].fillna(0), color="C3", marker="o",
+                capsize=4, label="mean ± std")
+    ax.set(xlabel="nesting depth (levels)", ylabel=obj.metric, title=f"{space.name}: {obj.metric} vs nesting depth")
+    ax.legend()
+    save_figure(fig, out / "depth.png")
+    plt.close(fig)
+    if stats.empty:
+        return "No trial completed, so no depth can be compared yet."
+    best = stats.loc[stats["mean"].idxmax() if obj.direction == "maximize" else stats["mean"].idxmin()]
+    return (f"{obj.metric} against nesting depth over {len(done)} complete trials; the best mean is at depth "
+            f"{int(best.nesting_depth)} ({best['mean']:.4g} over {int(best['count'])} trials).")
+
+
+def history_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
+    col, obj = objective_columns(space)[0], space.objectives[0]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        part = frame[(frame.state == state)]
+        if state == "PRUNED":
+            part = part.assign(**{col: part["last_report"]})   # the value it was pruned at
+        ax.scatter(part.number, part[col], marker=marker, label=state.lower(), alpha=0.7)
+    done = _complete(frame).sort_values("number")
+    best = done[col].cummax() if obj.direction == "maximize" else done[col].cummin()
+    ax.step(done.number, best, where="post", color="C3", label="best so far")
+    ax.set(xlabel="trial", ylabel=obj.metric, title=f"{space.name}: optimisation history")
+    ax.legend()
+    save_figure(fig, out / "history.png")
+    plt.close(fig)
+    if done.empty:
+        return "No trial completed yet."
+    first_best = int(done.number[best == best.iloc[-1]].iloc[0])
+    return (f"{obj.metric} of each complete trial and the best so far; the best ({best.iloc[-1]:.4g}) was "
+            f"first reached at trial {first_best} of {int(frame.number.max()) + 1}.")
+
+
+def pareto_plot(study, space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
+    cols = objective_columns(space)[:2]
+    done = _complete(frame)
+    front = frame[frame.number.isin([t.number for t in study.best_trials])]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter(done[cols[0]], done[cols[1]], alpha=0.4, label="trials")
+    front = front.sort_values(cols[0])
+    ax.plot(front[cols[0]], front[cols[1]], "o-", color="C3", label="Pareto front")
+    ax.set(xlabel=space.objectives[0].metric, ylabel=space.objectives[1].metric, title=f"{space.name}: Pareto front")
+    ax.legend()
+    save_figure(fig, out / "pareto.png")
+    plt.close(fig)
+    return (f"{len(front)} of {len(done)} complete trials are Pareto-optimal in "
+            f"({space.objectives[0].metric}, {space.objectives[1].metric}).")
+
+
+def importance_plot(study, space: SearchSpace, out: Path) -> str:
+    import optuna
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            target = (lambda t: t.values[0]) if space.multi_objective else None
+            imp = optuna.importance.get_param_importances(study, target=target)
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        imp, reason = {}, str(err)
+    else:
+        reason = "fewer than two complete trials with varied parameters"
+    fig, ax = plt.subplots(figsize=(5.5, 0.4 * max(len(imp), 2) + 1.2))
+    names = list(imp)[::-1]
+    ax.barh(names, [imp[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title=f"{space.name}: parameter importance")
+    save_figure(fig, out / "importance.png")
+    plt.close(fig)
+    if not imp or any(math.isnan(v) for v in imp.values()):
+        return f"Parameter importance could not be computed: {reason}."
+    top = next(iter(imp))
+    return (f"fANOVA importance of each parameter for {space.objectives[0].metric}; {top!r} explains the most "
+            f"({imp[top]:.0%}).")
+
+
+def make_plots(study, space: SearchSpace, frame: pd.DataFrame, out: Path) -> Dict[str, str]:
+    """Writes every figure; returns {file name: sentence}."""
+    out = Path(out)
+    sentences = {"depth.png": depth_plot(space, frame, out), "history.png": history_plot(space, frame, out)}
+    if space.multi_objective:
+        sentences["pareto.png"] = pareto_plot(study, space, frame, out)
+    sentences["importance.png"] = importance_plot(study, space, out)
+    return sentences

@@ -1,0 +1,137 @@
+"""What a search leaves in ``results/<study>/``, all derived from the Optuna study:
+
+- ``trials.parquet``: one row per trial (``p:<param>`` sampled values, canonical config and hash,
+  state, the objective values, every metric ``m:<task>:<metric>``, parameter count, state size,
+  nesting depth, FLOPs/token, tokens/s, durations, hardware, reason);
+- ``best.yaml``: the best trial's model config, as ``nlsearch train --model`` and the leaderboard
+  take it (multi-objective: the Pareto trial best on the first objective);
+- ``pareto.parquet`` (multi-objective): the Pareto-optimal trials;
+- plots: ``depth.png`` (first objective vs nesting depth, mean ± std over trials), ``history.png``
+  (optimisation history), ``pareto.png`` (multi-objective), ``importance.png`` (fANOVA);
+- ``summary.md``: the best trials and a sentence per plot.
+
+Every file is written atomically; ``write_results`` may run after every trial.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+
+from nlsearch.config import parse_config, to_yaml
+from nlsearch.io import atomic_write, markdown_table, write_parquet, write_text
+from nlsearch.models.backbone import ModelConfig
+from nlsearch.search.compile import candidate_text
+from nlsearch.search.space import SearchSpace
+
+FACTS = ("params", "state_size", "nesting_depth", "flops_per_token")
+
+
+def objective_columns(space: SearchSpace) -> List[str]:
+    return [f"objective:{o.metric}" for o in space.objectives]
+
+
+def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        attrs = t.user_attrs
+        row = {"number": t.number, "state": t.state.name, "reason": attrs.get("reason", ""),
+               "candidate": candidate_text(space, t.params)}
+        for col, i in zip(objective_columns(space), range(len(space.objectives))):
+            row[col] = t.values[i] if t.values is not None else math.nan
+        row.update({f"p:{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in t.params.items()})
+        row.update({f"m:{k}": v for k, v in (attrs.get("metrics") or {}).items()})
+        row.update({k: attrs.get(k, math.nan) for k in FACTS})
+        row.update(tokens_per_s=attrs.get("tokens_per_s") or math.nan, wall_s=attrs.get("wall_s", math.nan),
+                   duration_s=(t.duration.total_seconds() if t.duration else math.nan),
+                   started=str(t.datetime_start or ""), hardware=attrs.get("hardware", ""),
+                   pruned_at=attrs.get("pruned_at"), retry_of=attrs.get("retry_of"),
+                   last_report=(t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values
+                                else math.nan),
+                   constraints=json.dumps(t.constraints), config=attrs.get("config", ""),
+                   config_sha256=attrs.get("config_sha256", ""), run_dir=attrs.get("run_dir", ""))
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    for col in ("pruned_at", "retry_of"):
+        if col in frame:
+            frame[col] = frame[col].astype("Int64")
+    for col in frame.columns:
+        if col.startswith("p:") and frame[col].map(type).nunique() > 1:
+            frame[col] = frame[col].astype(str)
+    return frame
+
+
+def best_trials(study, space: SearchSpace):
+    """Complete trials ranked best first (multi-objective: the Pareto front, by the first objective)."""
+    sign = -1.0 if space.objectives[0].direction == "maximize" else 1.0
+    pool = study.best_trials if space.multi_objective else \
+        [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    return sorted(pool, key=lambda t: sign * t.values[0])
+
+
+def write_best(study, space: SearchSpace, out: Path) -> Optional[Path]:
+    ranked = best_trials(study, space)
+    if not ranked:
+        return None
+    best = ranked[0]
+    cfg = parse_config(ModelConfig, json.loads(best.user_attrs["config"]), f"trial {best.number}")
+    cfg = cfg.model_copy(update={"name": f"{space.name}-best"})
+    values = ", ".join(f"{o.metric}={v:.4g}" for o, v in zip(space.objectives, best.values))
+    header = (f"# best of search {space.name!r}: trial {best.number} ({values})\n"
+              f"# config sha256 {best.user_attrs['config_sha256']}\n")
+    return write_text(header + to_yaml(cfg), out / "best.yaml")
+
+
+def write_results(study, space: SearchSpace, out: Path, plots: bool = False) -> pd.DataFrame:
+    """Writes the tables (and, when ``plots``, the figures and summary.md); returns the trials table."""
+    out = Path(out)
+    frame = trials_frame(study, space)
+    if frame.empty:
+        return frame
+    write_parquet(frame, out / "trials.parquet")
+    write_best(study, space, out)
+    if space.multi_objective:
+        numbers = [t.number for t in best_trials(study, space)]
+        write_parquet(frame[frame.number.isin(numbers)], out / "pareto.parquet")
+    if plots:
+        from nlsearch.search.plots import make_plots
+        sentences = make_plots(study, space, frame, out)
+        write_text(summary_markdown(study, space, frame, sentences), out / "summary.md")
+    return frame
+
+
+def top_table(study, space: SearchSpace, frame: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    numbers = [t.number for t in best_trials(study, space)][:k]
+    cols = ["number"] + objective_columns(space) + ["nesting_depth", "params", "state_size", "candidate"]
+    table = frame.set_index("number").loc[numbers].reset_index()[cols]
+    for col in ("nesting_depth", "params", "state_size"):
+        table[col] = table[col].astype(int)
+    return table.rename(columns=lambda c: c.removeprefix("objective:"))
+
+
+def counts(frame: pd.DataFrame) -> Dict[str, int]:
+    return {s.lower(): int((frame.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+
+
+def summary_markdown(study, space: SearchSpace, frame: pd.DataFrame, sentences: Dict[str, str]) -> str:
+    c = counts(frame)
+    lines = [f"# Search `{space.name}`", "", space.description.strip(), "",
+             f"Tasks {', '.join(space.tasks)}; budget {space.budget if isinstance(space.budget, str) else 'inline'}; "
+             f"seeds {space.seeds}; sampler {space.sampler.kind}; pruner {space.pruner.kind}.",
+             f"Trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed.", "",
+             "## Best trials", ""]
+    if c["complete"]:
+        lines.append(markdown_table(top_table(study, space, frame)))
+    else:
+        lines.append("No trial completed.")
+    lines += ["", "## Plots", ""]
+    for name, sentence in sentences.items():
+        lines += [f"![{name}]({name})", "", sentence, ""]
+    return "\n".join(lines)
+
+
+def save_figure(fig, path: Path) -> None:
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))

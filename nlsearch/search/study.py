@@ -1,0 +1,156 @@
+"""The Optuna study of a search: storage, sampler, pruner, and recovery after a crash.
+
+Storage: by default an Optuna JournalStorage file ``<run dir>/study.journal`` (embedded, no server;
+``optuna-dashboard <run dir>/study.journal`` reads it); any Optuna storage URL (``postgresql://…``)
+for several machines. One driver at a time owns a run directory (``driver.lock``, an ``flock``).
+
+Recovery: a trial left RUNNING by a driver that died (kill -9, power cut) or was stopped (Ctrl-C) is
+marked FAIL with the reason, flagged ``requeued``, and its parameters are enqueued again with
+``retry_of`` and its run directory, so the new trial resumes the old one's checkpoints. A journal
+whose last line was cut by a crash is truncated to its last complete line first.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import IO, Optional
+
+import optuna
+from optuna.trial import TrialState
+
+from nlsearch.config import canonical_json
+from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
+
+JOURNAL = "study.journal"
+REQUEUED = "requeued"
+# space fields that may change between runs of one study (asking for more trials, say)
+MUTABLE = ("trials", "timeout_minutes", "description", "resources")
+
+
+class DriverLock:
+    """An exclusive ``flock`` on ``<run dir>/driver.lock``: a second driver is refused, and the lock
+    goes away with its process, however it dies."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / "driver.lock"
+        self.handle: Optional[IO] = None
+
+    def __enter__(self) -> "DriverLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "a+")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise ValueError(f"another search is running in {self.path.parent} (it holds {self.path})") from None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def repair_journal(path: Path) -> None:
+    """Drops a last line cut short by a crash (Optuna refuses to append after one); removes a
+    journal lock left by a killed writer (safe: this process holds the driver lock)."""
+    if path.exists():
+        data = path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if end != len(data):
+            with open(path, "r+b") as f:
+                f.truncate(end)
+    stale = Path(f"{path}.lock")
+    if stale.is_symlink() or stale.exists():
+        stale.unlink()
+
+
+def make_storage(run_dir: Path, url: Optional[str]):
+    if url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(run_dir) / JOURNAL
+    repair_journal(path)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+def make_sampler(spec: SamplerSpec, seed: int, multi: bool):
+    if spec.kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials, multivariate=True,
+                                          group=True, constant_liar=True)
+
+
+def make_pruner(spec: PrunerSpec, max_steps: int):
+    if spec.kind == "none":
+        return optuna.pruners.NopPruner()
+    if spec.kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.n_warmup_steps)
+    if spec.kind == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource or "auto",
+                                                      reduction_factor=spec.reduction_factor)
+    return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource or 1, max_resource=max_steps,
+                                          reduction_factor=spec.reduction_factor)
+
+
+def space_identity(space: SearchSpace) -> str:
+    """The canonical JSON of what a study measures (fields in MUTABLE left out)."""
+    data = json.loads(canonical_json(space))
+    for key in MUTABLE + ("source",):
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], max_steps: int) -> optuna.Study:
+    """Creates the study, or loads it when it exists; refuses a space that changed what it measures."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=make_storage(run_dir, storage_url), study_name=space.name,
+                                directions=space.directions, load_if_exists=True,
+                                sampler=make_sampler(space.sampler, space.seed, space.multi_objective),
+                                pruner=make_pruner(space.pruner, max_steps))
+    identity = space_identity(space)
+    stored = study.user_attrs.get("space")
+    if stored is None:
+        study.set_user_attr("space", identity)
+    elif stored != identity:
+        raise ValueError(f"study {space.name!r} in {run_dir} was started with a different space (only "
+                         f"{', '.join(MUTABLE)} may change): use another name or --out, or remove {run_dir}")
+    return study
+
+
+def finished(study: optuna.Study) -> int:
+    """Trials that count towards ``trials``: complete, pruned, and failed ones not re-queued."""
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED)))
+
+
+def requeue(study: optuna.Study, number: int, reason: str) -> None:
+    """Marks running trial ``number`` FAIL (``reason``, ``requeued``) and enqueues its parameters again."""
+    frozen = study.get_trials(deepcopy=False)[number]
+    trial = optuna.trial.Trial(study, frozen._trial_id)
+    trial.set_user_attr("reason", reason)
+    trial.set_user_attr(REQUEUED, True)
+    study.tell(number, state=TrialState.FAIL)
+    attrs = {"retry_of": number}
+    if "run_dir" in frozen.user_attrs:
+        attrs["run_dir"] = frozen.user_attrs["run_dir"]
+    study.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
+
+
+def recover(study: optuna.Study) -> int:
+    """Re-queues every trial left RUNNING by an earlier driver; returns how many."""
+    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in stale:
+        requeue(study, number, f"interrupted: the driver stopped while trial {number} ran (pid {os.getpid()} "
+                               f"re-queued it)")
+    return len(stale)

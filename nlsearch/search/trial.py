@@ -1,0 +1,114 @@
+"""One trial, as a worker runs it: ``run_trial(job, report) -> TrialOutcome``. Pure and picklable.
+
+A trial trains its model config on every task of the space with every seed (``nlsearch.train``),
+each run in ``<job.run_dir>/<task>/seed<seed>``. The runs of the pruning task with the first seed
+send their intermediate metric through ``report(step, value) -> prune?``; a True answer stops the
+run (status ``pruned``). The worker never touches the study: it returns an outcome, and the driver
+tells Optuna. A run whose ``record.json`` exists is reused; a run with checkpoints resumes (a trial
+re-queued after a crash continues where it stopped).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+from nlsearch.budgets import Budget
+from nlsearch.train.loop import NonFiniteLossError, train
+from nlsearch.train.plan import RECORD
+from nlsearch.train.record import RunRecord, read_record
+
+Report = Callable[[int, float], bool]
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    number: int                          # the Optuna trial number
+    config: Dict                         # ModelConfig as JSON-able mapping
+    tasks: List[str]
+    budget: Dict                         # Budget as JSON-able mapping
+    seeds: List[int]
+    run_dir: str
+    prune_task: Optional[str] = None     # the task (as listed) whose first-seed run reports
+    prune_metric: Optional[str] = None
+    threads: Optional[int] = None
+    device: str = "auto"
+    tasks_dir: Optional[str] = None
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    status: str                          # complete | pruned | failed
+    metrics: Dict[str, float] = field(default_factory=dict)   # "<task>:<metric>" -> mean over seeds
+    reason: str = ""
+    pruned_at: Optional[int] = None
+    tokens_per_s: Optional[float] = None
+    wall_s: float = 0.0
+    hardware: str = ""
+    pid: int = 0
+
+
+def _task_name(ref: str) -> str:
+    return Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref.split("@")[0]
+
+
+def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optional[RunRecord]:
+    """One training run; returns its record, or None when the reporter stopped it."""
+    run_dir = Path(job.run_dir) / _task_name(task) / f"seed{seed}"
+    if (run_dir / RECORD).exists():
+        return read_record(run_dir)
+    reporter = None
+    if report is not None:
+        def reporter(step: int, metrics: Dict[str, float]) -> bool:
+            return bool(report(step, float(metrics[job.prune_metric])))
+    tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
+    result = train(job.config, task, Budget.model_validate(job.budget), seed, reporter=reporter, run_dir=run_dir,
+                   resume=True, device=job.device, threads=job.threads, tasks_dir=tasks_dir)
+    return result.record if result.status == "completed" else None
+
+
+def _mean(values: List[float]) -> float:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else float("nan")
+
+
+def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
+    """Trains and scores one candidate. Returns ``failed`` (with the reason) for a diverged or broken
+    run instead of raising; lets KeyboardInterrupt through."""
+    start = time.perf_counter()
+    out = TrialOutcome(job.number, "complete", pid=os.getpid())
+    records: List[RunRecord] = []
+
+    def tracked(step: int, value: float) -> bool:
+        stop = bool(report(step, value))
+        if stop:
+            out.pruned_at = step
+        return stop
+    try:
+        for task in job.tasks:
+            per_seed: Dict[str, List[float]] = {}
+            for i, seed in enumerate(job.seeds):
+                reports = tracked if (report is not None and i == 0 and _task_name(task) == job.prune_task) else None
+                record = _run(job, task, seed, reports)
+                if record is None:
+                    out.status, out.reason = "pruned", f"pruned during {task} seed {seed}"
+                    return out
+                records.append(record)
+                for name, value in record.metrics.items():
+                    if "[" not in name:
+                        per_seed.setdefault(name, []).append(value)
+            out.metrics.update({f"{_task_name(task)}:{k}": _mean(v) for k, v in per_seed.items()})
+    except NonFiniteLossError as err:
+        out.status, out.reason = "failed", f"non-finite loss: {err}"
+    except Exception as err:                                   # a broken trial must not end the search
+        out.status, out.reason = "failed", f"{type(err).__name__}: {err}"
+    finally:
+        out.wall_s = time.perf_counter() - start
+        speeds = [r.tokens_per_s for r in records if r.tokens_per_s]
+        out.tokens_per_s = _mean(speeds) if speeds else None
+        out.hardware = records[0].hardware if records else ""
+    return out
