@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_suite_command(sub)
     from nlsearch.search.cli import add_commands as add_search_commands
     add_search_commands(sub, lambda: console)
+    from nlsearch.leaderboard.cli import add_commands as add_leaderboard_commands
+    add_leaderboard_commands(sub)
     return parser
 
 

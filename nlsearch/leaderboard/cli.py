@@ -1,0 +1,107 @@
+"""Commands ``submit``, ``leaderboard [show|render|index]`` and ``reproduce``, added to the ``nlsearch``
+parser by ``add_commands(sub)``. Bad input raises ValueError / FileNotFoundError, which ``nlsearch``
+prints as an error with exit code 2."""
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.markup import escape
+
+from nlsearch.bench.report import rich_table
+
+
+def _console() -> Console:
+    return Console(width=max(Console().width, 160))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from nlsearch.leaderboard.store import Store
+    from nlsearch.leaderboard.submit import submit
+    from nlsearch.leaderboard.table import display
+
+    console = _console()
+    entry, path = submit(args.config, args.name, author=args.author, protocol=args.protocol, budget=args.budget,
+                         root=args.dir, runs_dir=args.runs, results=args.results, workers=args.workers,
+                         address=args.address, log=lambda msg: console.print(escape(msg)))
+    table = display(Store(args.dir).index(), entry.protocol, entry.budget)
+    console.print(rich_table(table, f"leaderboard {entry.protocol}, budget {entry.budget}"))
+    verified = f"; result file verified on seeds {list(entry.verification.seeds)}" if entry.verification else ""
+    console.print(f"added {escape(entry.name)} ({entry.config_sha256[:12]}){verified}: {escape(str(path))}")
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from nlsearch.leaderboard.protocol import load_protocol
+    from nlsearch.leaderboard.render import render
+    from nlsearch.leaderboard.store import Store
+    from nlsearch.leaderboard.table import display
+
+    console = _console()
+    store = Store(args.dir)
+    if args.action == "index":
+        frame = store.rebuild_index()
+        console.print(f"indexed {frame.id.nunique()} entries into {escape(str(store.index_path))}")
+        return 0
+    if args.action == "render":
+        readme, page = render(args.dir, load_protocol(args.protocol))
+        console.print(f"wrote {escape(str(readme))}, {escape(str(page))} and {escape(str(store.root / 'plots'))}/")
+        return 0
+    protocol = load_protocol(args.protocol)
+    track = protocol.load_budget(args.budget)
+    table = display(store.index(), protocol.ref, track.ref, task=args.task, sort=args.sort)
+    title = f"leaderboard {protocol.ref}, budget {track.ref} (mean ± std over seeds; ↑ higher / ↓ lower is better)"
+    console.print(rich_table(table, title) if len(table) else f"no entries on {protocol.ref} {track.ref}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from nlsearch.leaderboard.reproduce import reproduce
+
+    console = _console()
+    report = reproduce(args.budget, args.workers, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
+                       out_dir=args.out, baselines=args.presets or None, address=args.address,
+                       log=lambda msg: console.print(escape(msg)))
+    console.print(escape(report.read_text()))
+    console.print(f"saved {escape(str(report))}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, budget_help: str) -> None:
+    p.add_argument("--protocol", default=None, help="protocol file (default: leaderboard/protocol.yaml)")
+    p.add_argument("--budget", default=None, help=budget_help)
+    p.add_argument("--dir", default="leaderboard", help="the leaderboard folder (entries/, index.parquet)")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", default="results/runs/leaderboard", help="where training runs go (reused if there)")
+    p.add_argument("--workers", type=int, default=1, help="training runs in parallel processes")
+    p.add_argument("--address", default=None, help="a Ray cluster address: run the training there")
+
+
+def add_commands(sub) -> None:
+    """Adds ``submit``, ``leaderboard`` and ``reproduce`` to the ``nlsearch`` subcommands."""
+    sm = sub.add_parser("submit", help="score a model config under the leaderboard protocol and add it")
+    sm.add_argument("config", help="a model config YAML/JSON (a preset, a search's best.yaml, your own)")
+    sm.add_argument("--name", required=True, help="the entry's name on the leaderboard")
+    sm.add_argument("--author", default="anonymous")
+    sm.add_argument("--results", default=None, help="a result file of claimed numbers: re-run seeds check it")
+    _common(sm, "the budget track (default: the protocol's first)")
+    _run_options(sm)
+    sm.set_defaults(func=_submit)
+
+    lb = sub.add_parser("leaderboard", help="print the leaderboard; 'render' writes README.md and index.html")
+    lb.add_argument("action", nargs="?", default="show", choices=["show", "render", "index"],
+                    help="show (default): print the table; render: README.md, index.html, plots; index: rebuild "
+                         "index.parquet from the entries")
+    lb.add_argument("--task", default=None, help="only this task's column, ranked by it")
+    lb.add_argument("--sort", default=None, help="order by a column (params, state, depth, tokens/s, name, a task)")
+    _common(lb, "the budget track to show (default: the protocol's first)")
+    lb.set_defaults(func=_leaderboard)
+
+    rp = sub.add_parser("reproduce", help="score the baselines under the protocol; results/reproduce/report.md")
+    rp.add_argument("--presets", nargs="+", default=[], metavar="NAME", help="baselines (default: all of them)")
+    rp.add_argument("--out", default="results/reproduce", help="OUT/report.md and OUT/report.json")
+    _common(rp, "cpu or gpu (default: the protocol's first track)")
+    _run_options(rp)
+    rp.set_defaults(func=_reproduce)

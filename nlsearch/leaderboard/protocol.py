@@ -1,0 +1,150 @@
+"""The leaderboard protocol: which tasks (at which versions), which budget tracks, which seeds, how
+metrics aggregate and how ranks are computed. ``leaderboard/PROTOCOL.md`` explains it in prose;
+``leaderboard/protocol.yaml`` is the machine-readable twin loaded here.
+
+A protocol is identified by ``name@version`` plus the sha256 of its canonical JSON: an entry keeps the
+reference and hash it was scored under, and a protocol file whose content changed while its version
+did not is refused when an entry is added (a change must be a new version).
+
+Paths in a protocol file (``tasks_dir``, a budget given as a YAML file, ``claims``) are relative to
+the protocol file, so a test can carry its own small protocol (tiny tasks, a budget of a few steps).
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Dict, Literal, Optional, Tuple, Union
+
+from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, \
+    model_validator
+
+from nlsearch.budgets import Budget, load_budget
+from nlsearch.config import Strict, canonical_json, load_config
+
+DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboard" / "protocol.yaml"
+REF = re.compile(r"^[a-z][a-z0-9_]*@[1-9][0-9]*$")
+ROLES = ("recall", "recall_hard", "overwrite", "lm", "needle", "continual")
+
+
+class ProtocolError(ValueError):
+    """A protocol file that is malformed, or an input that does not match the protocol it names."""
+
+
+class ProtocolTask(Strict):
+    task: str                                   # name@version of a frozen task spec
+    metric: str                                 # the spec metric this task is ranked by
+    role: Optional[Literal[ROLES]] = None       # what the reproduction claims call this task
+
+    @model_validator(mode="after")
+    def _versioned(self) -> "ProtocolTask":
+        if not REF.match(self.task):
+            raise ValueError(f"task {self.task!r} must be name@version (a frozen spec)")
+        return self
+
+
+class Tolerance(Strict):
+    """A claimed number ``c`` matches a measured ``m`` when ``|c - m| <= abs + rel * |m|``."""
+
+    abs: NonNegativeFloat = 0.01
+    rel: NonNegativeFloat = 0.01
+
+    def allows(self, claimed: float, measured: float) -> bool:
+        return abs(claimed - measured) <= self.abs + self.rel * abs(measured)
+
+
+class LRSweep(Strict):
+    """Every model gets the same sweep: its configured outer lr times each factor, trained on the
+    protocol's first seed; per task the factor with the best ranked metric is used for every seed."""
+
+    factors: Tuple[PositiveFloat, ...] = Field((1.0,), min_length=1)
+
+
+class Protocol(Strict):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]*$")
+    version: PositiveInt
+    description: str = ""
+    tasks: Tuple[ProtocolTask, ...] = Field(min_length=1)
+    budgets: Tuple[str, ...] = Field(min_length=1)      # the allowed tracks; the first is the default
+    seeds: Tuple[NonNegativeInt, ...] = Field(min_length=3)
+    verify_seeds: PositiveInt = 1                       # seeds re-run to check a supplied result file
+    tolerance: Tolerance = Tolerance()
+    lr_sweep: LRSweep = LRSweep()
+    max_params: Optional[PositiveInt] = None
+    aggregate: Literal["mean_std"] = "mean_std"         # mean and sample std (ddof 1) over seeds
+    ranking: Literal["mean_rank"] = "mean_rank"         # overall rank: mean of the per-task ranks
+    tasks_dir: Optional[str] = None                     # default: the repository's tasks/
+    claims: Optional[str] = None                        # the published claims ``reproduce`` checks
+    _source: Path = PrivateAttr(default=DEFAULT_PROTOCOL)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Protocol":
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds repeat: {list(self.seeds)}")
+        if self.verify_seeds > len(self.seeds):
+            raise ValueError(f"verify_seeds {self.verify_seeds} exceeds the {len(self.seeds)} seeds")
+        names = [t.task.split("@")[0] for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"a task appears twice: {names}")
+        roles = [t.role for t in self.tasks if t.role]
+        if len(set(roles)) != len(roles):
+            raise ValueError(f"a role is given to two tasks: {roles}")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    def sha256(self) -> str:
+        return hashlib.sha256(canonical_json(self).encode()).hexdigest()
+
+    def task_refs(self) -> Tuple[str, ...]:
+        return tuple(t.task for t in self.tasks)
+
+    def by_role(self) -> Dict[str, ProtocolTask]:
+        return {t.role: t for t in self.tasks if t.role}
+
+    def resolve_tasks_dir(self) -> Optional[Path]:
+        return None if self.tasks_dir is None else (self._source.parent / self.tasks_dir).resolve()
+
+    def claims_path(self) -> Optional[Path]:
+        return None if self.claims is None else (self._source.parent / self.claims).resolve()
+
+    def _budget_of(self, track: str) -> Budget:
+        if track.endswith((".yaml", ".yml", ".json")):
+            return load_budget(self._source.parent / track)
+        return load_budget(track)
+
+    def load_budget(self, budget: Optional[str] = None) -> Budget:
+        """The Budget of the track named by ``budget`` (``cpu``, ``cpu@1``, a listed file or its
+        ``name@version``; None: the default track, the first listed); raises ProtocolError when the
+        protocol does not allow it."""
+        if budget is None:
+            return self._budget_of(self.budgets[0])
+        for allowed in self.budgets:
+            loaded = self._budget_of(allowed)
+            if budget in (allowed, loaded.ref, loaded.name):
+                return loaded
+        raise ProtocolError(f"protocol {self.ref} ({self.source}): budget {budget!r} is not one of its tracks "
+                            f"{list(self.budgets)}")
+
+
+def load_protocol(path: Union[str, Path, None] = None) -> Protocol:
+    """Returns the protocol in ``path`` (default ``leaderboard/protocol.yaml``), read with safe YAML;
+    raises ConfigError naming the file and key, ProtocolError for a bad track or task directory."""
+    path = Path(path) if path is not None else DEFAULT_PROTOCOL
+    protocol = load_config(Protocol, path)
+    protocol._source = path.resolve()
+    for track in protocol.budgets:
+        try:
+            protocol._budget_of(track)
+        except (ValueError, FileNotFoundError) as err:
+            raise ProtocolError(f"protocol {path}: budgets: {track!r}: {err}") from None
+    folder = protocol.resolve_tasks_dir()
+    if folder is not None and not folder.is_dir():
+        raise ProtocolError(f"protocol {path}: tasks_dir {protocol.tasks_dir!r} is not a folder ({folder})")
+    return protocol

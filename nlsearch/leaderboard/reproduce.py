@@ -1,0 +1,127 @@
+"""``nlsearch reproduce``: score the baselines under the protocol, add them to the leaderboard, and
+write ``results/reproduce/report.md``: our table, the bigram reference for LM, and every published
+claim of the protocol's claims file with its source and verdict (``claims.py``), with the numbers.
+
+Baselines go through exactly the code a submission does (``load_submission`` + ``score_model``): the
+same budget, seeds and lr sweep. A baseline already on the leaderboard (same config hash, protocol and
+track) is reused, so an interrupted reproduction continues where it stopped (runs resume too).
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from nlsearch.io import markdown_table, write_text
+from nlsearch.leaderboard.claims import Verdict, judge, load_claims
+from nlsearch.leaderboard.protocol import Protocol, load_protocol
+from nlsearch.leaderboard.runner import Log
+from nlsearch.leaderboard.scoring import score_model
+from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
+from nlsearch.leaderboard.submit import DEFAULT_RUNS, build_entry, load_submission
+from nlsearch.leaderboard.table import display, mean_std
+from nlsearch.provenance import git_commit
+
+BASELINES = ("transformer", "mamba", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
+             "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "hope")
+AUTHOR = "nlsearch reproduce"
+ModelSpec = Union[str, Dict[str, Any]]
+
+
+def _name(spec: ModelSpec) -> str:
+    return spec if isinstance(spec, str) else str(spec.get("name") or "model")
+
+
+def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs_dir: Path, workers: int,
+                 address: Optional[str], log: Log) -> str:
+    """Scores one baseline and adds it (or finds it already there); returns its entry id."""
+    name = _name(spec)
+    sub = load_submission(spec, protocol)
+    existing = store.find(sub.sha256, protocol.ref, budget.ref)
+    if existing is not None:
+        log(f"{name}: already on the leaderboard ({existing})")
+        return read_entry(existing).id
+    tasks = score_model(sub.data, protocol, budget, runs_dir, workers=workers, address=address, log=log)
+    entry = build_entry(sub, name, AUTHOR, "baseline", protocol, budget, tasks)
+    path = store.add(entry)
+    log(f"{name}: added {path}")
+    return entry.id
+
+
+def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
+    """Bits per byte of the add-one bigram (fitted on the same train batches) on the protocol's lm task,
+    mean and std over the protocol's seeds; None without an lm task."""
+    from nlsearch.train.plan import plan_run
+    from nlsearch.train.suite import bigram_rows
+
+    rule = protocol.by_role().get("lm")
+    if rule is None:
+        return None
+    values = [bigram_rows(plan_run("transformer", rule.task, budget, seed, tasks_dir=protocol.resolve_tasks_dir())
+                          )["value"] for seed in protocol.seeds]
+    return {"task": rule.task, "mean": statistics.fmean(values), "std": statistics.stdev(values)}
+
+
+def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
+    lines = ["| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
+    for v in verdicts:
+        numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
+        lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}**: {v.reason} | {numbers} |")
+    return lines
+
+
+def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Verdict],
+                bigram: Optional[Dict[str, float]], names: Sequence[str]) -> str:
+    index = store.index()
+    table = display(index, protocol.ref, budget.ref)
+    table = table[table.name.isin(list(names))]
+    counts = {o: sum(v.outcome == o for v in verdicts) for o in ("reproduced", "not reproduced", "not testable")}
+    lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
+             f"Written by `nlsearch reproduce` on {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
+             f"commit {git_commit()}. Seeds {list(protocol.seeds)}; lr sweep x{list(protocol.lr_sweep.factors)} "
+             f"for every model; ranked metric per task as mean ± sample std over seeds (↑ higher / ↓ lower is "
+             f"better).", "", markdown_table(table), ""]
+    if bigram is not None:
+        lines += [f"Reference: an add-one-smoothed byte bigram fitted on the same train batches scores "
+                  f"{mean_std(bigram['mean'], bigram['std'])} bits per byte on {bigram['task']}.", ""]
+    lines += ["## Published claims", "",
+              f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
+              f"{counts['not testable']} not testable at this budget.", ""] + _verdict_lines(verdicts) + [""]
+    return "\n".join(lines)
+
+
+def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union[Protocol, str, Path, None] = None,
+              root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = DEFAULT_RUNS,
+              out_dir: Union[str, Path] = "results/reproduce", baselines: Optional[Sequence[ModelSpec]] = None,
+              address: Optional[str] = None, log: Optional[Log] = None) -> Path:
+    """Scores every baseline (default ``BASELINES``; preset names or config mappings), adds them to the
+    leaderboard at ``root``, judges the protocol's claims and writes ``out_dir/report.md`` (and
+    ``report.json``); returns the report's path."""
+    log = log or (lambda _msg: None)
+    protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    track = protocol.load_budget(budget)
+    specs = list(BASELINES if baselines is None else baselines)
+    claims_path = protocol.claims_path()
+    claims = load_claims(claims_path).claims if claims_path is not None else ()
+    for spec in specs:                         # validate every config before the first run
+        load_submission(spec, protocol)
+    store = Store(root)
+    for spec in specs:
+        try:
+            add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log)
+        except LeaderboardError as err:
+            raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
+    entries = store.entries(protocol.ref, track.ref)
+    verdicts = [judge(c, entries, protocol, track.name) for c in claims]
+    names = [_name(s) for s in specs]
+    text = report_text(protocol, track, store, verdicts, bigram_reference(protocol, track), names)
+    out = Path(out_dir)
+    data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
+             "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
+                                             for k, xs in v.numbers.items()}} for v in verdicts]
+    write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "claims": data}, indent=1) + "\n",
+               out / "report.json")
+    return write_text(text, out / "report.md")

@@ -1,0 +1,126 @@
+"""Score one model under a protocol: the learning-rate sweep, then every seed, per task.
+
+Fairness rule (issue "Leaderboard and baseline reproduction"): every model, baseline or submission,
+goes through this one function with the same budget and the same lr sweep. The sweep trains each lr
+factor on the protocol's first seed; per task, the factor with the best ranked metric (a failed run
+counts as the worst; ties go to the factor closest to 1) is then trained on the remaining seeds, and
+the sweep run of that factor is the first seed's result. Selection uses the same eval set the score
+is reported on (the tasks have no third split); it biases every model alike.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from nlsearch.budgets import Budget, task_kind
+from nlsearch.leaderboard.entry import RunInfo, SeedResult, TaskResult
+from nlsearch.leaderboard.protocol import Protocol, ProtocolTask
+from nlsearch.leaderboard.runner import Job, JobResult, Log, run_jobs
+
+RUN_FIELDS = tuple(RunInfo.model_fields)
+
+
+def _budget_arg(protocol: Protocol, budget: Budget) -> str:
+    """A budget argument a worker process can load: the profile reference or the track's YAML path."""
+    for allowed in protocol.budgets:
+        if protocol.load_budget(allowed).ref == budget.ref and allowed.endswith((".yaml", ".yml", ".json")):
+            return str(protocol.source.parent / allowed)
+    return budget.ref
+
+
+def seed_result(result: JobResult, source: str = "measured") -> SeedResult:
+    """The entry's view of a finished job: headline and per-length metrics, and the run's provenance."""
+    record = result.record
+    if result.status != "completed" or record is None:
+        return SeedResult(seed=result.job.seed, status=result.status, source=source,
+                          lr_factor=result.job.lr_factor, metrics={})
+    run = {k: record[k] for k in RUN_FIELDS if k in record}
+    run["run_dir"] = result.run_dir or ""
+    metrics = {k: v for k, v in record["metrics"].items() if "[" not in k}
+    return SeedResult(seed=result.job.seed, status="completed", source=source, lr_factor=result.job.lr_factor,
+                      metrics=metrics, run=RunInfo(**run))
+
+
+def ranked_value(seed: SeedResult, metric: str, higher_is_better: bool) -> float:
+    """The seed's ranked metric as a number where larger is better; -inf when missing or failed."""
+    value = seed.metrics.get(metric) if seed.status == "completed" else None
+    if value is None or not math.isfinite(value):
+        return -math.inf
+    return value if higher_is_better else -value
+
+
+def _directions(rule: ProtocolTask, results: Sequence[JobResult], tasks_dir: Optional[Path]) -> Tuple[str, Dict]:
+    """(task kind, metric name -> higher is better) from a finished run, else from the task spec."""
+    from nlsearch.tasks import load_task
+
+    for result in results:
+        if result.record is not None:
+            hib = {k: v for k, v in result.record["higher_is_better"].items() if "[" not in k}
+            return result.record["task_kind"], hib
+    task = load_task(rule.task, tasks_dir)
+    return task_kind(task), {m.name: m.higher_is_better for m in task.spec.metrics}
+
+
+def _pick(rule: ProtocolTask, sweep: Mapping[float, SeedResult], hib: bool) -> float:
+    return max(sweep, key=lambda f: (ranked_value(sweep[f], rule.metric, hib), -abs(math.log(f))))
+
+
+def check_metric(rule: ProtocolTask, directions: Mapping[str, bool]) -> bool:
+    if rule.metric not in directions:
+        raise ValueError(f"protocol task {rule.task}: metric {rule.metric!r} is not one the task reports "
+                         f"({sorted(directions)})")
+    return directions[rule.metric]
+
+
+def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path, *,
+                seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
+                workers: int = 1, address: Optional[str] = None,
+                log: Optional[Log] = None) -> Dict[str, TaskResult]:
+    """Trains and evaluates ``model`` (a config mapping) on every protocol task; returns the task results
+    by task ref. ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``:
+    a fixed factor per task instead of the sweep (a claimed, verified choice)."""
+    seeds = list(protocol.seeds if seeds is None else seeds)
+    tasks_dir = protocol.resolve_tasks_dir()
+    common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
+                  tasks_dir=str(tasks_dir) if tasks_dir else None)
+    sweep_seed = protocol.seeds[0]
+    factors = tuple(protocol.lr_sweep.factors)
+    sweeping = [r for r in protocol.tasks if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
+    sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
+    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads)
+
+    chosen: Dict[str, float] = {}
+    sweeps: Dict[str, Dict[float, JobResult]] = {}
+    for rule in protocol.tasks:
+        if lr_factors is not None:
+            chosen[rule.task] = float(lr_factors[rule.task])
+        elif rule in sweeping:
+            done = {j.job.lr_factor: j for j in sweep_results if j.job.task == rule.task}
+            sweeps[rule.task] = done
+            kind, hib = _directions(rule, list(done.values()), tasks_dir)
+            chosen[rule.task] = _pick(rule, {f: seed_result(j) for f, j in done.items()}, check_metric(rule, hib))
+        else:
+            chosen[rule.task] = factors[0] if len(factors) == 1 else 1.0
+    rest = [Job(model, r.task, s, chosen[r.task], **common) for r in protocol.tasks for s in seeds
+            if not (r.task in sweeps and s == sweep_seed)]
+    results = run_jobs(rest, workers, address, log, budget.threads)
+    return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
+            for rule in protocol.tasks}
+
+
+def _task_result(rule: ProtocolTask, factor: float, sweep: Mapping[float, JobResult], results: List[JobResult],
+                 seeds: Sequence[int], tasks_dir: Optional[Path]) -> TaskResult:
+    mine = [r for r in results if r.job.task == rule.task]
+    if factor in sweep:
+        mine.append(sweep[factor])
+    mine.sort(key=lambda r: list(seeds).index(r.job.seed))
+    kind, directions = _directions(rule, mine + list(sweep.values()), tasks_dir)
+    hib = check_metric(rule, directions)
+    sweep_values = {f"{f:g}": _finite(seed_result(j).metrics.get(rule.metric)) for f, j in sweep.items()}
+    return TaskResult(task=rule.task, kind=kind, metric=rule.metric, higher_is_better=hib, directions=directions,
+                      lr_factor=factor, sweep=sweep_values, seeds=tuple(seed_result(r) for r in mine))
+
+
+def _finite(x: Optional[float]) -> Optional[float]:
+    return x if x is not None and math.isfinite(x) else None

@@ -1,0 +1,97 @@
+"""The leaderboard table: ranks per task and overall, from the index (one row per entry and task).
+
+Ranking (``ranking: mean_rank`` in the protocol): on each task, entries are ranked by the mean over
+seeds of the task's ranked metric in its direction (1 = best; ties share the better rank; an entry
+with no finite value on the task ranks last). The overall score is the mean of an entry's task ranks
+and the overall rank orders entries by it (ties share the rank). Ranks only compare entries of the
+same protocol version and budget track.
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence
+
+import pandas as pd
+
+ENTRY_COLUMNS = ("id", "name", "author", "kind", "nesting_depth", "params", "state_size", "tokens_per_s")
+
+
+def task_label(task: str, metric: str, higher_is_better: bool) -> str:
+    return f"{task} {metric} {'↑' if higher_is_better else '↓'}"
+
+
+def ranked(index: pd.DataFrame, protocol: str, budget: str, tasks: Optional[Sequence[str]] = None) -> pd.DataFrame:
+    """One row per entry of (``protocol``, ``budget``): the entry columns, then per task ``<task>.mean``,
+    ``<task>.std``, ``<task>.n``, ``<task>.rank``; ``score`` (mean task rank) and ``rank``; sorted by rank."""
+    sub = index[(index.protocol == protocol) & (index.budget == budget)]
+    tasks = list(tasks) if tasks is not None else list(dict.fromkeys(sub.task))
+    entries = sub.drop_duplicates("id").set_index("id")
+    table = entries[[c for c in ENTRY_COLUMNS if c != "id"]].copy()
+    ranks = []
+    for task in tasks:
+        rows = sub[sub.task == task].set_index("id")
+        for stat in ("mean", "std", "n"):
+            table[f"{task}.{stat}"] = rows[stat].reindex(table.index)
+        hib = bool(rows.higher_is_better.iloc[0]) if len(rows) else True
+        rank = table[f"{task}.mean"].rank(method="min", ascending=not hib, na_option="bottom")
+        table[f"{task}.rank"] = rank.astype("int64") if len(rank) else rank
+        ranks.append(table[f"{task}.rank"])
+    table["score"] = pd.concat(ranks, axis=1).mean(axis=1) if ranks else math.nan
+    table["rank"] = table["score"].rank(method="min").astype("int64") if len(table) else []
+    table = table.reset_index().sort_values(["rank", "name"], kind="stable").reset_index(drop=True)
+    return table
+
+
+def task_headers(index: pd.DataFrame, tasks: Sequence[str]) -> List[str]:
+    heads = []
+    for task in tasks:
+        rows = index[index.task == task]
+        heads.append(task_label(task, rows.metric.iloc[0], bool(rows.higher_is_better.iloc[0])) if len(rows) else task)
+    return heads
+
+
+def mean_std(mean: float, std: float, digits: int = 4) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    spread = "" if std is None or (isinstance(std, float) and math.isnan(std)) else f" ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}{spread}"
+
+
+def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str] = None,
+            sort: Optional[str] = None) -> pd.DataFrame:
+    """The printed table: rank, name, nesting depth, params, state size, each task's mean ± std (or
+    only ``task``'s, ranked by it), tokens/s. ``sort``: a displayed column name (or a task name) to
+    order by instead of the rank, in that column's better direction."""
+    all_tasks = list(dict.fromkeys(index[(index.protocol == protocol) & (index.budget == budget)].task))
+    if task is not None:
+        matches = [t for t in all_tasks if task in (t, t.split("@")[0])]
+        if not matches:
+            raise ValueError(f"no task {task!r} on {protocol} {budget}; tasks: {all_tasks}")
+        all_tasks = matches
+    table = ranked(index, protocol, budget, all_tasks)
+    if task is not None:
+        table["rank"] = table[f"{all_tasks[0]}.rank"]
+        table = table.sort_values(["rank", "name"], kind="stable").reset_index(drop=True)
+    heads = task_headers(index, all_tasks)
+    out = pd.DataFrame({"rank": table["rank"], "name": table["name"], "kind": table["kind"],
+                        "depth": table["nesting_depth"], "params": table["params"],
+                        "state": table["state_size"]})
+    for ref, head in zip(all_tasks, heads):
+        out[head] = [mean_std(m, s) for m, s in zip(table[f"{ref}.mean"], table[f"{ref}.std"])]
+    out["tokens/s"] = [("-" if math.isnan(x) else f"{x:,.0f}") for x in table["tokens_per_s"]]
+    return _sorted(out, table, sort, all_tasks, heads) if sort else out
+
+
+def _sorted(out: pd.DataFrame, table: pd.DataFrame, sort: str, tasks: List[str], heads: List[str]) -> pd.DataFrame:
+    numeric = {"rank": (table["rank"], True), "name": (table["name"], True), "depth": (table["nesting_depth"], True),
+               "params": (table["params"], True), "state": (table["state_size"], True),
+               "tokens/s": (table["tokens_per_s"], False)}
+    for ref, head in zip(tasks, heads):
+        rank = table[f"{ref}.rank"]
+        for key in (ref, ref.split("@")[0], head):
+            numeric[key] = (rank, True)
+    if sort not in numeric:
+        raise ValueError(f"cannot sort by {sort!r}; choose one of {sorted(numeric)}")
+    key, ascending = numeric[sort]
+    order = key.reset_index(drop=True).sort_values(ascending=ascending, kind="stable", na_position="last").index
+    return out.iloc[order].reset_index(drop=True)
