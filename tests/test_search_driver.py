@@ -1,0 +1,186 @@
+"""The driver: ask/tell, pruning, failures, constraints, results files, resume after a crash or Ctrl-C."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List
+
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from nlsearch.models import load_model_config
+from nlsearch.config import config_hash
+from nlsearch.search import load_space, run_search
+from nlsearch.search.executors import Executor
+from nlsearch.search.study import JOURNAL, finished, make_storage
+from nlsearch.search.trial import TrialJob, TrialOutcome, run_trial
+from nlsearch.train.loop import NonFiniteLossError
+from tests.search_fixtures import tiny_space, write_space
+
+ROOT = Path(__file__).parent.parent
+
+
+def _load(out: Path, name: str) -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=make_storage(out, None))
+
+
+def _search(tmp_path, **overrides):
+    path = write_space(tmp_path, tiny_space(**overrides))
+    return run_search(path, out=tmp_path / "out", log=lambda m: None)
+
+
+def test_search_writes_every_result_and_best_yaml_is_the_best_trial(tmp_path):
+    study, frame, out = _search(tmp_path, trials=3)
+    assert finished(study) == 3 and len(frame) == 3
+    for name in ("trials.parquet", "best.yaml", "summary.md", "depth.png", "history.png", "importance.png"):
+        assert (out / name).is_file(), name
+    table = pd.read_parquet(out / "trials.parquet")
+    assert {"config", "config_sha256", "params", "state_size", "tokens_per_s", "wall_s", "hardware",
+            "nesting_depth", "objective:recall_small:accuracy", "m:recall_small:accuracy"} <= set(table.columns)
+    assert (table.state == "COMPLETE").all() and (table.tokens_per_s > 0).all()
+    best = max(study.trials, key=lambda t: t.values[0])
+    cfg = load_model_config(out / "best.yaml")                      # `nlsearch train --model` takes it
+    assert config_hash(cfg) == best.user_attrs["config_sha256"]
+    record = json.loads((Path(best.user_attrs["run_dir"]) / "recall_small" / "seed0" / "record.json").read_text())
+    assert record["metrics"]["accuracy"] == pytest.approx(best.values[0])
+
+
+class ScriptedExecutor(Executor):
+    """A worker stand-in: trial n reports ``curves[n]`` one value per step and obeys the prune answer."""
+
+    def __init__(self, curves: List[List[float]]):
+        self.curves, self.jobs = curves, []
+
+    def submit(self, job: TrialJob) -> None:
+        self.jobs.append(job)
+
+    def running(self) -> int:
+        return len(self.jobs)
+
+    def wait(self, timeout: float) -> List[TrialOutcome]:
+        job = self.jobs.pop(0)
+        for step, value in enumerate(self.curves[job.number], start=1):
+            if self.on_report(job.number, step, value):
+                return [TrialOutcome(job.number, "pruned", pruned_at=step)]
+        return [TrialOutcome(job.number, "complete", metrics={"recall_small:accuracy": self.curves[job.number][-1]})]
+
+
+def test_pruner_answers_reach_the_worker_and_pruned_trials_are_recorded(tmp_path):
+    space = load_space(write_space(tmp_path, tiny_space(trials=3, pruner={"kind": "median", "n_startup_trials": 1})))
+    curves = [[0.5, 0.6, 0.7], [0.9, 0.9, 0.95], [0.1, 0.1, 0.1]]
+    study, _, _ = run_search(space, out=tmp_path / "out", executor=ScriptedExecutor(curves), log=lambda m: None)
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
+    assert study.trials[2].user_attrs["pruned_at"] == 1 and study.trials[2].intermediate_values == {1: 0.1}
+
+
+def test_reporter_stop_makes_a_pruned_outcome(tmp_path):
+    space = tiny_space()
+    job = TrialJob(number=0, config=load_model_config({"d_model": 32, "n_layers": 1, "mixer": {"kind": "attention",
+                   "n_heads": 2}}).model_dump(mode="json"), tasks=["recall_small"], budget=space["budget"],
+                   seeds=[0], run_dir=str(tmp_path / "t0"), prune_task="recall_small", prune_metric="accuracy",
+                   threads=1)
+    seen = []
+    out = run_trial(job, lambda step, value: seen.append((step, value)) or True)
+    assert out.status == "pruned" and out.pruned_at == 4 and seen[0][0] == 4 and 0 <= seen[0][1] <= 1
+    assert run_trial(job, lambda step, value: False).status == "complete"   # resumes from the checkpoint
+
+
+def test_a_diverging_trial_is_failed_with_its_reason_and_the_search_goes_on(tmp_path, monkeypatch):
+    import nlsearch.search.trial as trial_mod
+
+    real = trial_mod.train
+
+    def train(config, *args, **kwargs):
+        if config["mixer"]["kind"] == "memory":
+            raise NonFiniteLossError(3, float("nan"))
+        return real(config, *args, **kwargs)
+    monkeypatch.setattr(trial_mod, "train", train)
+    study, frame, _ = _search(tmp_path, trials=4)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all("non-finite loss" in t.user_attrs["reason"] for t in failed)
+    assert finished(study) == 4 and (frame.state == "COMPLETE").sum() == 4 - len(failed)
+
+
+def test_constraints_skip_infeasible_candidates_through_optunas_constraint_api(tmp_path):
+    params = {"width": {"choices": [32, 64], "path": "d_model"}}
+    study, frame, _ = _search(tmp_path, trials=6, params=params, constraints={"params": {"max": 60_000}})
+    for t in study.trials:
+        assert (t.user_attrs["params"] <= 60_000) == (t.state == TrialState.COMPLETE)
+        assert t.constraints["params"] == pytest.approx(t.user_attrs["params"] - 60_000)
+        if t.state == TrialState.PRUNED:
+            assert "infeasible" in t.user_attrs["reason"] and "run_dir" not in t.user_attrs
+
+
+def test_multi_objective_search_writes_the_pareto_front(tmp_path):
+    objectives = [{"metric": "recall_small:accuracy", "direction": "maximize"},
+                  {"metric": "params", "direction": "minimize"}]
+    study, _, out = _search(tmp_path, trials=3, objectives=objectives,
+                            params={"width": {"choices": [16, 32], "path": "d_model"}})
+    pareto = pd.read_parquet(out / "pareto.parquet")
+    assert set(pareto.number) == {t.number for t in study.best_trials}
+    assert (out / "pareto.png").is_file()
+
+
+def test_resume_refuses_a_space_that_changed_what_it_measures(tmp_path):
+    _search(tmp_path, trials=1)
+    more, _, _ = _search(tmp_path, trials=2)                 # asking for more trials is allowed
+    assert finished(more) == 2 and len({t.number for t in more.trials}) == 2
+    with pytest.raises(ValueError, match="different space"):
+        _search(tmp_path, trials=2, seeds=[1])
+
+
+def _cli(space: Path, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    return subprocess.Popen([sys.executable, "-m", "nlsearch.cli", "search", str(space), "--out", str(out),
+                             "--quiet", "--no-plots"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(out: Path, trial: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    folder = out / "trials" / f"{trial:04d}" / "recall_small" / "seed0" / "checkpoints"
+    while not (folder.exists() and any(folder.iterdir())):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
+def test_stopped_search_resumes_without_losing_or_rerunning_a_finished_trial(tmp_path, how):
+    space = write_space(tmp_path, tiny_space(name="resume", trials=3, steps=60))
+    space_data = yaml.safe_load(space.read_text())
+    space_data["budget"]["checkpoint_interval"] = 4
+    space.write_text(yaml.safe_dump(space_data))
+    out = tmp_path / "out"
+    proc = _cli(space, out)
+    _wait_for_checkpoint(out, 1, proc)                       # trial 0 finished, trial 1 mid-way
+    proc.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGINT)
+    proc.wait(timeout=60)
+    if how == "Ctrl-C":
+        assert proc.returncode == 130
+    before = {t.number: t.values for t in _load(out, "resume").trials if t.state == TrialState.COMPLETE}
+    assert 0 in before
+    record0 = out / "trials" / "0000" / "recall_small" / "seed0" / "record.json"
+    stamp = record0.stat().st_mtime_ns
+    again = _cli(space, out)
+    assert again.wait(timeout=300) == 0, again.stdout.read()
+    study = _load(out, "resume")
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and finished(study) == 3
+    assert all(study.trials[n].values == v for n, v in before.items())        # nothing finished was lost
+    assert record0.stat().st_mtime_ns == stamp                              # ... or run twice
+    requeued = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert [t.number for t in requeued] == [1] and requeued[0].user_attrs["requeued"]
+    retry = [t for t in done if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == requeued[0].params
+    assert retry[0].user_attrs["run_dir"] == requeued[0].user_attrs["run_dir"]   # resumed its checkpoints
+    assert (out / JOURNAL).is_file()

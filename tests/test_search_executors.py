@@ -1,0 +1,101 @@
+"""One contract every executor passes (in-process, Ray), and Ray's worker-death handling."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from nlsearch.models import load_model_config
+from nlsearch.search.executors import Executor, InProcessExecutor, RayExecutor
+from nlsearch.search.space import Resources
+from nlsearch.search.trial import TrialJob, TrialOutcome
+from tests.search_fixtures import tiny_budget
+
+CONFIG = load_model_config({"d_model": 32, "n_layers": 1, "mixer": {"kind": "attention", "n_heads": 2}})
+
+
+def job(tmp_path: Path, number: int, steps: int = 8, seeds=(0,)) -> TrialJob:
+    return TrialJob(number=number, config=CONFIG.model_dump(mode="json"), tasks=["recall_small"],
+                    budget=tiny_budget(steps), seeds=list(seeds), run_dir=str(tmp_path / f"t{number}"),
+                    prune_task="recall_small", prune_metric="accuracy", threads=1)
+
+
+def drain(executor: Executor, n: int, timeout: float = 300) -> List[TrialOutcome]:
+    outcomes, deadline = [], time.monotonic() + timeout
+    while len(outcomes) < n:
+        assert time.monotonic() < deadline, "executor did not finish"
+        outcomes += executor.wait(timeout=0.5)
+    return sorted(outcomes, key=lambda o: o.number)
+
+
+class ExecutorContract:
+    """Inherit and define ``make(tmp_path)``."""
+
+    def make(self, tmp_path) -> Executor:
+        raise NotImplementedError
+
+    def test_runs_jobs_and_relays_reports(self, tmp_path):
+        reports = []
+        executor = self.make(tmp_path)
+        executor.start(lambda number, step, value: reports.append((number, step, value)) and False)
+        try:
+            for n in range(2):
+                executor.submit(job(tmp_path, n))
+            outcomes = drain(executor, 2)
+        finally:
+            executor.shutdown()
+        assert [o.status for o in outcomes] == ["complete", "complete"]
+        assert all(0 <= o.metrics["recall_small:accuracy"] <= 1 and o.tokens_per_s > 0 for o in outcomes)
+        assert sorted((n, s) for n, s, _ in reports) == [(0, 4), (1, 4)]      # one report at step 4 each
+        assert executor.running() == 0
+
+    def test_prune_answer_stops_the_trial(self, tmp_path):
+        executor = self.make(tmp_path)
+        executor.start(lambda number, step, value: True)
+        try:
+            executor.submit(job(tmp_path, 7))
+            (outcome,) = drain(executor, 1)
+        finally:
+            executor.shutdown()
+        assert outcome.status == "pruned" and outcome.pruned_at == 4
+        assert not (tmp_path / "t7" / "recall_small" / "seed0" / "record.json").exists()
+
+
+class TestInProcess(ExecutorContract):
+    def make(self, tmp_path) -> Executor:
+        return InProcessExecutor(threads=1)
+
+
+class TestRay(ExecutorContract):
+    def make(self, tmp_path) -> Executor:
+        return RayExecutor(workers=2, resources=Resources(cpus_per_trial=1))
+
+    def test_a_worker_killed_mid_trial_gives_a_failed_outcome_with_the_reason(self, tmp_path):
+        executor = self.make(tmp_path)
+        executor.start(lambda number, step, value: False)
+        try:
+            executor.submit(job(tmp_path, 3, steps=400))
+            victim = _wait_for_process("ray::nlsearch_trial")
+            os.kill(victim, signal.SIGKILL)
+            (outcome,) = drain(executor, 1)
+        finally:
+            executor.shutdown()
+        assert outcome.number == 3 and outcome.status == "failed" and "worker died" in outcome.reason
+
+
+def _wait_for_process(title: str, timeout: float = 120) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith(title):
+                return int(pid)
+        time.sleep(0.1)
+    pytest.fail(f"no process titled {title!r} appeared")
