@@ -47,6 +47,18 @@ def _bench_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_search(args: argparse.Namespace) -> int:
+    from nlsearch.bench.report import report
+    from nlsearch.bench.search import run_search_bench, search_floor_checks
+
+    df = run_search_bench(args.space, minutes=args.minutes, workers=args.workers, budget=args.budget,
+                          log=console.print)
+    report(console, df, search_floor_checks(df), ["arm", "trial_span_s", "finished", "complete", "pruned", "failed",
+                                                  "trials_per_hour", "best"],
+           f"bench search: {df.space.iloc[0]}, {args.minutes} min per arm", Path(args.out), "search-cpu")
+    return 0
+
+
 def _describe(args: argparse.Namespace) -> int:
     import pandas as pd
 
@@ -211,6 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     models.add_argument("--out", default="results/bench")
     models.set_defaults(func=_bench_models)
+    from nlsearch.bench.search import DEFAULT_SPACE
+    srch = bench.add_parser("search", help="trials/hour with 1 vs N workers; TPE+pruning vs random, equal time")
+    srch.add_argument("--space", default=DEFAULT_SPACE)
+    srch.add_argument("--minutes", type=float, default=3.0, help="asking time per arm")
+    srch.add_argument("--workers", type=int, default=2)
+    srch.add_argument("--budget", default=None, help="trial budget (default: a 60-step MQAR budget)")
+    srch.add_argument("--out", default="results/bench")
+    srch.set_defaults(func=_bench_search)
 
     desc = sub.add_parser("describe", help="parameters, state size, FLOPs/token and the nesting profile")
     desc.add_argument("model", help="a preset name (nlsearch/models/presets/) or a model YAML file")
