@@ -195,3 +195,36 @@ def test_tokens_clock_and_other_models_train_every_parameter_every_step():
     model = build_model({"d_model": 16, "n_layers": 1, "mixer": {"n_heads": 2},
                          "mlp": {"kind": "cms", "clock": "tokens", "periods": [4, 8], "n_heads": 2}})
     assert list(parameter_periods(model)) == [1]
+
+
+def test_tokens_clock_block_may_be_a_linear_dot_memory():
+    """memory: [linear], objective: [dot] makes the block a linear memory with the dot objective:
+    ∇_M(−⟨M k, v⟩) = −v kᵀ, so after the sequence M = M_0 + Σ_t η_t v_t k_tᵀ (written from the rule)."""
+    torch.manual_seed(0)
+    cfg = CMSConfig(clock="tokens", periods=[4], n_heads=2, memory=["linear"], objective=["dot"])
+    cms = cfg.build(8).double()
+    x = torch.randn(2, 8, 8, dtype=F64)
+    block = cms.blocks[0]
+    _, k, v = block.qkv(x).view(2, 8, 3, 2, 4).permute(2, 0, 3, 1, 4)          # (B, H, T, Dh)
+    k = F.normalize(k, dim=-1)
+    eta = 0.1 * torch.sigmoid(block.gates(x)).permute(0, 2, 1) / 4               # (B, H, T)
+    _, state = cms(x)
+    (m_final,) = state[0].memory.weights
+    m0 = torch.zeros_like(m_final) if not len(block.init_weights) else block.init_weights[0].expand_as(m_final)
+    want = m0 + torch.einsum("bht,bhtv,bhtk->bhvk", eta, v, k)
+    torch.testing.assert_close(m_final, want, atol=1e-12, rtol=1e-12)
+    assert [lv.objective for lv in cfg.levels()] == ["dot"] and [lv.memory for lv in cfg.levels()] == ["linear"]
+    default = CMSConfig(clock="tokens", periods=[4, 16], n_heads=2)
+    explicit = default.model_copy(update={"memory": ("mlp", "mlp"), "objective": ("l2", "l2")})
+    torch.manual_seed(1)
+    a = default.build(8)
+    torch.manual_seed(1)
+    b = explicit.build(8)
+    assert torch.equal(a(x.float())[0], b(x.float())[0])
+
+
+def test_per_block_lists_must_match_the_periods():
+    with pytest.raises(ConfigError, match="memory has 1 entries but periods has 2"):
+        parse_config(CMSConfig, {"clock": "tokens", "periods": [4, 16], "memory": ["linear"]})
+    with pytest.raises(ConfigError, match="clock: tokens only"):
+        parse_config(CMSConfig, {"clock": "steps", "periods": [4], "objective": ["dot"]})
