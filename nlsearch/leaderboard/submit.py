@@ -57,6 +57,22 @@ def _safe_mapping(path: Path) -> Dict[str, Any]:
     return data
 
 
+def _meta_params(cfg) -> Optional[int]:
+    """Parameter count from a build on the meta device (no memory, no time); None if that fails."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return sum(p.numel() for p in cfg.build().parameters())
+    except Exception:                           # noqa: BLE001 - the real build below reports it
+        return None
+
+
+def _check_size(cfg, params: Optional[int], protocol: Protocol, source: str) -> None:
+    if params is not None and protocol.max_params is not None and params > protocol.max_params:
+        raise ConfigError(f"{source}: {params:,} parameters exceed the protocol's max_params {protocol.max_params:,}")
+
+
 def load_submission(config: Union[str, Path, Dict[str, Any]], protocol: Protocol) -> Submission:
     """Validates a config (file path, preset name or mapping): schema, plugin, build, parameter count."""
     from nlsearch.models import ModelConfig, list_presets
@@ -74,13 +90,12 @@ def load_submission(config: Union[str, Path, Dict[str, Any]], protocol: Protocol
         config = _safe_mapping(path)
     plugins = resolve_plugins(config, source)
     cfg = parse_config(ModelConfig, config, source)
+    _check_size(cfg, _meta_params(cfg), protocol, source)
     try:
         info = describe(cfg)
     except Exception as err:                    # noqa: BLE001 - any build failure is the config's fault
         raise ConfigError(f"{source}: the config validates but does not build: {type(err).__name__}: {err}") from None
-    if protocol.max_params is not None and info["params"] > protocol.max_params:
-        raise ConfigError(f"{source}: {info['params']:,} parameters exceed the protocol's max_params "
-                          f"{protocol.max_params:,}")
+    _check_size(cfg, info["params"], protocol, source)
     data = cfg.model_dump(mode="json", exclude_unset=True)       # an unset vocab_size stays unset
     return Submission(cfg, data, config_hash(cfg), Path(source).name if raw else None,
                       hashlib.sha256(raw).hexdigest() if raw else None, plugins, info)

@@ -1,0 +1,145 @@
+"""Leaderboard storage and tables without training: entries one file each, the Parquet index (rebuilt
+when stale), duplicates refused, concurrent writers in separate processes, ranks and sorting."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from nlsearch.leaderboard.entry import Entry
+from nlsearch.leaderboard.store import DuplicateEntryError, LeaderboardError, Store, read_entry
+from nlsearch.leaderboard.table import display, ranked
+from leaderboard_fixtures import make_entry, task_result
+
+
+def _board(values):
+    """Entries with recall accuracy (higher better) and lm bpb (lower better) per seed."""
+    return [make_entry(name, {"r@1": task_result("r@1", acc), "l@1": task_result("l@1", bpb, False, "lm",
+                                                                                  "bits_per_byte")})
+            for name, (acc, bpb) in values.items()]
+
+
+def test_an_entry_is_one_file_and_the_index_has_a_row_per_task(tmp_path):
+    store = Store(tmp_path / "lb")
+    entry = _board({"a": ([0.5, 0.7, 0.6], [2.0, 2.2, 2.1])})[0]
+    path = store.add(entry)
+    assert path == tmp_path / "lb" / "entries" / "test@1" / "tiny@1" / f"{entry.config_sha256[:12]}-a.json"
+    assert read_entry(path) == entry
+    index = pd.read_parquet(tmp_path / "lb" / "index.parquet")
+    assert list(index.task) == ["r@1", "l@1"]
+    row = index.set_index("task").loc["r@1"]
+    assert row["mean"] == pytest.approx(0.6) and row["std"] == pytest.approx(0.1) and row["n"] == 3
+    assert row.tokens_per_s == pytest.approx(1001.0)
+
+
+def test_a_duplicate_is_refused_with_a_pointer_and_nothing_changes(tmp_path):
+    store = Store(tmp_path / "lb")
+    first = store.add(_board({"a": ([0.5] * 3, [2.0] * 3)})[0])
+    before = sorted(p.name for p in (tmp_path / "lb").rglob("*")), (tmp_path / "lb" / "index.parquet").read_bytes()
+    again = _board({"a": ([0.9] * 3, [1.0] * 3)})[0]
+    with pytest.raises(DuplicateEntryError) as err:
+        store.add(again)
+    assert err.value.existing == first and str(first) in str(err.value)
+    renamed = again.model_copy(update={"name": "b", "config_sha256": "f" * 64, "id": "test@1/tiny@1/ffff-b",
+                                       "protocol_sha256": "q" * 64})
+    with pytest.raises(LeaderboardError, match="new version"):
+        store.add(renamed)                          # same protocol version, another protocol content
+    after = sorted(p.name for p in (tmp_path / "lb").rglob("*")), (tmp_path / "lb" / "index.parquet").read_bytes()
+    assert after == before
+
+
+def test_the_index_is_rebuilt_when_entry_files_change_behind_its_back(tmp_path):
+    store = Store(tmp_path / "lb")
+    a, b = _board({"a": ([0.5] * 3, [2.0] * 3), "b": ([0.4] * 3, [2.5] * 3)})
+    store.add(a)
+    Path(store.path_of(b)).write_text(b.model_dump_json())     # as a git merge would bring it
+    assert set(store.index().name) == {"a", "b"}
+    store.path_of(a).unlink()
+    assert set(store.index().name) == {"b"}
+
+
+def test_ranks_per_task_and_overall_respect_direction_ties_and_missing(tmp_path):
+    store = Store(tmp_path / "lb")
+    for entry in _board({"best": ([0.9] * 3, [1.0, 1.1, 1.2]), "tie": ([0.9] * 3, [3.0] * 3),
+                         "worst": ([0.1] * 3, [2.0] * 3), "broken": ([None] * 3, [None] * 3)}):
+        store.add(entry)
+    table = ranked(store.index(), "test@1", "tiny@1").set_index("name")
+    assert table.loc["best", "r@1.rank"] == table.loc["tie", "r@1.rank"] == 1
+    assert table.loc["worst", "r@1.rank"] == 3 and table.loc["broken", "r@1.rank"] == 4
+    assert list(table.sort_values("l@1.rank").index) == ["best", "worst", "tie", "broken"]   # lower bpb first
+    assert table.loc["best", "rank"] == 1 and table.loc["broken", "rank"] == 4
+    assert table.loc["tie", "score"] == pytest.approx((1 + 3) / 2) and math.isnan(table.loc["broken", "l@1.mean"])
+
+
+def test_display_shows_mean_and_spread_filters_a_task_and_sorts(tmp_path):
+    store = Store(tmp_path / "lb")
+    for entry in _board({"aa": ([0.5, 0.7, 0.6], [2.0] * 3), "b": ([0.9] * 3, [3.0] * 3)}):
+        store.add(entry)
+    index = store.index()
+    shown = display(index, "test@1", "tiny@1")
+    assert list(shown.columns) == ["rank", "name", "kind", "depth", "params", "state", "r@1 accuracy ↑",
+                                   "l@1 bits_per_byte ↓", "tokens/s"]
+    assert shown.set_index("name").loc["aa", "r@1 accuracy ↑"] == "0.6000 ± 0.1000"
+    only = display(index, "test@1", "tiny@1", task="l")
+    assert list(only.name) == ["aa", "b"] and "r@1 accuracy ↑" not in only.columns
+    assert list(display(index, "test@1", "tiny@1", sort="params").name) == ["b", "aa"]
+    with pytest.raises(ValueError, match="cannot sort"):
+        display(index, "test@1", "tiny@1", sort="colour")
+    with pytest.raises(ValueError, match="no task"):
+        display(index, "test@1", "tiny@1", task="nope")
+
+
+WRITER = """
+import sys, time
+from pathlib import Path
+from nlsearch.leaderboard.entry import Entry
+import nlsearch.leaderboard.store as store_module
+from nlsearch.leaderboard.store import DuplicateEntryError, Store
+write_text = store_module.write_text
+def slow_write(text, path):            # widen the window between the duplicate check and the write
+    time.sleep(0.02)
+    return write_text(text, path)
+store_module.write_text = slow_write
+root, go, files = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+while not go.exists():
+    time.sleep(0.005)
+store = Store(root)
+for f in files:
+    try:
+        store.add(Entry.model_validate_json(Path(f).read_text()))
+        print("added", f)
+    except DuplicateEntryError:
+        print("duplicate", f)
+"""
+
+
+def test_concurrent_processes_never_corrupt_the_table(tmp_path):
+    entries = _board({f"m{i}": ([i / 40] * 3, [2.0] * 3) for i in range(24)})
+    shared = _board({"shared": ([0.5] * 3, [2.0] * 3)})[0]
+    files = []
+    for e in entries + [shared]:
+        files.append(tmp_path / f"{e.name}.json")
+        files[-1].write_text(e.model_dump_json())
+    go, root = tmp_path / "go", tmp_path / "lb"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(root), str(go), str(files[-1]),
+                               *map(str, files[:-1][i::4])], stdout=subprocess.PIPE, text=True, env=env)
+             for i in range(4)]
+    time.sleep(1.5)                                    # every writer imported and waiting
+    go.touch()
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    shared_lines = [line for out in outs for line in out.splitlines() if line.endswith("shared.json")]
+    assert sorted(line.split()[0] for line in shared_lines) == ["added", "duplicate", "duplicate", "duplicate"]
+    index = pd.read_parquet(root / "index.parquet")
+    assert sorted(index.name.unique()) == sorted([e.name for e in entries] + ["shared"])
+    assert len(index) == 2 * 25 and index.groupby("id").size().eq(2).all()
+    assert len(list((root / "entries").rglob("*.json"))) == 25
+    assert not [p for p in root.rglob(".*") if p.name != ".lock"]      # no temporary file left behind
+    assert all(isinstance(read_entry(p), Entry) for p in (root / "entries").rglob("*.json"))
