@@ -1,0 +1,146 @@
+"""``leaderboard render``: README.md and a static index.html with a sortable table and four plots, entry
+strings escaped; the page is loaded in headless Chromium (no console errors, the table sorts, the plots
+show). Without Chromium the browser test skips, except where NLSEARCH_REQUIRE_BROWSER is set (CI)."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from nlsearch.cli import main
+from nlsearch.leaderboard.render import render
+from nlsearch.leaderboard.store import Store
+from leaderboard_fixtures import make_entry, task_result
+
+EVIL = "<script>alert(1)</script>|x"
+
+
+def _entries():
+    spec = {"alpha": (0.9, 1.5, [0.8, 0.6, 0.4], 0.7, -0.1, 64, 2),
+            "beta": (0.5, 2.5, [0.9, 0.9, 0.8], 0.5, -0.4, 4096, 4),
+            EVIL: (0.7, 2.0, [0.5, 0.3, 0.1], 0.6, -0.2, 512, 3)}
+    out = []
+    for name, (acc, bpb, needle, cacc, bwt, state, depth) in spec.items():
+        tasks = {
+            "r@1": task_result("r@1", [acc] * 3),
+            "l@1": task_result("l@1", [bpb, bpb + 0.1, bpb - 0.1], False, "lm", "bits_per_byte"),
+            "n@1": task_result("n@1", [sum(needle) / 3] * 3, kind="longctx",
+                               per_length={n: [v] * 3 for n, v in zip((1024, 2048, 4096), needle)}),
+            "c@1": task_result("c@1", [cacc] * 3, kind="continual", metric="acc", extra={"bwt": [bwt] * 3}),
+        }
+        out.append(make_entry(name, tasks, state_size=state, depth=depth))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    root = tmp_path_factory.mktemp("render") / "lb"
+    store = Store(root)
+    for entry in _entries():
+        store.add(entry)
+    readme, page = render(root)
+    return root, readme, page
+
+
+def test_readme_has_the_table_and_links_every_plot(rendered):
+    root, readme, _ = rendered
+    text = readme.read_text()
+    assert "## test@1, budget tiny@1" in text and "| 1 | alpha |" in text
+    assert "0.9000 ± 0.0000" in text and "1.5000 ± 0.1000" in text and "l@1 bits_per_byte ↓" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\|x" in text and "<script>" not in text
+    svgs = sorted(p.name for p in (root / "plots").glob("*.svg"))
+    assert len(svgs) == 4 and all(f"(plots/{name})" in text for name in svgs)
+
+
+def test_the_page_escapes_entry_strings_and_renders_the_same_twice(rendered):
+    root, _, page = rendered
+    html = page.read_text()
+    assert html.count("<script>") == 1 and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html
+    assert html.count("<figure class=\"plot\"") == 4 and "http" not in html.split("<svg")[0]
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix in (".md", ".html", ".svg")}
+    render(root)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_cli_render_writes_pages_for_an_empty_board(tmp_path):
+    assert main(["leaderboard", "render", "--dir", str(tmp_path / "lb")]) == 0
+    assert "No entries yet" in (tmp_path / "lb" / "README.md").read_text()
+    assert (tmp_path / "lb" / "index.html").is_file()
+
+
+def _browser():
+    chromium = os.environ.get("NLSEARCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        chromium = None
+    if chromium and driver:
+        return chromium, driver
+    message = "needs Chromium, chromedriver, selenium (apt-get install chromium chromium-driver; pip install selenium)"
+    if os.environ.get("NLSEARCH_REQUIRE_BROWSER"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    chromium, driver = _browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    yield session
+    session.quit()
+
+
+def _column(browser, header: str):
+    from selenium.webdriver.common.by import By
+
+    heads = [th.text.replace("▲", "").replace("▼", "").strip()
+             for th in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard thead th")]
+    col = heads.index(header)
+    return [row.find_elements(By.TAG_NAME, "td")[col].text
+            for row in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard tbody tr")]
+
+
+def _click(browser, header: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    for th in browser.find_elements(By.CSS_SELECTOR, "table.leaderboard thead th"):
+        if th.text.replace("▲", "").replace("▼", "").strip() == header:
+            th.click()
+            return
+    raise AssertionError(f"no header {header!r}")
+
+
+def test_the_page_in_headless_chromium(rendered, browser):
+    _, _, page = rendered
+    browser.get(page.as_uri())
+    errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert errors == []
+    assert _column(browser, "name") == ["alpha", EVIL, "beta"]                      # by rank
+    _click(browser, "params")
+    params = [int(x.replace(",", "")) for x in _column(browser, "params")]
+    assert params == sorted(params) and len(set(params)) == 3
+    _click(browser, "params")
+    assert [int(x.replace(",", "")) for x in _column(browser, "params")] == sorted(params, reverse=True)
+    _click(browser, "l@1 bits_per_byte ↓")
+    assert _column(browser, "name") == ["alpha", EVIL, "beta"]
+    _click(browser, "state")
+    assert _column(browser, "state") == ["64", "512", "4,096"]
+    sizes = browser.execute_script(
+        "return Array.from(document.querySelectorAll('figure.plot svg')).map(function (s) {"
+        " var r = s.getBoundingClientRect(); return [s.parentNode.dataset.plot, r.width, r.height,"
+        " s.querySelectorAll('path, use').length]; });")
+    assert [s[0] for s in sizes] == ["state", "length", "continual", "depth"]
+    assert all(w > 200 and h > 100 and marks > 10 for _, w, h, marks in sizes), sizes
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
