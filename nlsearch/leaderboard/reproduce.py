@@ -32,7 +32,10 @@ ModelSpec = Union[str, Dict[str, Any]]
 
 
 def _name(spec: ModelSpec) -> str:
-    return spec if isinstance(spec, str) else str(spec.get("name") or "model")
+    """A baseline's entry name: the preset name, a file's stem, or a mapping's ``name``."""
+    if isinstance(spec, dict):
+        return str(spec.get("name") or "model")
+    return Path(spec).stem if str(spec).endswith((".yaml", ".yml", ".json")) else str(spec)
 
 
 def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs_dir: Path, workers: int,
@@ -69,7 +72,7 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
     lines = ["| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
     for v in verdicts:
         numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
-        lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}**: {v.reason} | {numbers} |")
+        lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** (tested: {v.reason}) | {numbers} |")
     return lines
 
 

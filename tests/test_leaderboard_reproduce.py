@@ -1,0 +1,150 @@
+"""``reproduce``: claim verdicts from entries (synthetic numbers with known answers), and the whole
+command at a tiny budget: baselines added as entries, the report lists every claim with its verdict and
+the entries' numbers, a second call reuses the entries; ``--workers 2`` gives the serial numbers."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import yaml
+
+from nlsearch.cli import main
+from nlsearch.leaderboard.claims import Claim, judge
+from nlsearch.leaderboard.protocol import load_protocol
+from nlsearch.leaderboard.scoring import score_model
+from nlsearch.leaderboard.store import Store
+from leaderboard_fixtures import make_entry, task_result, write_protocol
+from train_fixtures import TINY_MEMORY, TINY_MODEL
+
+
+def _claim(check, budgets=("tiny",)):
+    return Claim(id="c", claim="a claim", source="a paper, Table 1", budgets=budgets, check=check)
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    protocol = load_protocol(write_protocol(tmp_path / "p", tasks=("tiny_recall", "tiny_lm", "tiny_needle")))
+    rows = {"attn": (0.95, 1.5, (0.9, 0.8)), "delta": (0.8, 1.8, (0.9, 0.7)), "dot": (0.6, 1.7, (0.5, 0.1)),
+            "nan": (None, None, (None, None))}
+    entries = []
+    for name, (acc, bpb, needle) in rows.items():
+        entries.append(make_entry(name, {
+            "tiny_recall@1": task_result("tiny_recall@1", [acc] * 3),
+            "tiny_lm@1": task_result("tiny_lm@1", [bpb] * 3, False, "lm", "bits_per_byte"),
+            "tiny_needle@1": task_result("tiny_needle@1", [None] * 3, kind="longctx",
+                                         per_length={160: [needle[0]] * 3, 320: [needle[1]] * 3})}))
+    return protocol, entries
+
+
+@pytest.mark.parametrize("check, outcome", [
+    ({"kind": "at_least", "model": "attn", "role": "recall", "value": 0.9}, "reproduced"),
+    ({"kind": "at_least", "model": "delta", "role": "recall", "value": 0.9}, "not reproduced"),
+    ({"kind": "at_least", "model": "attn", "role": "lm", "value": 1.6}, "reproduced"),       # lower is better
+    ({"kind": "at_least", "model": "dot", "role": "lm", "value": 1.6}, "not reproduced"),
+    ({"kind": "beats", "winners": ["delta"], "losers": ["dot"], "roles": ["recall"]}, "reproduced"),
+    ({"kind": "beats", "winners": ["delta"], "losers": ["dot"], "roles": ["recall", "lm"]}, "not reproduced"),
+    ({"kind": "beats", "winners": ["delta"], "losers": ["attn"], "roles": ["needle"], "length": "longest"},
+     "not reproduced"),
+    ({"kind": "beats", "winners": ["attn", "delta"], "losers": ["dot"], "roles": ["needle"], "length": "longest"},
+     "reproduced"),
+    ({"kind": "order", "role": "lm", "models": ["attn", "dot", "delta"]}, "reproduced"),
+    ({"kind": "order", "role": "lm", "models": ["attn", "delta", "dot"]}, "not reproduced"),
+    ({"kind": "gap_grows", "reference": "attn", "models": ["dot"], "roles": ["recall", "needle"]}, "not testable"),
+    ({"kind": "beats", "winners": ["delta"], "losers": ["dot"], "roles": ["overwrite"]}, "not testable"),
+    ({"kind": "beats", "winners": ["mamba"], "losers": ["dot"], "roles": ["recall"]}, "not testable"),
+    ({"kind": "at_least", "model": "nan", "role": "recall", "value": 0.1}, "not testable"),
+])
+def test_verdicts(synthetic, check, outcome):
+    protocol, entries = synthetic
+    verdict = judge(_claim(check), entries, protocol, "tiny")
+    assert verdict.outcome == outcome, verdict.reason
+
+
+def test_the_gap_grows_check_compares_the_leads(synthetic):
+    protocol, entries = synthetic
+    easy_hard = {"kind": "gap_grows", "reference": "attn", "models": ["dot"], "roles": ["lm", "recall"]}
+    verdict = judge(_claim(easy_hard), entries, protocol, "tiny")
+    assert verdict.outcome == "reproduced"          # lead 1.7 - 1.5 = 0.2 in bpb, then 0.35 in accuracy
+    swapped = dict(easy_hard, roles=["recall", "lm"])
+    assert judge(_claim(swapped), entries, protocol, "tiny").outcome == "not reproduced"
+
+
+def test_a_claim_outside_its_budgets_is_not_testable_but_shows_the_numbers(synthetic):
+    protocol, entries = synthetic
+    check = {"kind": "at_least", "model": "attn", "role": "recall", "value": 0.9}
+    verdict = judge(_claim(check, budgets=("cpu", "gpu")), entries, protocol, "tiny")
+    assert verdict.outcome == "not testable" and "holds" in verdict.reason
+    assert verdict.numbers == {"attn tiny_recall@1 accuracy": (pytest.approx(0.95), 0.0, 3)}
+
+
+CLAIMS = [
+    {"id": "delta-beats-dot", "claim": "delta beats dot", "source": "DeltaNet paper", "budgets": ["tiny"],
+     "check": {"kind": "beats", "winners": ["deltanet"], "losers": ["linear-attention"], "roles": ["recall"]}},
+    {"id": "lm-order", "claim": "lm order", "source": "NL Table 1", "budgets": ["tiny"],
+     "check": {"kind": "order", "role": "lm", "models": ["deltanet", "transformer"]}},
+    {"id": "big-only", "claim": "at scale", "source": "Zoology Figure 2", "budgets": ["cpu", "gpu"],
+     "check": {"kind": "at_least", "model": "transformer", "role": "recall", "value": 0.9}},
+    {"id": "needle", "claim": "needle", "source": "Titans S-NIAH table", "budgets": ["tiny"],
+     "check": {"kind": "beats", "winners": ["deltanet"], "losers": ["transformer"], "roles": ["needle"]}},
+]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reproduce")
+    protocol = write_protocol(root / "p", tasks=("tiny_recall", "tiny_lm"), claims=CLAIMS)
+    dot = {"kind": "memory", "n_heads": 2, "rule": "linear-attention"}
+    models = {"transformer": TINY_MODEL, "deltanet": TINY_MEMORY, "linear-attention": {**TINY_MEMORY, "mixer": dot}}
+    files = []
+    for name, cfg in models.items():
+        files.append(root / f"{name}.yaml")
+        files[-1].write_text(yaml.safe_dump(cfg))
+    args = ["reproduce", "--protocol", str(protocol), "--budget", "tiny", "--dir", str(root / "lb"),
+            "--runs", str(root / "runs"), "--out", str(root / "out"), "--presets", *map(str, files)]
+    assert main(args) == 0
+    return root, load_protocol(protocol), args
+
+
+def test_baselines_are_entries_and_the_report_judges_every_claim(reproduced):
+    root, protocol, _ = reproduced
+    entries = {e.name: e for e in Store(root / "lb").entries()}
+    assert set(entries) == {"transformer", "deltanet", "linear-attention"}
+    assert all(e.kind == "baseline" and e.budget == "tiny@1" for e in entries.values())
+    report = (root / "out" / "report.md").read_text()
+    data = {c["id"]: c for c in json.loads((root / "out" / "report.json").read_text())["claims"]}
+    assert data["big-only"]["outcome"] == "not testable" and "tiny" in data["big-only"]["reason"]
+    assert data["needle"]["outcome"] == "not testable" and "needle" in data["needle"]["reason"]
+    recall = {n: entries[n].tasks["tiny_recall@1"].aggregate()[0] for n in entries}
+    expected = "reproduced" if recall["deltanet"] > recall["linear-attention"] else "not reproduced"
+    assert data["delta-beats-dot"]["outcome"] == expected
+    numbers = data["delta-beats-dot"]["numbers"]["deltanet tiny_recall@1 accuracy"]
+    assert numbers[0] == pytest.approx(recall["deltanet"]) and numbers[2] == 3
+    lm = {n: entries[n].tasks["tiny_lm@1"].aggregate()[0] for n in entries}
+    assert data["lm-order"]["outcome"] == ("reproduced" if lm["deltanet"] <= lm["transformer"] else "not reproduced")
+    for claim in CLAIMS:
+        assert claim["source"] in report and claim["claim"] in report
+    assert "| transformer |" in report and "bigram" in report and "tiny_lm@1" in report
+    assert not any(math.isnan(x) for x in lm.values())
+
+
+def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
+    root, _, args = reproduced
+    import nlsearch.leaderboard.reproduce as reproduce_module
+
+    monkeypatch.setattr(reproduce_module, "score_model", lambda *a, **k: pytest.fail("trained again"))
+    before = {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")}
+    assert main(args) == 0
+    assert {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")} == before
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_serial_numbers(reproduced, tmp_path):
+    root, _, _ = reproduced
+    protocol = load_protocol(write_protocol(tmp_path / "p", tasks=("tiny_recall",)))
+    serial = Store(root / "lb").entries()
+    ref = [e for e in serial if e.name == "deltanet"][0]
+    parallel = score_model(dict(TINY_MEMORY), protocol, protocol.load_budget(), tmp_path / "runs", workers=2)
+    got = parallel["tiny_recall@1"]
+    assert [s.run.run_dir for s in got.seeds] != [s.run.run_dir for s in ref.tasks["tiny_recall@1"].seeds]
+    assert [s.metrics for s in got.seeds] == [s.metrics for s in ref.tasks["tiny_recall@1"].seeds]
