@@ -210,9 +210,10 @@ def resolve_budget(space: SearchSpace) -> Budget:
 
 
 def default_executor(workers: int, address: Optional[str], space: SearchSpace) -> Executor:
-    """In process for one local worker; Ray for ``workers`` > 1 or a cluster ``address``."""
+    """In process for one local worker (torch threads as the budget says); Ray for ``workers`` > 1 or a
+    cluster ``address`` (threads = ``resources.cpus_per_trial``)."""
     if workers <= 1 and not address:
-        return InProcessExecutor(threads=space.resources.cpus_per_trial)
+        return InProcessExecutor()            # the budget's thread count: one trial may use the machine
     from nlsearch.search.executors import RayExecutor
     return RayExecutor(workers=workers, address=address, resources=space.resources)
 
