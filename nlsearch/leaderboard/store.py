@@ -5,7 +5,7 @@ Layout of a leaderboard folder (default ``leaderboard/``):
 - ``entries/<protocol>@<v>/<budget>@<v>/<sha12>-<name>.json``: one file per entry, append-only;
 - ``index.parquet``: one row per (entry, task), derived from the entries (``INDEX_COLUMNS``);
   rebuilt after every addition and whenever the set of entry files no longer matches it (after a git
-  merge, for example), so it never needs merging by hand;
+  merge, for example). Being derived, it is not committed (``.gitignore``): nothing to merge by hand;
 - ``.lock``: the lock every writer holds.
 
 Concurrency: ``add`` takes an exclusive ``fcntl.flock`` on ``.lock``, re-checks for a duplicate under
@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import json
 import math
+import os
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -104,13 +105,13 @@ class Store:
         existing file) or LeaderboardError and leaves everything as it was."""
         with self.lock():
             self._check_new(entry, entry.protocol_sha256)
-            path = write_text(entry.model_dump_json(indent=1) + "\n", self.path_of(entry))
+            path = readable(write_text(entry.model_dump_json(indent=1) + "\n", self.path_of(entry)))
             self._write_index()
         return path
 
     def _write_index(self) -> pd.DataFrame:
         frame = index_frame([(read_entry(p), p) for p in self.entry_files()], self.root)
-        write_parquet(frame, self.index_path)
+        readable(write_parquet(frame, self.index_path))
         return frame
 
     def rebuild_index(self) -> pd.DataFrame:
@@ -127,6 +128,13 @@ class Store:
         if not files and not self.root.exists():
             return index_frame([], self.root)
         return self.rebuild_index()
+
+
+def readable(path: Path) -> Path:
+    """Makes a published file world-readable (temporary files are created private): a web server or
+    another user serving the leaderboard folder can read it."""
+    os.chmod(path, 0o644)
+    return path
 
 
 def read_entry(path: Path) -> Entry:
