@@ -1,0 +1,73 @@
+"""The protocol file: the shipped one is consistent with the task specs, budgets, baselines and claims;
+a malformed one fails naming the file and key; tracks resolve by name, reference or file."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from nlsearch.budgets import load_budget
+from nlsearch.config import ConfigError
+from nlsearch.leaderboard.claims import load_claims
+from nlsearch.leaderboard.protocol import ProtocolError, load_protocol
+from nlsearch.leaderboard.reproduce import BASELINES
+from nlsearch.models import list_presets
+from nlsearch.tasks import load_task
+from leaderboard_fixtures import write_protocol
+
+
+def test_the_shipped_protocol_names_real_tasks_metrics_budgets_and_claims():
+    protocol = load_protocol()
+    assert protocol.ref == "standard@1" and len(protocol.seeds) >= 3
+    for rule in protocol.tasks:
+        task = load_task(rule.task, protocol.resolve_tasks_dir())
+        assert rule.metric in {m.name for m in task.spec.metrics}, rule
+    assert [protocol.load_budget(b).ref for b in ("cpu", "gpu")] == ["cpu@1", "gpu@1"]
+    assert protocol.load_budget() == load_budget("cpu")
+    assert set(BASELINES) <= set(list_presets())
+    claims = load_claims(protocol.claims_path()).claims
+    roles = set(protocol.by_role())
+    for claim in claims:
+        check = claim.check
+        used_roles = set(check.roles) | ({check.role} if check.role else set())
+        used_models = set(check.winners) | set(check.losers) | set(check.models) | {check.model, check.reference}
+        assert used_roles <= roles, claim.id
+        assert used_models - {None} <= set(BASELINES), claim.id
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"seeds": [0, 1]}, "seeds"),
+    ({"seeds": [0, 0, 1]}, "seeds repeat"),
+    ({"tasks": [{"task": "tiny_recall", "metric": "accuracy"}]}, "name@version"),
+    ({"tasks": [{"task": "tiny_recall@1", "metric": "accuracy", "colour": 1}]}, r"tasks\.0\.colour"),
+    ({"verify_seeds": 5}, "verify_seeds"),
+    ({"lr_sweep": {"factors": []}}, r"lr_sweep\.factors"),
+])
+def test_a_malformed_protocol_names_the_file_and_key(tmp_path, change, match):
+    path = write_protocol(tmp_path)
+    path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), **change}))
+    with pytest.raises(ConfigError, match=match) as err:
+        load_protocol(path)
+    assert str(path) in str(err.value)
+
+
+def test_bad_tracks_and_folders_are_protocol_errors(tmp_path):
+    with pytest.raises(ProtocolError, match="budgets: 'nope@1'"):
+        load_protocol(write_protocol(tmp_path / "a", budgets=["nope@1"]))
+    with pytest.raises(ProtocolError, match="tasks_dir 'missing'"):
+        load_protocol(write_protocol(tmp_path / "b", tasks_dir="missing"))
+    protocol = load_protocol(write_protocol(tmp_path / "c"))
+    assert protocol.load_budget("tiny").ref == protocol.load_budget("tiny@1").ref == "tiny@1"
+    assert protocol.load_budget("smoke").ref == "smoke@1"
+    with pytest.raises(ProtocolError, match="not one of its tracks"):
+        protocol.load_budget("cpu")
+
+
+def test_the_hash_changes_with_any_content(tmp_path):
+    a = load_protocol(write_protocol(tmp_path / "a"))
+    b = load_protocol(write_protocol(tmp_path / "b", tolerance={"abs": 0.02, "rel": 0.0}))
+    same = load_protocol(write_protocol(tmp_path / "c"))
+    assert a.ref == b.ref and a.sha256() != b.sha256() and a.sha256() == same.sha256()
+    path = tmp_path / "tagged.yaml"
+    path.write_text(yaml.safe_dump({"name": "x"}) + "version: !!python/object/apply:os.getpid []\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_protocol(path)
