@@ -148,3 +148,17 @@ def test_parallel_workers_give_the_serial_numbers(reproduced, tmp_path):
     got = parallel["tiny_recall@1"]
     assert [s.run.run_dir for s in got.seeds] != [s.run.run_dir for s in ref.tasks["tiny_recall@1"].seeds]
     assert [s.metrics for s in got.seeds] == [s.metrics for s in ref.tasks["tiny_recall@1"].seeds]
+
+
+@pytest.mark.slow
+def test_ray_runs_give_the_serial_numbers(reproduced, tmp_path):
+    ray = pytest.importorskip("ray")
+    root, _, _ = reproduced
+    protocol = load_protocol(write_protocol(tmp_path / "p", tasks=("tiny_recall",)))
+    ref = [e for e in Store(root / "lb").entries() if e.name == "transformer"][0]
+    try:
+        got = score_model(dict(TINY_MODEL), protocol, protocol.load_budget(), tmp_path / "runs", address="local")
+    finally:
+        ray.shutdown()
+    assert [s.metrics for s in got["tiny_recall@1"].seeds] == [s.metrics for s in ref.tasks["tiny_recall@1"].seeds]
+    assert all(s.run.run_dir.startswith(str(tmp_path)) for s in got["tiny_recall@1"].seeds)
