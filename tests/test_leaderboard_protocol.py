@@ -71,3 +71,16 @@ def test_the_hash_changes_with_any_content(tmp_path):
     path.write_text(yaml.safe_dump({"name": "x"}) + "version: !!python/object/apply:os.getpid []\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_protocol(path)
+
+
+def test_a_metric_the_task_does_not_declare_fails_before_any_run(tmp_path):
+    from nlsearch.leaderboard.scoring import score_model
+
+    path = write_protocol(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["tasks"][0]["metric"] = "perplexity"
+    path.write_text(yaml.safe_dump(data))
+    protocol = load_protocol(path)
+    with pytest.raises(ValueError, match="metric 'perplexity' is not one the task reports"):
+        score_model({"d_model": 32}, protocol, protocol.load_budget(), tmp_path / "runs")
+    assert not (tmp_path / "runs").exists()

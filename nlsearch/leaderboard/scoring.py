@@ -73,6 +73,15 @@ def check_metric(rule: ProtocolTask, directions: Mapping[str, bool]) -> bool:
     return directions[rule.metric]
 
 
+def check_tasks(protocol: Protocol) -> None:
+    """Every protocol task exists and declares its ranked metric: checked before the first run."""
+    from nlsearch.tasks import load_task
+
+    for rule in protocol.tasks:
+        task = load_task(rule.task, protocol.resolve_tasks_dir())
+        check_metric(rule, {m.name: m.higher_is_better for m in task.spec.metrics})
+
+
 def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path, *,
                 seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
                 workers: int = 1, address: Optional[str] = None,
@@ -82,6 +91,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     a fixed factor per task instead of the sweep (a claimed, verified choice)."""
     seeds = list(protocol.seeds if seeds is None else seeds)
     tasks_dir = protocol.resolve_tasks_dir()
+    check_tasks(protocol)
     common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
                   tasks_dir=str(tasks_dir) if tasks_dir else None)
     sweep_seed = protocol.seeds[0]
