@@ -72,7 +72,8 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
     lines = ["| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
     for v in verdicts:
         numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
-        lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** (tested: {v.reason}) | {numbers} |")
+        why = v.reason if v.outcome == "not testable" else f"tested: {v.reason}"
+        lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** ({why}) | {numbers} |")
     return lines
 
 
