@@ -55,8 +55,9 @@ def run_arm(space: SearchSpace, label: str, workers: int, log: Callable[[str], A
         study, frame, _ = run_search(space, out=Path(tmp) / space.name, workers=workers, log=lambda m: None,
                                      plots=False)
         wall = time.monotonic() - start
-    ends = [t.datetime_complete for t in study.trials if t.datetime_complete is not None]
-    starts = [t.datetime_start for t in study.trials if t.datetime_start is not None]
+        trials = study.get_trials()                  # read before the folder (and its journal) goes
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
     span = (max(ends) - min(starts)).total_seconds() if ends else math.nan   # Ray's start-up left out
     done = frame[frame.state.isin(["COMPLETE", "PRUNED", "FAIL"])]
     complete = frame[frame.state == "COMPLETE"]
