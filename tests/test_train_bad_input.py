@@ -60,7 +60,7 @@ def test_a_finished_run_is_not_overwritten(tasks, tmp_path):
 
 def test_budget_versions_are_checked():
     assert load_budget("smoke@1") is load_budget("smoke")
-    with pytest.raises(ValueError, match="version 1, not '2'"):
+    with pytest.raises(ValueError, match=r"no version '2'; versions: \[1\]"):
         load_budget("smoke@2")
 
 
