@@ -129,3 +129,11 @@ def test_match_params_picks_the_width_closest_to_the_target():
             return sum(p.numel() for p in cfg.build().parameters())
     error = abs(count(d) - target)
     assert error <= abs(count(d - 16) - target) and error <= abs(count(d + 16) - target)
+
+
+def test_a_group_item_condition_must_name_an_earlier_parameter(tmp_path):
+    group = {"repeat": [1, 2], "each": {"period": {"choices": [4], "when": {"later": 1}}}}
+    params = {"levels": group, "later": {"choices": [1, 2]}}
+    path = write_space(tmp_path, tiny_space(params=params))
+    with pytest.raises(ConfigError, match="params.levels.each.period.when names 'later'"):
+        load_space(path)

@@ -120,12 +120,20 @@ def to_mapping(space: SearchSpace, sampled: Dict[str, Any]) -> Dict[str, Any]:
     return config
 
 
+def _meta_model(config: ModelConfig) -> torch.nn.Module:
+    with torch.device("meta"):
+        return config.build()
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def model_facts(config: ModelConfig, seq_len: int) -> Dict[str, float]:
     """Parameter count, state size at ``seq_len``, nesting depth and forward FLOPs/token, counted on
     the meta device (no memory is allocated)."""
-    with torch.device("meta"):
-        model = config.build()
-    return {"params": float(sum(p.numel() for p in model.parameters())),
+    model = _meta_model(config)
+    return {"params": float(_n_params(model)),
             "state_size": float(model.state_size(seq_len)),
             "nesting_depth": float(len(nesting_levels(config))),
             "flops_per_token": float(flops_per_token(config, model, seq_len))}
@@ -133,9 +141,7 @@ def model_facts(config: ModelConfig, seq_len: int) -> Dict[str, float]:
 
 def _count(mapping: Dict[str, Any], field: str, value: int) -> Optional[int]:
     try:
-        cfg = parse_config(ModelConfig, place(mapping, field, value))
-        with torch.device("meta"):
-            return sum(p.numel() for p in cfg.build().parameters())
+        return _n_params(_meta_model(parse_config(ModelConfig, place(mapping, field, value))))
     except (ConfigError, ValueError):
         return None
 

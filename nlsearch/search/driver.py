@@ -42,8 +42,6 @@ class SearchInterrupted(KeyboardInterrupt):
 class SearchState:
     """What the progress display shows."""
 
-    wanted: int
-    started: float = field(default_factory=time.monotonic)
     durations: List[float] = field(default_factory=list)
     running: int = 0
 
@@ -66,7 +64,7 @@ class Driver:
         check_space(space, self.seq_len)
         self.storage = storage
         self.pending: Dict[int, optuna.Trial] = {}
-        self.state = SearchState(self.trials)
+        self.state = SearchState()
 
     def _check_metrics(self) -> None:
         by_name = {t.split("@")[0]: task for t, task in zip(self.space.tasks, self.tasks)}

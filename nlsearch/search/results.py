@@ -40,7 +40,7 @@ def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
         attrs = t.user_attrs
         row = {"number": t.number, "state": t.state.name, "reason": attrs.get("reason", ""),
                "candidate": candidate_text(space, t.params)}
-        for col, i in zip(objective_columns(space), range(len(space.objectives))):
+        for i, col in enumerate(objective_columns(space)):
             row[col] = t.values[i] if t.values is not None else math.nan
         row.update({f"p:{k}": json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in t.params.items()})
         row.update({f"m:{k}": v for k, v in (attrs.get("metrics") or {}).items()})

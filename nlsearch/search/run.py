@@ -8,11 +8,13 @@ from typing import Any, Callable, Optional, Tuple, Union
 
 import optuna
 import pandas as pd
+from optuna.trial import TrialState
 
 from nlsearch.search.driver import Driver, default_executor
 from nlsearch.search.executors import Executor
-from nlsearch.search.results import counts, trials_frame, write_results
+from nlsearch.search.results import write_results
 from nlsearch.search.space import SearchSpace, load_space
+from nlsearch.search.study import finished
 
 
 def _best_text(study: optuna.Study, space: SearchSpace) -> str:
@@ -26,11 +28,12 @@ def _best_text(study: optuna.Study, space: SearchSpace) -> str:
 
 def progress_line(driver: Driver, study: optuna.Study) -> str:
     """``trials 5/16 · running 2 · pruned 1 · failed 0 · best … · ETA 6m``."""
-    frame = trials_frame(study, driver.space) if study.trials else pd.DataFrame({"state": []})
-    c = counts(frame) if len(frame) else {"complete": 0, "pruned": 0, "fail": 0}
-    done = c["complete"] + c["pruned"] + c["fail"]
-    line = (f"trials {done}/{driver.trials} · running {driver.state.running} · pruned {c['pruned']} · "
-            f"failed {c['fail']} · {_best_text(study, driver.space)}")
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    done = finished(study)
+    pruned = states.count(TrialState.PRUNED)
+    failed = done - states.count(TrialState.COMPLETE) - pruned          # counted ones: not re-queued
+    line = (f"trials {done}/{driver.trials} · running {driver.state.running} · pruned {pruned} · "
+            f"failed {failed} · {_best_text(study, driver.space)}")
     durations = driver.state.durations
     if durations:
         left = max(driver.trials - done, 0)

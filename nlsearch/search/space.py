@@ -186,12 +186,16 @@ class SearchSpace(Strict):
 
     @model_validator(mode="after")
     def _references(self) -> "SearchSpace":
-        names = set(self.params)
+        order = list(self.params)
         for name, spec in self.params.items():
-            for other in spec.when:
-                if other not in names or list(self.params).index(other) >= list(self.params).index(name):
-                    raise ValueError(f"params.{name}.when names {other!r}, which is not a parameter declared "
-                                     f"before it")
+            conditions = [(f"params.{name}.when", spec.when, order.index(name))]
+            if isinstance(spec, Group):          # an item may depend on parameters declared before its group
+                conditions += [(f"params.{name}.each.{item}.when", s.when, order.index(name)) for item, s in
+                               spec.each.items()]
+            for where, when, position in conditions:
+                for other in when:
+                    if other not in order or order.index(other) >= position:
+                        raise ValueError(f"{where} names {other!r}, which is not a parameter declared before it")
         task_names = {t.split("@")[0] for t in self.tasks}
         for i, obj in enumerate(self.objectives):
             if obj.task is None and obj.metric not in MODEL_METRICS:

@@ -79,7 +79,7 @@ def make_storage(run_dir: Path, url: Optional[str]):
     return JournalStorage(JournalFileBackend(str(path)))
 
 
-def make_sampler(spec: SamplerSpec, seed: int, multi: bool):
+def make_sampler(spec: SamplerSpec, seed: int):
     if spec.kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.kind == "nsga2":
@@ -115,7 +115,7 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=make_storage(run_dir, storage_url), study_name=space.name,
                                 directions=space.directions, load_if_exists=True,
-                                sampler=make_sampler(space.sampler, space.seed, space.multi_objective),
+                                sampler=make_sampler(space.sampler, space.seed),
                                 pruner=make_pruner(space.pruner, max_steps))
     identity = space_identity(space)
     stored = study.user_attrs.get("space")
