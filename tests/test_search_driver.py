@@ -141,7 +141,7 @@ def test_resume_refuses_a_space_that_changed_what_it_measures(tmp_path):
 def _cli(space: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     return subprocess.Popen([sys.executable, "-m", "nlsearch.cli", "search", str(space), "--out", str(out),
-                             "--quiet", "--no-plots"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             "--workers", "1", "--quiet", "--no-plots"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 

@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import List
 
 import pytest
+import torch
 
 from nlsearch.models import load_model_config
+from nlsearch.search import load_space, run_search
+from nlsearch.search.driver import auto_workers
 from nlsearch.search.executors import Executor, InProcessExecutor, RayExecutor
 from nlsearch.search.space import Resources
 from nlsearch.search.trial import TrialJob, TrialOutcome
-from tests.search_fixtures import tiny_budget
+from tests.search_fixtures import tiny_budget, tiny_space, write_space
 
 CONFIG = load_model_config({"d_model": 32, "n_layers": 1, "mixer": {"kind": "attention", "n_heads": 2}})
 
@@ -99,3 +102,31 @@ def _wait_for_process(title: str, timeout: float = 120) -> int:
                 return int(pid)
         time.sleep(0.1)
     pytest.fail(f"no process titled {title!r} appeared")
+
+
+@pytest.mark.parametrize("cores, cpus_per_trial, expected", [(2, 1, 2), (16, 4, 4), (3, 2, 1), (1, 4, 1)])
+def test_auto_workers_fill_the_cores_this_process_may_use(tmp_path, monkeypatch, cores, cpus_per_trial, expected):
+    space = load_space(write_space(tmp_path, tiny_space(name="auto"))).model_copy(
+        update={"resources": Resources(cpus_per_trial=cpus_per_trial)})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert auto_workers(space) == expected
+
+
+@pytest.mark.parametrize("gpus, per_trial, expected", [(1, 1.0, 1), (1, 0.25, 4), (8, 1.0, 8), (2, 0.5, 4)])
+def test_auto_workers_take_one_per_gpu_share_and_cpu_device_ignores_gpus(tmp_path, monkeypatch, gpus, per_trial,
+                                                                          expected):
+    space = load_space(write_space(tmp_path, tiny_space(name="auto"))).model_copy(
+        update={"resources": Resources(gpus_per_trial=per_trial)})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert auto_workers(space) == expected
+    assert auto_workers(space, device="cpu") == 3
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "two", True])
+def test_bad_worker_counts_are_refused_before_anything_is_written(tmp_path, bad):
+    with pytest.raises(ValueError, match="workers="):
+        run_search(write_space(tmp_path, tiny_space(name="bad")), out=tmp_path / "out", workers=bad, log=lambda m: None)
+    assert not (tmp_path / "out").exists()

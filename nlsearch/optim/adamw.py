@@ -1,7 +1,7 @@
 """AdamW: its moments are an exponential moving-average memory of gradients (and their squares)."""
 from __future__ import annotations
 
-from typing import Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from pydantic import PositiveFloat
@@ -17,6 +17,14 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+def closure_loss(closure: Optional[Callable[[], float]]) -> Optional[float]:
+    """``torch.optim``'s closure convention: re-evaluate the loss (with gradients on) when one is given."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 @OPTIMIZERS.register("adamw")

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from typing_extensions import Annotated, Literal
 
 from nlsearch.config import Strict
-from nlsearch.optim.adamw import decay_groups
+from nlsearch.optim.adamw import closure_loss, decay_groups
 from nlsearch.profile import Level
 from nlsearch.registry import OPTIMIZERS
 
@@ -87,10 +87,7 @@ class DMGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:

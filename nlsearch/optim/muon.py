@@ -22,6 +22,7 @@ from torch import nn
 from typing_extensions import Annotated, Literal
 
 from nlsearch.config import Strict
+from nlsearch.optim.adamw import closure_loss
 from nlsearch.profile import Level
 from nlsearch.registry import OPTIMIZERS
 
@@ -59,10 +60,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         self._muon.step()
         self._adamw.step()
         return loss

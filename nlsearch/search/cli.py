@@ -107,11 +107,20 @@ def _search(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _workers(text: str):
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--workers must be a positive integer or 'auto', got {text!r}")
+    return int(text)
+
+
 def add_commands(sub, console_of) -> None:
     """Registers ``search`` and ``space show``; ``console_of()`` returns the CLI's console."""
     se = sub.add_parser("search", help="explore a search space with Optuna (trials in process or on Ray)")
     se.add_argument("file", help="a search space YAML (search_spaces/*.yaml)")
-    se.add_argument("--workers", type=int, default=1, help="trials at once; > 1 starts a local Ray")
+    se.add_argument("--workers", type=_workers, default="auto", help="trials at once (default auto: one per "
+                    "GPU, else one per resources.cpus_per_trial cores); > 1 starts a local Ray, 1 runs in process")
     se.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto) instead of a local one")
     se.add_argument("--storage", default=None, help="an Optuna storage URL (postgresql://…); default: a "
                     "journal file in the results folder")

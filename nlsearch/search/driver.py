@@ -14,6 +14,7 @@ re-queues the same way.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,17 @@ def resolve_budget(space: SearchSpace) -> Budget:
     if isinstance(space.budget, str):
         return load_budget(space.budget)
     return parse_config(Budget, space.budget, f"{space.source or space.name}: budget")
+
+
+def auto_workers(space: SearchSpace, device: str = "auto") -> int:
+    """Trials at once that this machine holds: one per ``gpus_per_trial`` of its GPUs when it has any
+    (and ``device`` allows them), else one per ``cpus_per_trial`` of the cores this process may use."""
+    import torch
+
+    if device != "cpu" and torch.cuda.is_available():
+        return max(1, int(torch.cuda.device_count() / space.resources.gpus_per_trial))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // space.resources.cpus_per_trial)
 
 
 def default_executor(workers: int, address: Optional[str], space: SearchSpace) -> Executor:

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
-from nlsearch.search.driver import Driver, default_executor
+from nlsearch.search.driver import Driver, auto_workers, default_executor
 from nlsearch.search.executors import Executor
 from nlsearch.search.results import write_results
 from nlsearch.search.space import SearchSpace, load_space
@@ -42,7 +42,8 @@ def progress_line(driver: Driver, study: optuna.Study) -> str:
     return line
 
 
-def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Path]] = None, workers: int = 1,
+def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Path]] = None,
+               workers: Union[int, str] = 1,
                address: Optional[str] = None, storage: Optional[str] = None, trials: Optional[int] = None,
                executor: Optional[Executor] = None, device: str = "auto", tasks_dir: Optional[Path] = None,
                log: Callable[[str], Any] = print, status: Optional[Callable[[str], Any]] = None,
@@ -50,10 +51,15 @@ def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Pa
     """Runs (or resumes) the search of ``space``; returns (study, trials table, results folder).
 
     ``out``: the results folder (default ``results/<space name>``), which also holds the journal
-    storage and the trial runs. ``workers`` > 1 or an ``address`` runs trials on Ray. ``status``
+    storage and the trial runs. ``workers`` > 1 or an ``address`` runs trials on Ray; ``"auto"``: as
+    many as the machine holds (:func:`~nlsearch.search.driver.auto_workers`). ``status``
     receives the progress line after every change. Every input is validated before a trial starts.
     """
     space = space if isinstance(space, SearchSpace) else load_space(space)
+    if workers == "auto":
+        workers = auto_workers(space, device)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers={workers!r} must be a positive integer or 'auto'")
     out = Path(out) if out is not None else Path("results") / space.name
     started = time.monotonic()
     last = [0.0]
