@@ -40,3 +40,10 @@ def test_transformer_bits_per_byte_are_below_uniform_and_bigram():
 def test_transformer_forgets_earlier_phases():
     result = train("transformer", "continual_recall", "cpu", seed=0)
     assert result.metrics["bwt"] < -0.1 and result.metrics["acc"] > 0.25
+
+
+def test_a_delta_rule_memory_leaves_chance_on_the_needle():
+    """At ``cpu@3`` (1,000 long-context steps) deltanet reads the needle's digits well above the
+    chance of one digit in ten at 1k bytes; at ``cpu@2`` (200 steps) every preset was at chance."""
+    result = train("deltanet", "longctx_needle", "cpu", seed=0)
+    assert result.metrics["accuracy@1024"] > 0.3

@@ -17,12 +17,14 @@ from leaderboard_fixtures import write_protocol
 
 def test_the_shipped_protocol_names_real_tasks_metrics_budgets_and_claims():
     protocol = load_protocol()
-    assert protocol.ref == "standard@1" and len(protocol.seeds) >= 3
+    assert protocol.ref == "standard@2" and len(protocol.seeds) >= 3
     for rule in protocol.tasks:
         task = load_task(rule.task, protocol.resolve_tasks_dir())
         assert rule.metric in {m.name for m in task.spec.metrics}, rule
-    assert [protocol.load_budget(b).ref for b in ("cpu", "gpu")] == ["cpu@1", "gpu@1"]
-    assert protocol.load_budget() == load_budget("cpu@1")      # pinned: a newer cpu profile needs a new protocol
+    assert [protocol.load_budget(b).ref for b in ("cpu", "gpu")] == ["cpu@3", "gpu@1"]
+    # pinned to versions, and to the newest ones: a newer profile means a new protocol version
+    assert protocol.load_budget() is load_budget("cpu@3") is load_budget("cpu")
+    assert protocol.load_budget("gpu") is load_budget("gpu")
     assert set(BASELINES) <= set(list_presets())
     claims = load_claims(protocol.claims_path()).claims
     roles = set(protocol.by_role())

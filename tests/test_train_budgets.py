@@ -44,6 +44,7 @@ SHIPPED = {
     ("smoke", 1): "ab4f7a59fbfb20d0e26fb796a9fe185177b95dfd301b8e0c0eeb93c6a33bfd9b",
     ("cpu", 1): "71953c1d6f85c0cd10989b043054ab3f1698e87c51a8cbf3aa8aa61e01bdff1d",
     ("cpu", 2): "1f954b1e8b7659e9d25a3b3b32676cb6b279b69862ae8f3180bcf7ce41f9e670",
+    ("cpu", 3): "47516a884abd336ae9794456e79b64e99adf394abfe63fd2e77fa297348a1c02",
     ("gpu", 1): "d39ac0cf1f0492c929d78c5bca6f336e34ffb7d3eb1936bd85c7e739d0b75f2c",
 }
 
@@ -57,9 +58,9 @@ def test_a_bare_name_is_the_highest_version_and_every_version_stays_loadable():
     for (name, version), budget in FROZEN.items():
         assert load_budget(f"{name}@{version}") is budget
         assert budget.version <= load_budget(name).version
-    assert load_budget("cpu").ref == "cpu@2"
+    assert load_budget("cpu").ref == "cpu@3"
     assert load_budget("cpu@1").recall.train_lengths == (256,)
-    with pytest.raises(ValueError, match=r"no version '9'; versions: \[1, 2\]"):
+    with pytest.raises(ValueError, match=r"no version '9'; versions: \[1, 2, 3\]"):
         load_budget("cpu@9")
     with pytest.raises(ValueError, match="no version 'x'"):
         load_budget("cpu@x")

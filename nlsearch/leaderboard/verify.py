@@ -3,8 +3,8 @@
 A result file (YAML or JSON, read with safe parsing) claims the numbers of a config under a protocol
 and budget track::
 
-    protocol: standard@1
-    budget: cpu@1
+    protocol: standard@2
+    budget: cpu@3
     config_sha256: 3f1c...            # nlsearch's hash of the submitted config (``nlsearch describe``)
     tasks:
       recall_small@1:
