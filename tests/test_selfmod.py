@@ -22,6 +22,8 @@ READINGS = {
     "after-value-linear-project": dict(read="after_write", memory_target="value", gates="linear",
                                        head_input="project", qk_norm=False),
     "before-self-mean-split": dict(read="before_write", memory_target="self", gates="mean", head_input="split"),
+    "paper-defaults-v-norm": dict(read="after_write", memory_target="self", gates="mean", head_input="project",
+                                  v_norm=True),
 }
 
 
@@ -74,6 +76,7 @@ def reference(layer, x, cfg):
         k = memory(anchor["k"], u[:, s])
         k = F.normalize(k, dim=-1) if cfg.qk_norm else k
         v = memory(anchor["v"], u[:, s])
+        v = F.normalize(v, dim=-1) if cfg.v_norm else v
         eta = cfg.eta_scale * torch.sigmoid(gate(layer, memory(anchor["eta"], u[:, s]), 0, cfg)) / cfg.chunk
         alpha = torch.sigmoid(gate(layer, memory(anchor["alpha"], u[:, s]), 1, cfg))
         before = weights["memory"]
@@ -159,3 +162,23 @@ def test_hope_model_carries_every_state_across_pieces():
     rest, _ = model(tokens[:, 6:], state)
     torch.testing.assert_close(torch.cat([first, rest], 1), whole, atol=1e-10, rtol=1e-10)
     assert model.state_size(19) > 0
+
+
+@pytest.mark.parametrize("eta_scale, scale", [(1.0, 3.0), (0.1, 10.0)])
+def test_v_norm_keeps_self_generated_targets_from_blowing_the_memories_up(eta_scale, scale):
+    """Long retention (α ≈ 0.9975) and large inputs: unnormalised values feed the memories' own
+    targets and the fast weights blow up within 256 tokens; normalised ones keep them bounded."""
+    x = torch.randn(2, 256, 128, generator=torch.Generator().manual_seed(0)) * scale
+    largest = {}
+    for v_norm in (False, True):
+        torch.manual_seed(0)
+        layer = SelfModConfig(n_heads=4, chunk=16, conv_size=0, eta_scale=eta_scale, v_norm=v_norm).build(128)
+        with torch.no_grad():
+            layer.gate_bias[0].fill_(3.0)
+            layer.gate_bias[1].fill_(6.0)
+            start = max(layer.w1.abs().max().item(), layer.w2.abs().max().item())
+            y, state = layer(x)
+        largest[v_norm] = max(w.abs().max().item() for w in state.memory.weights)
+        if v_norm:
+            assert torch.isfinite(y).all() and largest[True] <= 2 * start
+    assert not largest[False] < 1e3                     # NaN or huge without the normalisation

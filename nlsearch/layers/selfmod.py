@@ -14,7 +14,8 @@ Per head, five residual 2-layer MLP memories ``M_□(a) = a + W_□,2 σ(W_□,1
 The update is Eq. 86's L2 delta rule with retention read as one step of the l2 objective: for a
 linear memory it is exactly ``M(α_t I − η_t k_t k_tᵀ) + η_t v̂ k_tᵀ``; for these MLP memories the
 gradient runs through the MLP (the ``mlp_memory`` op, decay ``with_step``). k_t and q_t are
-L2-normalised per head when ``qk_norm`` is on (as the paper's experiments do).
+L2-normalised per head when ``qk_norm`` is on (as the paper's experiments do); v_t too when
+``v_norm`` is on (below).
 
 Chunked (``chunk`` = C, the paper's chunk-wise training): inside a chunk every ``M_□,t−1`` on the
 right-hand side (the projections k, v, η, α, the targets v̂ and the gradients) is the chunk-start
@@ -35,6 +36,13 @@ Named readings where the paper leaves room (both of each are tested):
   this makes a chunk's step the mean gradient's, as in MemoryLayer), α = σ(·).
 - ``head_input``: what the per-head memories read: ``project`` (a fixed projection u_t = x_t W_u,
   like q_t) or ``split`` (x_t's own slice of width head_dim: M_k(x_t) with no fixed weights).
+- ``v_norm``: L2-normalise the generated values v_t per head (the paper normalises q and k only).
+  v_t is what every memory's target is made of (v̂_□ = M_□(v_t)), and unnormalised it grows with the
+  memories' weights, which grow with the targets: a feedback that can blow the fast weights up
+  within one sequence. Observed: ``hope`` without it diverged on ``recall_small`` at outer step 54 of
+  ``cpu@2``, its output memory's largest weight going 0.7, 1.0, 2.7, 68, 1.3e7, NaN over six
+  chunks at an in-context step size of 0.003; with it the same weights and batch decay smoothly.
+  Off by default (the paper's reading); the ``hope`` preset turns it on.
 """
 from __future__ import annotations
 
@@ -68,6 +76,7 @@ class SelfModConfig(Strict):
     activation: Literal["silu", "gelu"] = "silu"
     eta_scale: PositiveFloat = 0.1
     qk_norm: bool = True
+    v_norm: bool = False                       # L2-normalise the generated values (a stabiliser)
     conv_size: int = 4                         # on u and q; 0 or 1: no short convolution
     read: Literal["after_write", "before_write"] = "after_write"
     memory_target: Literal["self", "value"] = "self"
@@ -137,6 +146,8 @@ class SelfModLayer(nn.Module):
         k, v, s_eta, s_alpha = proj.split(h, dim=1)
         if self.cfg.qk_norm:
             k = F.normalize(k, dim=-1)
+        if self.cfg.v_norm:
+            v = F.normalize(v, dim=-1)
         eta = self.cfg.eta_scale * torch.sigmoid(self._gate(s_eta, ETA)) / self.cfg.chunk  # (B, H, L)
         alpha = torch.sigmoid(self._gate(s_alpha, ALPHA))
         n_self = N_MEMORIES if self.cfg.memory_target == "self" else N_MEMORIES - 1
