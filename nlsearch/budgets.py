@@ -111,6 +111,15 @@ class Budget(Strict):
             raise ValueError(f"unknown task kind {kind!r}; known: {list(KINDS)}")
         return getattr(self, kind)
 
+    def trains_like(self, other: "Budget", kind: str) -> bool:
+        """True when a run of a ``kind`` task is the same under both budgets: the same per-kind
+        budget and the same shared settings (schedule, clipping, eval, threads); names, versions,
+        descriptions and the other kinds do not count (``cpu@3`` only changed long context, so a
+        ``cpu@2`` recall run is a ``cpu@3`` recall run)."""
+        own = [k for k in KINDS if k != kind] + ["name", "version", "description"]
+        return (self.model_dump(mode="json", exclude=set(own)) ==
+                other.model_dump(mode="json", exclude=set(own)))
+
     def lr_factor(self, step: int, steps: int) -> float:
         """Returns the lr multiplier for 0-based ``step`` of ``steps``: a linear warmup over
         ``ceil(warmup * steps)`` steps, then a half cosine from 1 to ``min_lr_ratio``."""

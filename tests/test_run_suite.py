@@ -77,6 +77,36 @@ def test_second_call_reuses_records_without_training(done, monkeypatch):
                                    frame[frame.preset != "bigram"].value.reset_index(drop=True))
 
 
+def test_a_new_budget_version_reuses_the_runs_of_the_kinds_it_did_not_change(done, monkeypatch, tmp_path):
+    _, tasks, shared, frame, _ = done
+    import shutil
+
+    import nlsearch.budgets as budgets
+
+    out = shutil.copytree(shared, tmp_path / "suite")              # the module's runs stay as they are
+    v1 = tiny_budget(**BUDGET)
+    v2 = v1.model_copy(update={"version": 2, "lm": v1.lm.model_copy(update={"steps": 7})})
+    monkeypatch.setitem(budgets.FROZEN, ("tiny", 1), v1)
+    monkeypatch.setitem(budgets.FROZEN, ("tiny", 2), v2)
+    monkeypatch.setitem(budgets.BUDGETS, "tiny", v2)
+    trained = []
+    real = suite.train
+
+    def spy(cfg, task, *args, **kwargs):
+        trained.append((cfg.name, task.ref))
+        return real(cfg, task, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "train", spy)
+    again = run_suite([TINY_MODEL], ["tiny_recall", "tiny_lm"], "tiny@2", [0], out, tasks_dir=tasks)
+    runs = again[again.preset != "bigram"].set_index("task")
+    assert trained == [("tiny", "tiny_lm@1")]                       # only the kind whose budget changed
+    assert runs.loc["tiny_recall@1", "reused"] and runs.loc["tiny_recall@1", "budget"] == "tiny@1"
+    assert runs.loc["tiny_recall@1", "value"] == frame.set_index(["preset", "task"]).value[("tiny", "tiny_recall@1")]
+    assert not runs.loc["tiny_lm@1", "reused"] and runs.loc["tiny_lm@1", "budget"] == "tiny@2"
+    assert v1.trains_like(v2, "recall") and not v1.trains_like(v2, "lm")
+    assert not v1.trains_like(v1.model_copy(update={"warmup": 0.2}), "recall")   # shared settings count
+
+
 def test_a_failing_run_is_recorded_and_the_suite_goes_on(done, monkeypatch, tmp_path):
     _, tasks, _, _, _ = done
     real = suite.train

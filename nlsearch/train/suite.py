@@ -130,6 +130,25 @@ def _record_row(row: Dict[str, Any], record: RunRecord, reused: bool) -> Dict[st
     return row
 
 
+def _equivalent_run(run_dir: Path, plan: RunPlan) -> Optional[Path]:
+    """The finished run to reuse for ``plan``: its own folder's, else a sibling's under another
+    version of the same budget that trains this task kind identically (:meth:`Budget.trains_like`),
+    so a new budget version that changed one kind does not retrain the others."""
+    if (run_dir / RECORD).is_file():
+        return run_dir
+    for sibling in sorted(run_dir.parent.glob(f"{plan.budget.name}@*-seed{plan.seed}"), reverse=True):
+        if not (sibling / RECORD).is_file():
+            continue
+        record = read_record(sibling)
+        try:
+            other = load_budget(record.budget)
+        except ValueError:                               # a budget file's run, or an unknown version
+            continue
+        if other.sha256() == record.budget_sha256 and other.trains_like(plan.budget, plan.kind):
+            return sibling
+    return None
+
+
 def _failure(err: BaseException) -> str:
     reason = str(err) if isinstance(err, NonFiniteLossError) else f"{type(err).__name__}: {err}"
     return "failed: " + " ".join(reason.split())[:300]
@@ -279,8 +298,10 @@ def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Seq
         run_dir = default_run_dir(out_dir / "runs", plan)
         row = _base_row(label, plan, run_dir)
         head = f"[{i}/{len(plans)}] {label} on {plan.task.ref} seed {plan.seed}"
-        if (run_dir / RECORD).is_file():
-            _record_row(row, read_record(run_dir), reused=True)
+        earlier = _equivalent_run(run_dir, plan)
+        if earlier is not None:
+            _record_row(row, read_record(earlier), reused=True)
+            row.update(budget=read_record(earlier).budget, run_dir=str(earlier))
         else:
             start = time.perf_counter()
             try:
