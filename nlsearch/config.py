@@ -61,14 +61,23 @@ def unhashed(default: Any, description: str):
     return Field(default, description=description, json_schema_extra={"unhashed": True})
 
 
+def added(default: Any, description: str):
+    """A field added after configs were hashed, whose default keeps the old behaviour: left out of the
+    config hash while it holds that default, so every earlier config keeps its hash (and its runs)."""
+    return Field(default, description=description, json_schema_extra={"omit_default": True})
+
+
 def semantic_dump(cfg: Any) -> Any:
-    """``model_dump(mode="json")`` without compute-only fields, at every depth."""
+    """``model_dump(mode="json")`` without compute-only fields (nor :func:`added` fields at their
+    default), at every depth."""
     if isinstance(cfg, BaseModel):
         out = {}
         for name, info in type(cfg).model_fields.items():
             extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            if not extra.get("unhashed"):
-                out[name] = semantic_dump(getattr(cfg, name))
+            value = getattr(cfg, name)
+            if extra.get("unhashed") or (extra.get("omit_default") and value == info.default):
+                continue
+            out[name] = semantic_dump(value)
         return out
     if isinstance(cfg, (list, tuple)):
         return [semantic_dump(x) for x in cfg]

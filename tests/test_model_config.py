@@ -27,6 +27,28 @@ def test_hash_ignores_unhashed_fields_only():
     assert config_hash(wider) != config_hash(base)
 
 
+def test_a_field_added_later_is_hashed_only_away_from_its_default():
+    """``retention_init`` came after runs were recorded under memory configs' hashes: at its default
+    (None) it is not part of the canonical form, so those hashes (and the runs they name) hold."""
+    base = load_model_config("deltanet")
+    same = base.model_copy(update={"mixer": base.mixer.model_copy(update={"retention_init": None})})
+    spread = base.model_copy(update={"mixer": base.mixer.model_copy(update={"retention_init": (0.9, 0.999)})})
+    assert "retention_init" not in canonical_json(base) and config_hash(same) == config_hash(base)
+    assert '"retention_init":[0.9,0.999]' in canonical_json(spread) and config_hash(spread) != config_hash(base)
+
+
+def test_retention_init_spreads_the_heads_initial_retention():
+    cfg = parse_config(ModelConfig, {"mixer": {"kind": "memory", "n_heads": 4, "rule": "gated-deltanet",
+                                               "retention_init": [0.9, 0.999]}})
+    bias = build_model(cfg).blocks[0].mixer.gates.bias.view(2, 4)
+    alpha = torch.sigmoid(bias[1]).double()
+    forget = 10.0 ** torch.tensor([-1.0, -5 / 3, -7 / 3, -3.0], dtype=torch.float64)   # even in log(1 - α)
+    torch.testing.assert_close(alpha, 1 - forget, atol=1e-6, rtol=0)
+    assert torch.sigmoid(bias[0]).eq(0.5).all()                               # η untouched
+    with pytest.raises(ConfigError, match="retention_init"):
+        parse_config(ModelConfig, {"mixer": {"kind": "memory", "retention_init": [0.99, 0.9]}})
+
+
 def test_rule_by_preset_name_equals_spelled_out_rule():
     by_name = parse_config(ModelConfig, {"mixer": {"kind": "memory", "rule": "titans-lmm"}})
     spelled = parse_config(ModelConfig, {"mixer": {"kind": "memory", "rule": {

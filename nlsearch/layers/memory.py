@@ -2,10 +2,14 @@
 
 Normalisation the layer applies (the ops apply none): q and k are L2-normalised per head when
 ``qk_norm`` is on; η = ``eta_scale`` · sigmoid(·), α = sigmoid(·) (retention), θ = sigmoid(·); the
-memory read is RMS-normalised per head before the output projection.
+memory read is RMS-normalised per head before the output projection. Gate biases start at η = 0.5,
+θ ≈ 0.95 and α ≈ 0.95 for every head, or, with ``retention_init: [low, high]``, α spread over the heads
+from ``low`` to ``high`` (the gated presets use [0.9, 0.999]: at 0.95 everywhere a memory's half-life is
+14 tokens, too short to hold MQAR's pairs across T=128 before the gates learn otherwise).
 """
 from __future__ import annotations
 
+import math
 from typing import List, Literal, NamedTuple, Optional, Tuple
 
 import torch
@@ -14,7 +18,7 @@ from pydantic import PositiveInt, field_validator
 from torch import Tensor, nn
 
 from nlsearch.layers.heads import head_dim
-from nlsearch.config import Strict, unhashed
+from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
 from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, mlp_forward, preset
@@ -30,7 +34,15 @@ class MemoryLayerConfig(Strict):
     conv_size: int = 4                       # 0 or 1: no short convolution
     qk_norm: bool = True
     eta_scale: Optional[float] = None        # default 1 for linear memories, 0.1 for MLP memories
+    retention_init: Optional[Tuple[float, float]] = added(None, "initial retention per head (decay rules)")
     impl: Literal["fast", "naive"] = unhashed("fast", "chunkwise or per-token form; same results")
+
+    @field_validator("retention_init")
+    @classmethod
+    def _retention_range(cls, value):
+        if value is not None and not 0.0 < value[0] <= value[1] < 1.0:
+            raise ValueError(f"retention_init must be (low, high) with 0 < low <= high < 1, got {list(value)}")
+        return value
 
     @field_validator("rule", mode="before")
     @classmethod
@@ -60,6 +72,14 @@ class MemoryLayerConfig(Strict):
         return out
 
 
+def retention_logits(low: float, high: float, heads: int) -> Tensor:
+    """Gate biases whose σ gives each head its initial retention α_h, spread from ``low`` to ``high``
+    evenly in log(1 − α) (half-lives from a few tokens to hundreds, as Mamba and Gated DeltaNet
+    initialise their decays): α = σ(bias) at a zero input."""
+    forget = torch.logspace(math.log10(1 - low), math.log10(1 - high), heads, dtype=torch.float64)
+    return torch.log((1 - forget) / forget).float()
+
+
 class LayerState(NamedTuple):
     memory: MemoryState
     conv: Optional[Tensor]
@@ -86,6 +106,8 @@ class MemoryLayer(nn.Module):
             bias = self.gates.bias.view(gates, h)
             bias[0].fill_(0.0)
             bias[1:].fill_(3.0)       # retention and momentum start near 0.95
+            if self.rule.decay and cfg.retention_init is not None:
+                bias[1].copy_(retention_logits(*cfg.retention_init, h))
 
     def _step_size(self, gate: Tensor, theta: Optional[Tensor]) -> Tensor:
         """η_t = eta_scale · σ(·), divided by the mini-batch size (the op SUMS a window's gradients,
