@@ -52,10 +52,11 @@ def _bench_search(args: argparse.Namespace) -> int:
     from nlsearch.bench.search import run_search_bench, search_floor_checks
 
     df = run_search_bench(args.space, minutes=args.minutes, workers=args.workers, budget=args.budget,
-                          log=console.print)
+                          trials=args.trials, log=console.print)
     report(console, df, search_floor_checks(df), ["arm", "trial_span_s", "finished", "complete", "pruned", "failed",
                                                   "trials_per_hour", "best"],
-           f"bench search: {df.space.iloc[0]}, {args.minutes} min per arm", Path(args.out), "search-cpu")
+           f"bench search: {df.space.iloc[0]}, scaling on {args.trials} trials, samplers {args.minutes} min each",
+           Path(args.out), "search-cpu")
     return 0
 
 
@@ -226,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     from nlsearch.bench.search import DEFAULT_SPACE
     srch = bench.add_parser("search", help="trials/hour with 1 vs N workers; TPE+pruning vs random, equal time")
     srch.add_argument("--space", default=DEFAULT_SPACE)
-    srch.add_argument("--minutes", type=float, default=3.0, help="asking time per arm")
+    srch.add_argument("--minutes", type=float, default=3.0, help="asking time per sampler arm")
+    srch.add_argument("--trials", type=int, default=12, help="trials of each scaling arm (same candidates)")
     srch.add_argument("--workers", type=int, default=2)
     srch.add_argument("--budget", default=None, help="trial budget (default: a 60-step MQAR budget)")
     srch.add_argument("--out", default="results/bench")
