@@ -30,11 +30,14 @@ def test_hash_ignores_unhashed_fields_only():
 def test_a_field_added_later_is_hashed_only_away_from_its_default():
     """``retention_init`` came after runs were recorded under memory configs' hashes: at its default
     (None) it is not part of the canonical form, so those hashes (and the runs they name) hold."""
-    base = load_model_config("deltanet")
+    base = load_model_config("gated-deltanet")
     same = base.model_copy(update={"mixer": base.mixer.model_copy(update={"retention_init": None})})
     spread = base.model_copy(update={"mixer": base.mixer.model_copy(update={"retention_init": (0.9, 0.999)})})
     assert "retention_init" not in canonical_json(base) and config_hash(same) == config_hash(base)
     assert '"retention_init":[0.9,0.999]' in canonical_json(spread) and config_hash(spread) != config_hash(base)
+    selfmod = parse_config(ModelConfig, {"mixer": {"kind": "selfmod"}})
+    assert "v_norm" not in canonical_json(selfmod)
+    assert '"v_norm":true' in canonical_json(load_model_config("hope"))
 
 
 def test_retention_init_spreads_the_heads_initial_retention():
@@ -47,6 +50,8 @@ def test_retention_init_spreads_the_heads_initial_retention():
     assert torch.sigmoid(bias[0]).eq(0.5).all()                               # η untouched
     with pytest.raises(ConfigError, match="retention_init"):
         parse_config(ModelConfig, {"mixer": {"kind": "memory", "retention_init": [0.99, 0.9]}})
+    with pytest.raises(ConfigError, match="retention_init needs a rule with decay"):
+        parse_config(ModelConfig, {"mixer": {"kind": "memory", "rule": "deltanet", "retention_init": [0.9, 0.99]}})
 
 
 def test_rule_by_preset_name_equals_spelled_out_rule():

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from nlsearch.config import Strict, unhashed
+from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.layers.heads import head_dim
 from nlsearch.layers.memory import LayerState
@@ -76,7 +76,7 @@ class SelfModConfig(Strict):
     activation: Literal["silu", "gelu"] = "silu"
     eta_scale: PositiveFloat = 0.1
     qk_norm: bool = True
-    v_norm: bool = False                       # L2-normalise the generated values (a stabiliser)
+    v_norm: bool = added(False, "L2-normalise the generated values (a stabiliser; hashed only when on)")
     conv_size: int = 4                         # on u and q; 0 or 1: no short convolution
     read: Literal["after_write", "before_write"] = "after_write"
     memory_target: Literal["self", "value"] = "self"

@@ -124,7 +124,7 @@ def _record_row(row: Dict[str, Any], record: RunRecord, reused: bool) -> Dict[st
     metrics = {name: (math.nan if record.metrics.get(name) is None else float(record.metrics[name]),
                       bool(record.higher_is_better[name])) for name in record.headline}
     value = metrics.get(row["headline"], (math.nan, row["higher_is_better"]))[0]
-    row.update(status=record.status, reused=reused, value=value, params=record.params,
+    row.update(status=record.status, reused=reused, value=value, budget=record.budget, params=record.params,
                state_size=record.state_size, tokens_per_s=record.tokens_per_s, wall_time_s=record.wall_time_s,
                config_sha256=record.config_sha256, metrics=metrics)
     return row
@@ -301,7 +301,7 @@ def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Seq
         earlier = _equivalent_run(run_dir, plan)
         if earlier is not None:
             _record_row(row, read_record(earlier), reused=True)
-            row.update(budget=read_record(earlier).budget, run_dir=str(earlier))
+            row["run_dir"] = str(earlier)
         else:
             start = time.perf_counter()
             try:
