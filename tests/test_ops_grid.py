@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memory_inputs import memory_inputs, mlp_state
-from nlsearch.ops import linear_memory, linear_memory_naive, mlp_memory, mlp_memory_naive
+from nlsearch.ops import MemoryState, linear_memory, linear_memory_naive, mlp_memory, mlp_memory_naive
 
 TOL = dict(atol=1e-9, rtol=1e-9)
 LINEAR_GRID = list(itertools.product(["dot", "l2"], ["with_step", "before_step"], [False, True], [False, True]))
@@ -56,6 +56,55 @@ def test_linear_gradients_match(objective, order, decay, momentum, chunk):
         grads.append(torch.autograd.grad(loss, leaves))
     for g1, g2 in zip(*grads):
         torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+def _linear_loss(y, s):
+    """Weights every output and every piece of the final state, so each reaches the gradients."""
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + s.weights[0].square().sum() + sum(m.square().sum() for m in s.momentum or ())
+    for a in s.anchor or ():
+        loss = loss + a.sin().sum()
+    return loss
+
+
+@pytest.mark.parametrize("objective,order,decay,momentum", LINEAR_GRID)
+@pytest.mark.parametrize("chunk,read", [(1, "after_write"), (3, "before_write"), (4, "after_write")])
+def test_linear_gradients_match_across_blocks_and_pieces(objective, order, decay, momentum, chunk, read):
+    """The hand-written backward of the block scan over several blocks, a tail, a piece that starts
+    inside an open mini-batch (the prefix) and one that ends inside one (the anchor), against
+    autograd through the per-token reference. Leaves include the carried state."""
+    t, cut = 29, 6                                    # 6 tokens leave a mini-batch of 4 open
+    inp = memory_inputs(t=t, decay=decay, momentum=momentum, requires_grad=True)
+    m0 = (0.3 * torch.randn(2, 2, 6, 6, dtype=torch.float64)).requires_grad_()
+    s0 = (0.1 * torch.randn(2, 2, 6, 6, dtype=torch.float64)).requires_grad_() if momentum else None
+    leaves = [x for x in inp.values() if x is not None] + [m0] + ([s0] if momentum else [])
+    kw = dict(objective=objective, decay_order=order, chunk=chunk, read=read)
+    grads = []
+    for fn, extra in ((linear_memory_naive, {}), (linear_memory, dict(block=4))):
+        state = MemoryState((m0,), None if s0 is None else (s0,))
+        y1, state = _call(fn, _cut(inp, 0, cut), state, **kw, **extra)
+        loss1 = _linear_loss(y1, state)
+        y2, state = _call(fn, _cut(inp, cut, t), state, **kw, **extra)
+        grads.append(torch.autograd.grad(loss1 + _linear_loss(y2, state), leaves))
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("objective,order,decay,momentum", [("l2", "before_step", True, False),
+                                                            ("l2", "with_step", False, True),
+                                                            ("l2", "with_step", False, False),
+                                                            ("dot", "with_step", True, False)])
+def test_linear_fast_gradcheck(objective, order, decay, momentum):
+    """Finite differences, independent of both forms, through three blocks and a tail."""
+    inp = memory_inputs(b=1, h=1, t=11, dk=3, dv=2, decay=decay, momentum=momentum, requires_grad=True)
+    names = [n for n, x in inp.items() if x is not None]
+
+    def f(*xs):
+        full = dict(inp, **dict(zip(names, xs)))
+        y, s = _call(linear_memory, full, objective=objective, decay_order=order, chunk=1, block=3)
+        return y, s.weights[0]
+
+    assert torch.autograd.gradcheck(f, [inp[n] for n in names], eps=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("objective", ["dot", "l2"])

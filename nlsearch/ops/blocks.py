@@ -39,15 +39,24 @@ class BlockCoefficients:
     def gamma_b(self, rows: slice) -> "tuple[Tensor, Optional[Tensor]]":
         return self.log_gamma[..., rows].exp(), None if self.b is None else self.b[..., rows]
 
-    def scores(self, a: Tensor, keys: Tensor, rows) -> Tensor:
+    def scores(self, a: Tensor, keys: Tensor, rows, keys_eta: Optional[Tensor] = None) -> Tensor:
         """``c_{t,s} (a_t · keys_s)`` for the rows ``t`` selected by ``rows`` (a slice or an index):
-        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``."""
-        raw = a @ (keys * self.eta[..., None]).mT
+        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``. ``keys_eta``: ``η ⊙ keys`` when
+        the caller already has it."""
+        raw = a @ (keys * self.eta[..., None] if keys_eta is None else keys_eta).mT
         if self.ratio is not None:
             return raw * self.ratio[..., rows, :]
         length = self.eta.shape[-1]
         mask = torch.ones(length + 1, length, dtype=torch.bool, device=raw.device).tril(-1)[rows]
-        return raw.masked_fill(~mask, 0.0)
+        return raw.masked_fill_(~mask, 0.0)                      # in place: the product's own output
+
+    def weights(self, rows) -> Tensor:
+        """``c_{t,s} / η_s`` for the rows ``t`` selected by ``rows``: ``R[rows]``, or without decay and
+        momentum the causal mask itself as an ``(len(rows), L)`` float matrix."""
+        if self.ratio is not None:
+            return self.ratio[..., rows, :]
+        length = self.eta.shape[-1]
+        return torch.ones(length + 1, length, dtype=self.eta.dtype, device=self.eta.device).tril(-1)[rows]
 
     def row(self, t: int) -> Tensor:
         """``c_{t,:}`` as ``(..., L)``."""

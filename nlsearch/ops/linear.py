@@ -18,8 +18,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from nlsearch.ops.blocks import (BlockCoefficients, UnitLowerInverse, aligned_block, block_coefficients,
-                                 log_or_none, plan_segments)
+from nlsearch.ops.blocks import BlockCoefficients, aligned_block, block_coefficients, log_or_none, plan_segments
+from nlsearch.ops.scan import block_scan
 from nlsearch.ops.state import MemoryState, zeros_linear_state
 from nlsearch.ops.validate import DECAY_ORDERS, OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 
@@ -115,9 +115,10 @@ class _Runner:
     """Processes ``n_blocks`` equal blocks that start on a mini-batch boundary, or (when the state has
     an open mini-batch) one prefix block whose gradients are all read at the state's anchor.
 
-    With ``u_s = uv_s − W_M[s] M_0ᵀ − W_S[s] S_0ᵀ`` (the written values, :meth:`_transform`), the state
-    ``Z = [M | S]`` moves across a block by one affine map ``Z' = Z P + Q`` whose ``P`` and ``Q`` are
-    built for all blocks at once; only ``Z ← Z P_n + Q_n`` runs sequentially."""
+    It builds the terms of :func:`nlsearch.ops.scan.block_scan` on the state ``Z = M`` (or
+    ``[M | S]`` with momentum): in-block system ``T`` and state term ``W0`` (:meth:`_system`), read
+    scores ``A_{t,s} = c_{t,s} (q_t·k_s)`` and ``Qz = [γ ⊙ q | b ⊙ q]``, write keys
+    ``Kz = [c_L ⊙ k | e ⊙ k]`` and the state's own transition ``P`` (:meth:`_transition`)."""
 
     def __init__(self, objective: str, decay_order: str, chunk: int, after_write: bool):
         self.objective, self.before_step = objective, decay_order == "before_step"
@@ -126,37 +127,35 @@ class _Runner:
     def __call__(self, q, k, v, eta, la, lt, *, n_blocks: int, state: MemoryState):
         q, k, v, eta, la, lt = (_split(x, n_blocks) for x in (q, k, v, eta, la, lt))  # (B, H, N, L, .)
         co = block_coefficients(la, lt, eta)
-        m0 = state.weights[0]
-        z0 = m0 if lt is None else torch.cat([m0, state.momentum[0]], dim=-1)     # (B, H, Dv, Dk | 2Dk)
+        momentum = lt is not None
+        z0 = torch.cat([state.weights[0], state.momentum[0]], dim=-1) if momentum else state.weights[0]
+        ke = k * eta[..., None]                                             # η ⊙ k, shared by the products
         if state.offset:
-            uv, wm, ws = self._prefix(k, v, co, state), None, None
+            v, t_w, w0 = self._prefix(k, v, co, state), None, None
         else:
-            uv, wm, ws = self._transform(k, v, co)
-        p, qq = _transitions(uv, wm, ws, k, co)
-        zs = [z0]
-        for p_n, q_n in zip(p.unbind(2), qq.unbind(2)):                     # the only sequential part
-            zs.append(torch.baddbmm(q_n.flatten(0, 1), zs[-1].flatten(0, 1), p_n.flatten(0, 1)).view_as(q_n))
-        z_start = torch.stack(zs[:-1], dim=2)                                # (B, H, N, Dv, Dk | 2Dk)
+            t_w, w0 = self._system(k, co)
+        rows = co.read_rows(self.after_write)
+        gamma, b = co.gamma_b(rows)
+        qz = q if la is None else gamma[..., None] * q
+        kz = ke if co.ratio is None else k * co.row(k.shape[-2])[..., None]  # c_L = η without decay
+        if momentum:
+            qz, kz = torch.cat([qz, b[..., None] * q], -1), torch.cat([kz, k * co.e[..., None]], -1)
+        y, z_all, u = block_scan(q, k, ke, co.weights(rows), t_w, w0, v, kz, qz, self._transition(co, la, k), z0)
         dk = k.shape[-1]
-        ms, ss = z_start[..., :dk], (z_start[..., dk:] if lt is not None else None)
-        u = uv
-        if wm is not None:
-            u = u - wm @ ms.mT
-            if ws is not None:
-                u = u - ws @ ss.mT
-        y = self._read(q, k, u, ms, ss, co)
-        z_end = zs[-1]
-        m_end, s_end = z_end[..., :dk], (z_end[..., dk:] if lt is not None else None)
-        last_s = None if ss is None else ss[:, :, -1]
-        return y.flatten(2, 3), self._next_state(state, m_end, s_end, ms[:, :, -1], last_s, u, k, co)
+        z_end, z_last = z_all[:, :, -1], z_all[:, :, -2]                    # after the last block, at its start
+        m_end, s_end = z_end[..., :dk], (z_end[..., dk:] if momentum else None)
+        last_s = z_last[..., dk:] if momentum else None
+        return y.flatten(2, 3), self._next_state(state, m_end, s_end, z_last[..., :dk], last_s, u, k, co)
 
-    def _transform(self, k, v, co: BlockCoefficients):
-        """Solve (I + T) U = V − W_M M_0ᵀ − W_S S_0ᵀ up to the state terms: returns (Uv, W_M, W_S).
+    def _system(self, k, co: BlockCoefficients):
+        """The l2 rule's in-block dependence ``(I + T) U = V − W0 Zᵀ`` as the coefficients ``Tw`` of
+        ``T = (K Keᵀ) ⊙ Tw`` and ``W0``; ``(None, None)`` for dot.
 
         Token s reads its gradient at the weights of row g(s) = C·floor((s−1)/C) of the block; with
-        ``before_step`` scaled by ρ_s = γ_s/γ_g(s). T_{s,r} = ρ_s c_{g(s),r} (k_s·k_r), strictly lower."""
+        ``before_step`` scaled by ρ_s = γ_s/γ_g(s). T_{s,r} = ρ_s c_{g(s),r} (k_s·k_r), strictly lower
+        (``Tw = None`` when the whole block is one mini-batch); W0 = [ρ γ_g ⊙ k | ρ b_g ⊙ k]."""
         if self.objective == "dot":
-            return v, None, None
+            return None, None
         length = k.shape[3]
         if self.chunk == 1:
             g = slice(0, length)                                              # g(s) = s − 1: a view
@@ -164,36 +163,41 @@ class _Runner:
             g = torch.arange(length, device=k.device) // self.chunk * self.chunk
         lg = co.log_gamma
         rho = (lg[..., 1:] - lg[..., g]).exp() if self.before_step else None
-        scale = lg[..., g].exp() if rho is None else rho * lg[..., g].exp()
-        wm = scale[..., None] * k                                             # (B, H, N, L, Dk)
-        ws = None
+        if co.ratio is None:                                                  # γ ≡ 1, no momentum
+            w0 = k
+        else:
+            w0 = (lg[..., g].exp() if rho is None else rho * lg[..., g].exp())[..., None] * k
         if co.b is not None:
-            ws = (co.b[..., g] if rho is None else rho * co.b[..., g])[..., None] * k
-        rhs = [v, wm] + ([] if ws is None else [ws])
+            w0 = torch.cat([w0, (co.b[..., g] if rho is None else rho * co.b[..., g])[..., None] * k], -1)
+        t_w = None
         if self.chunk < length:
-            tri = co.scores(k, k, g)                                          # (B, H, N, L, L)
+            t_w = co.weights(g)                                               # (L, L) or (B, H, N, L, L)
             if rho is not None:
-                tri = rho[..., None] * tri
-            sol = UnitLowerInverse.apply(tri) @ torch.cat(rhs, -1)
-            rhs = list(sol.split([x.shape[-1] for x in rhs], dim=-1))
-        return rhs[0], rhs[1], (rhs[2] if ws is not None else None)
+                t_w = rho[..., None] * t_w
+        return t_w, w0
+
+    @staticmethod
+    def _transition(co: BlockCoefficients, la: Optional[Tensor], k: Tensor) -> Optional[Tensor]:
+        """The state's own map across a block: identity (``None``), γ_L, or with momentum
+        ``[[γ_L I, 0], [b_L I, Θ_L I]]`` acting on ``Z = [M | S]`` from the right."""
+        gamma_end = None if la is None else co.log_gamma[..., -1].exp()[..., None, None]
+        if co.b is None:
+            return gamma_end
+        eye = torch.eye(k.shape[-1], dtype=k.dtype, device=k.device)
+        theta_end = co.theta_end[..., None, None]
+        mm = eye * (torch.ones_like(theta_end) if gamma_end is None else gamma_end)
+        top = torch.cat([mm, torch.zeros_like(mm)], -1)
+        bottom = torch.cat([co.b[..., -1, None, None] * eye, theta_end * eye], -1)
+        return torch.cat([top, bottom], -2)
 
     def _prefix(self, k, v, co, state: MemoryState) -> Tensor:
-        """Tokens finishing the open mini-batch: every gradient is read at the stored anchor."""
+        """Tokens finishing the open mini-batch: every gradient is read at the stored anchor, so the
+        written values are known: ``u = v − ρ anchor k``."""
         if self.objective == "dot":
             return v
         ones = torch.ones_like(co.log_gamma[..., 1:])
         rho = state.anchor_decay[..., None, None] * co.log_gamma[..., 1:].exp() if self.before_step else ones
         return v - rho[..., None] * (k @ state.anchor[0][:, :, None].mT)
-
-    def _read(self, q, k, u, ms, ss, co: BlockCoefficients) -> Tensor:
-        """y_t = γ_t M_0 q_t + b_t S_0 q_t + Σ_{s≤t} c_{t,s} (k_s·q_t) u_s, all blocks at once."""
-        rows = co.read_rows(self.after_write)
-        gamma, b = co.gamma_b(rows)
-        y = gamma[..., None] * (q @ ms.mT) + co.scores(q, k, rows) @ u
-        if ss is not None:
-            y = y + b[..., None] * (q @ ss.mT)
-        return y
 
     def _next_state(self, state, m, s, m0, s0, u, k, co) -> MemoryState:
         """The state after the last block; an unfinished mini-batch keeps its anchor."""
@@ -214,28 +218,6 @@ class _Runner:
         if s0 is not None:
             anchor = anchor + co.b[:, :, -1, g, None, None] * s0
         return MemoryState((m,), _opt(s), (anchor,), (lg[..., -1] - lg[..., g]).exp(), open_tokens)
-
-
-def _transitions(uv: Tensor, wm: Optional[Tensor], ws: Optional[Tensor], k: Tensor, co: BlockCoefficients):
-    """P, Q of ``Z' = Z P + Q`` per block, from M_L = γ_L M_0 + b_L S_0 + uᵀ(c_L ⊙ k) and
-    S_L = Θ_L S_0 + uᵀ(e ⊙ k) with u = uv − W_M M_0ᵀ − W_S S_0ᵀ.  Shapes (B, H, N, ., .)."""
-    dk = k.shape[-1]
-    eye = torch.eye(dk, dtype=k.dtype, device=k.device)
-    kc = k * co.row(k.shape[-2])[..., None]                                   # (B, H, N, L, Dk)
-    gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
-    p_mm = gamma_end * eye
-    if wm is not None:
-        p_mm = p_mm - wm.mT @ kc
-    if co.b is None:
-        return p_mm, uv.mT @ kc
-    ke = k * co.e[..., None]
-    p_ms = torch.zeros_like(p_mm) if wm is None else -(wm.mT @ ke)
-    p_sm = co.b[..., -1, None, None] * eye
-    p_ss = co.theta_end[..., None, None] * eye
-    if ws is not None:
-        p_sm, p_ss = p_sm - ws.mT @ kc, p_ss - ws.mT @ ke
-    p = torch.cat([torch.cat([p_mm, p_ms], -1), torch.cat([p_sm, p_ss], -1)], -2)   # (B, H, N, 2Dk, 2Dk)
-    return p, torch.cat([uv.mT @ kc, uv.mT @ ke], -1)
 
 
 def _opt(s: Optional[Tensor]) -> Optional[Tuple[Tensor]]:

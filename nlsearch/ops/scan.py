@@ -1,0 +1,163 @@
+"""The block scan of the linear memories, with a hand-written backward.
+
+Every linear rule (any objective, decay, decay order, momentum, mini-batch, read order) reduces, per
+block of L tokens, to the same computation on a state ``Z`` of shape ``(Dv, Dz)`` (``Z = M``, or
+``Z = [M | S]`` with momentum; :mod:`nlsearch.ops.linear` derives the terms):
+
+    A        = (Q Keᵀ) ⊙ Aw             read scores, Ke = η ⊙ K, Aw the causal coefficients c_{t,s}
+    T        = (K Keᵀ) ⊙ Tw             the l2 rule's in-block dependence, Tw strictly lower
+    [Uv | W] = (I + T)⁻¹ [V | W0]
+    U_n      = Uv_n − W_n Z_nᵀ          the values actually written, given the state at block start
+    Y_n      = Qz_n Z_nᵀ + A_n U_n      reads: the state's part plus the block's own writes
+    Z_{n+1}  = Z_n P_n + U_nᵀ Kz_n      P_n the state's own transition (identity, γ_L I, or the
+                                        momentum block matrix)
+
+Only the last line runs sequentially. Autograd over these lines would keep every intermediate and
+differentiate (I + T)⁻¹ generically (two L×L×L products per block). The backward written here runs
+one sequential product per block, the adjoint ``G_n = E_n + G_{n+1} (P_n − WᵀKz)ᵀ``, and otherwise
+only L×L×D products. It reads ``∂T = −([∂V | ∂W0] [Uv | W]ᵀ) ⊙ Tw`` off the solved system, and it
+sums the gradients of shared operands (``Qz = Q``, ``W0 = K``, ``Kz = Ke`` in the rules without
+decay) inside fused products.
+
+Shapes: blocks are ``(B, H, N, L, ·)``, per-block matrices ``(B, H, N, ·, ·)``, the state
+``(B, H, Dv, Dz)``. ``Aw`` and ``Tw`` are ``(L, L)`` masks or ``(B, H, N, L, L)`` coefficients.
+``Tw = None``: nothing in a block depends on an earlier write of the block (the dot objective, or one
+mini-batch per block); ``W0 = None`` as well: nothing depends on the state, ``U = V``. ``P`` is
+``None`` for the identity, ``(B, H, N, 1, 1)`` for a multiple of it, or a full ``(B, H, N, Dz, Dz)``.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+
+def block_scan(q: Tensor, k: Tensor, ke: Tensor, a_w: Tensor, t_w: Optional[Tensor], w0: Optional[Tensor],
+               v: Tensor, kz: Tensor, qz: Tensor, p: Optional[Tensor], z0: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Returns ``Y (B, H, N, L, Dv)``, the states at every block boundary ``(B, H, N+1, Dv, Dz)`` and
+    the written values ``U (B, H, N, L, Dv)``."""
+    if t_w is not None and w0 is None:
+        raise ValueError("block_scan: an in-block system T needs its state term W0")
+    return _BlockScan.apply(q, k, ke, a_w, t_w, w0, v, kz, qz, p, z0)
+
+
+def _flat(x: Tensor) -> Tensor:
+    return x.reshape(-1, *x.shape[-2:])
+
+
+def _addmm(c: Optional[Tensor], a: Tensor, b: Tensor, beta: float = 1.0, alpha: float = 1.0) -> Tensor:
+    """``beta c + alpha (a @ b)`` over leading batch dims in one fused product; ``c=None``: ``a @ b``."""
+    shape = (*a.shape[:-1], b.shape[-1])
+    if c is None:
+        if alpha == 1.0:
+            return torch.bmm(_flat(a), _flat(b)).view(shape)
+        c, beta = a.new_empty(shape), 0.0                                  # beta = 0: c is not read
+    return torch.baddbmm(_flat(c.expand(shape)), _flat(a), _flat(b), beta=beta, alpha=alpha).view(shape)
+
+
+def unit_lower_inverse(tri: Tensor) -> Tensor:
+    """``(I + T)⁻¹`` for strictly lower-triangular ``T`` (its diagonal and upper part are not read).
+
+    Formed once, then applied by matrix products: on CPU a batched triangular solve costs about as
+    much per small matrix whether its right-hand side is the identity or the values, and the
+    backward needs ``(I + T)⁻ᵀ`` too."""
+    n = tri.shape[-1]
+    work = tri if tri.dtype in (torch.float32, torch.float64) else tri.float()   # no half-precision solve
+    eye = torch.eye(n, dtype=work.dtype, device=work.device).expand_as(work)
+    return torch.linalg.solve_triangular(work, eye, upper=False, unitriangular=True).to(tri.dtype)
+
+
+class _BlockScan(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q, k, ke, a_w, t_w, w0, v, kz, qz, p, z0):
+        ctx.set_materialize_grads(False)
+        ctx.shared = (qz is q, w0 is k, kz is ke)
+        a = _addmm(None, q, ke.mT).mul_(a_w)
+        inv = None
+        uv, w = v, w0
+        if t_w is not None:
+            inv = unit_lower_inverse(_addmm(None, k, ke.mT).mul_(t_w))
+            uv, w = _addmm(None, inv, v), _addmm(None, inv, w0)
+        trans = None                                                        # P − WᵀKz when not a scalar
+        if w is not None:
+            eye = torch.eye(kz.shape[-1], dtype=kz.dtype, device=kz.device)
+            trans = _addmm(eye if p is None else p * eye if p.shape[-1] == 1 else p, w.mT, kz, alpha=-1.0)
+        elif p is not None and p.shape[-1] != 1:
+            trans = p
+        scalar_p = p is not None and trans is None
+        inject = uv.mT @ kz                                                 # UvᵀKz, (B, H, N, Dv, Dz)
+        n_blocks = v.shape[2]
+        z_seq = z0.new_empty(n_blocks + 1, *z0.shape)                      # (N+1, B, H, Dv, Dz)
+        z_seq[0] = z0
+        for n in range(n_blocks):                                          # the only sequential part
+            z = z_seq[n]
+            if trans is not None:
+                torch.baddbmm(_flat(inject[:, :, n]), _flat(z), _flat(trans[:, :, n]), out=_flat(z_seq[n + 1]))
+            elif scalar_p:
+                torch.addcmul(inject[:, :, n], z, p[:, :, n], out=z_seq[n + 1])
+            else:
+                torch.add(z, inject[:, :, n], out=z_seq[n + 1])
+        z_all = z_seq.permute(1, 2, 0, 3, 4)                                # (B, H, N+1, Dv, Dz)
+        z_start = z_all[:, :, :-1].contiguous()
+        u = uv if w is None else _addmm(uv, w, z_start.mT, alpha=-1.0)
+        y = _addmm(_addmm(None, a, u), qz, z_start.mT)
+        ctx.save_for_backward(q, k, ke, a_w, t_w, a, inv, v, kz, qz, p, uv, w, trans, z_start, u)
+        ctx.scalar_p = scalar_p
+        return y, z_all, u
+
+    @staticmethod
+    def backward(ctx, dy, dz_all, du_out):
+        q, k, ke, a_w, t_w, a, inv, v, kz, qz, p, uv, w, trans, z_start, u = ctx.saved_tensors
+        qz_is_q, w0_is_k, kz_is_ke = ctx.shared
+        need = ctx.needs_input_grad
+        n_blocks = v.shape[2]
+        if dy is None:
+            dy = torch.zeros_like(u)
+        base_du = _addmm(du_out, a.mT, dy)                                  # ∂U except through Z_{n+1}
+        e = _addmm(None if dz_all is None else dz_all[:, :, :-1], dy.mT, qz)   # (B, H, N, Dv, Dz)
+        if w is not None:
+            e = _addmm(e, base_du.mT, w, alpha=-1.0)
+        g_seq = e.new_empty(n_blocks + 1, *e.shape[:2], *e.shape[3:])      # G_n = ∂Z_n, (N+1, B, H, Dv, Dz)
+        if dz_all is None:
+            g_seq[-1].zero_()
+        else:
+            g_seq[-1] = dz_all[:, :, -1]
+        for n in reversed(range(n_blocks)):
+            g = g_seq[n + 1]
+            if trans is not None:
+                torch.baddbmm(_flat(e[:, :, n]), _flat(g), _flat(trans[:, :, n]).mT, out=_flat(g_seq[n]))
+            elif ctx.scalar_p:
+                torch.addcmul(e[:, :, n], g, p[:, :, n], out=g_seq[n])
+            else:
+                torch.add(g, e[:, :, n], out=g_seq[n])
+        g_next = g_seq[1:].permute(1, 2, 0, 3, 4).contiguous()              # (B, H, N, Dv, Dz)
+        du = _addmm(base_du, kz, g_next.mT)
+        d_kz = _addmm(None, u, g_next)
+        d_qz = _addmm(None, dy, z_start)
+        d_p = None
+        if need[9]:
+            d_p = z_start.mT @ g_next
+            if p.shape[-1] == 1:
+                d_p = d_p.diagonal(dim1=-2, dim2=-1).sum(-1)[..., None, None]
+        d_a = _addmm(None, dy, u.mT)                                        # ∂A, then ∂(Q Keᵀ) in place
+        d_a_w = _addmm(None, q, ke.mT).mul_(d_a) if need[3] else None
+        d_a.mul_(a_w)
+        d_q = _addmm(d_qz if qz_is_q else None, d_a, ke)
+        d_ke = _addmm(d_kz if kz_is_ke else None, d_a.mT, q)
+        d_k = d_t_w = d_w0 = None
+        d_v = du
+        if w is not None:
+            d_w0 = _addmm(None, du, z_start, alpha=-1.0)
+            if inv is not None:                     # [V | W0] = (I + T)[Uv | W]: ∂T = −∂[V | W0] [Uv | W]ᵀ
+                d_v, d_w0 = _addmm(None, inv.mT, du), _addmm(None, inv.mT, d_w0)
+                d_tri = _addmm(_addmm(None, d_v, uv.mT), d_w0, w.mT, beta=-1.0, alpha=-1.0)
+                d_t_w = _addmm(None, k, ke.mT).mul_(d_tri) if need[4] else None
+                d_tri.mul_(t_w)
+                d_k = _addmm(d_w0 if w0_is_k else None, d_tri, ke)
+                d_ke = _addmm(d_ke, d_tri.mT, k)
+            elif w0_is_k:
+                d_k = d_w0
+        return (d_q, d_k, d_ke, d_a_w, d_t_w, None if w0_is_k else d_w0, d_v,
+                None if kz_is_ke else d_kz, None if qz_is_q else d_qz, d_p, g_seq[0])
