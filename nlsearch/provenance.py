@@ -11,6 +11,8 @@ from typing import Dict
 
 import torch
 
+from nlsearch.runtime import allocator_tuned
+
 
 def _cpu_model() -> str:
     try:
@@ -57,4 +59,5 @@ def provenance(device: torch.device) -> Dict[str, str]:
         "nlsearch": pkg,
         "git_commit": git_commit(),
         "python": platform.python_version(),
+        "allocator": "tuned" if allocator_tuned() else "default",
     }

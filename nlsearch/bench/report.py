@@ -27,7 +27,8 @@ def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List
     console.print(rich_table(view, title))
     console.print(rich_table(floors, "floors (ratios from this run)"))
     table_path = write_parquet(df, Path(out) / f"{stem}.parquet")
-    head = (f"# nlsearch {title} ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}, "
+    allocator = f", {df['allocator'].iloc[0]} allocator" if "allocator" in df else ""
+    head = (f"# nlsearch {title} ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}{allocator}, "
             f"commit {df['git_commit'].iloc[0]})")
     md_path = write_text("\n\n".join([head, markdown_table(view), "## Floors", markdown_table(floors)]) + "\n",
                          Path(out) / f"{stem}.md")

@@ -39,11 +39,10 @@ class BlockCoefficients:
     def gamma_b(self, rows: slice) -> "tuple[Tensor, Optional[Tensor]]":
         return self.log_gamma[..., rows].exp(), None if self.b is None else self.b[..., rows]
 
-    def scores(self, a: Tensor, keys: Tensor, rows, keys_eta: Optional[Tensor] = None) -> Tensor:
+    def scores(self, a: Tensor, keys: Tensor, rows) -> Tensor:
         """``c_{t,s} (a_t · keys_s)`` for the rows ``t`` selected by ``rows`` (a slice or an index):
-        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``. ``keys_eta``: ``η ⊙ keys`` when
-        the caller already has it."""
-        raw = a @ (keys * self.eta[..., None] if keys_eta is None else keys_eta).mT
+        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``."""
+        raw = a @ (keys * self.eta[..., None]).mT
         if self.ratio is not None:
             return raw * self.ratio[..., rows, :]
         length = self.eta.shape[-1]
@@ -108,28 +107,6 @@ def log_or_none(x: Optional[Tensor]) -> Optional[Tensor]:
     return None if x is None else x.log()
 
 
-class UnitLowerInverse(torch.autograd.Function):
-    """(I + T)⁻¹ for strictly lower-triangular T (its diagonal and upper part are not read).
-
-    Forward substitution against the identity (L right-hand sides, fewer than the values and keys
-    it is then applied to). Backward, from d(A⁻¹) = −A⁻¹ dT A⁻¹: ∂T = −A⁻ᵀ ∂(A⁻¹) A⁻ᵀ on the strict
-    lower triangle: two matrix products instead of autograd's generic solve and ``tril`` passes."""
-
-    @staticmethod
-    def forward(ctx, tri: Tensor) -> Tensor:
-        n = tri.shape[-1]
-        work = tri if tri.dtype in (torch.float32, torch.float64) else tri.float()   # no half-precision solve
-        eye = torch.eye(n, dtype=work.dtype, device=work.device).expand_as(work)
-        inv = torch.linalg.solve_triangular(work, eye, upper=False, unitriangular=True).to(tri.dtype)
-        ctx.save_for_backward(inv)
-        return inv
-
-    @staticmethod
-    def backward(ctx, grad_inv: Tensor) -> Tensor:
-        (inv,) = ctx.saved_tensors
-        n = inv.shape[-1]
-        strict = torch.ones(n, n, dtype=torch.bool, device=inv.device).tril(-1)
-        return -(inv.mT @ grad_inv @ inv.mT) * strict
 @dataclass
 class Segments:
     """How a sequence of T tokens is cut: a prefix that finishes the mini-batch the state left open,

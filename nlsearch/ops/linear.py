@@ -81,7 +81,7 @@ def linear_memory_naive(
 def linear_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
-    decay_order: str = "with_step", chunk: int = 1, read: str = "after_write", block: int = 64,
+    decay_order: str = "with_step", chunk: int = 1, read: str = "after_write", block: int = 32,
 ) -> Tuple[Tensor, MemoryState]:
     """Chunkwise-parallel form of :func:`linear_memory_naive` (same signature, same results).
 
@@ -97,7 +97,10 @@ def linear_memory(
     la, lt = log_or_none(alpha), log_or_none(theta)
     run = _Runner(objective, decay_order, chunk, read == "after_write")
     sizes = [seg.prefix, seg.block * seg.n_blocks, seg.tail]
-    parts = [x.split(sizes, dim=2) if x is not None else [None] * 3 for x in (q, k, v, eta, la, lt)]
+    inputs = (q, k, v, eta, la, lt)
+    if sizes.count(0) == 2:                 # one segment: no split, and no concatenation either way
+        return run(*inputs, n_blocks=seg.n_blocks if sizes[1] else 1, state=state)
+    parts = [x.split(sizes, dim=2) if x is not None else [None] * 3 for x in inputs]
     ys = []
     for length, n, cut in zip(sizes, (1, seg.n_blocks, 1), zip(*parts)):
         if length:

@@ -27,7 +27,7 @@ mini-batch per block); ``W0 = None`` as well: nothing depends on the state, ``U 
 """
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -54,6 +54,12 @@ def _addmm(c: Optional[Tensor], a: Tensor, b: Tensor, beta: float = 1.0, alpha: 
             return torch.bmm(_flat(a), _flat(b)).view(shape)
         c, beta = a.new_empty(shape), 0.0                                  # beta = 0: c is not read
     return torch.baddbmm(_flat(c.expand(shape)), _flat(a), _flat(b), beta=beta, alpha=alpha).view(shape)
+
+
+def _acc(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``c += alpha (a @ b)`` in place on a contiguous ``c`` this module owns (no copy of ``c``)."""
+    _flat(c).baddbmm_(_flat(a), _flat(b), alpha=alpha)
+    return c
 
 
 def unit_lower_inverse(tri: Tensor) -> Tensor:
@@ -101,24 +107,31 @@ class _BlockScan(torch.autograd.Function):
                 torch.add(z, inject[:, :, n], out=z_seq[n + 1])
         z_all = z_seq.permute(1, 2, 0, 3, 4)                                # (B, H, N+1, Dv, Dz)
         z_start = z_all[:, :, :-1].contiguous()
-        u = uv if w is None else _addmm(uv, w, z_start.mT, alpha=-1.0)
-        y = _addmm(_addmm(None, a, u), qz, z_start.mT)
-        ctx.save_for_backward(q, k, ke, a_w, t_w, a, inv, v, kz, qz, p, uv, w, trans, z_start, u)
+        if w is None:
+            u = uv
+        else:                                        # uv is this function's own product unless T is absent
+            u = _acc(uv, w, z_start.mT, alpha=-1.0) if inv is not None else _addmm(uv, w, z_start.mT, alpha=-1.0)
+        y = _acc(_addmm(None, a, u), qz, z_start.mT)
+        ctx.save_for_backward(q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u)
         ctx.scalar_p = scalar_p
         return y, z_all, u
 
     @staticmethod
     def backward(ctx, dy, dz_all, du_out):
-        q, k, ke, a_w, t_w, a, inv, v, kz, qz, p, uv, w, trans, z_start, u = ctx.saved_tensors
+        q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u = ctx.saved_tensors
         qz_is_q, w0_is_k, kz_is_ke = ctx.shared
         need = ctx.needs_input_grad
-        n_blocks = v.shape[2]
+        n_blocks = u.shape[2]
         if dy is None:
             dy = torch.zeros_like(u)
-        base_du = _addmm(du_out, a.mT, dy)                                  # ∂U except through Z_{n+1}
-        e = _addmm(None if dz_all is None else dz_all[:, :, :-1], dy.mT, qz)   # (B, H, N, Dv, Dz)
+        base_du = _addmm(None, a.mT, dy)                                    # ∂U except through Z_{n+1}
+        if du_out is not None:
+            base_du += du_out
+        e = _addmm(None, dy.mT, qz)                                         # (B, H, N, Dv, Dz)
+        if dz_all is not None:
+            e += dz_all[:, :, :-1]
         if w is not None:
-            e = _addmm(e, base_du.mT, w, alpha=-1.0)
+            e = _acc(e, base_du.mT, w, alpha=-1.0)
         g_seq = e.new_empty(n_blocks + 1, *e.shape[:2], *e.shape[3:])      # G_n = ∂Z_n, (N+1, B, H, Dv, Dz)
         if dz_all is None:
             g_seq[-1].zero_()
@@ -133,7 +146,7 @@ class _BlockScan(torch.autograd.Function):
             else:
                 torch.add(g, e[:, :, n], out=g_seq[n])
         g_next = g_seq[1:].permute(1, 2, 0, 3, 4).contiguous()              # (B, H, N, Dv, Dz)
-        du = _addmm(base_du, kz, g_next.mT)
+        du = _acc(base_du, kz, g_next.mT)
         d_kz = _addmm(None, u, g_next)
         d_qz = _addmm(None, dy, z_start)
         d_p = None
@@ -144,19 +157,21 @@ class _BlockScan(torch.autograd.Function):
         d_a = _addmm(None, dy, u.mT)                                        # ∂A, then ∂(Q Keᵀ) in place
         d_a_w = _addmm(None, q, ke.mT).mul_(d_a) if need[3] else None
         d_a.mul_(a_w)
-        d_q = _addmm(d_qz if qz_is_q else None, d_a, ke)
-        d_ke = _addmm(d_kz if kz_is_ke else None, d_a.mT, q)
+        d_q = _acc(d_qz, d_a, ke) if qz_is_q else _addmm(None, d_a, ke)
+        d_ke = _acc(d_kz, d_a.mT, q) if kz_is_ke else _addmm(None, d_a.mT, q)
         d_k = d_t_w = d_w0 = None
         d_v = du
         if w is not None:
-            d_w0 = _addmm(None, du, z_start, alpha=-1.0)
-            if inv is not None:                     # [V | W0] = (I + T)[Uv | W]: ∂T = −∂[V | W0] [Uv | W]ᵀ
-                d_v, d_w0 = _addmm(None, inv.mT, du), _addmm(None, inv.mT, d_w0)
-                d_tri = _addmm(_addmm(None, d_v, uv.mT), d_w0, w.mT, beta=-1.0, alpha=-1.0)
+            # U = (I + T)⁻¹ (V − W0 Zᵀ): ∂V = (I + T)⁻ᵀ ∂U, ∂W0 = −∂V Z, ∂T = −∂V Uᵀ
+            if inv is not None:
+                d_v = _addmm(None, inv.mT, du)
+            d_w0 = _addmm(None, d_v, z_start, alpha=-1.0)
+            if inv is not None:
+                d_tri = _addmm(None, d_v, u.mT, alpha=-1.0)
                 d_t_w = _addmm(None, k, ke.mT).mul_(d_tri) if need[4] else None
                 d_tri.mul_(t_w)
-                d_k = _addmm(d_w0 if w0_is_k else None, d_tri, ke)
-                d_ke = _addmm(d_ke, d_tri.mT, k)
+                d_k = _acc(d_w0, d_tri, ke) if w0_is_k else _addmm(None, d_tri, ke)
+                d_ke = _acc(d_ke, d_tri.mT, k)
             elif w0_is_k:
                 d_k = d_w0
         return (d_q, d_k, d_ke, d_a_w, d_t_w, None if w0_is_k else d_w0, d_v,

@@ -38,6 +38,7 @@ from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer, restore_rng, save_checkpoint
 from nlsearch.train.plan import RunPlan, check_run_dir, plan_run
 from nlsearch.train.record import RunRecord, build_record, write_run
+from nlsearch.runtime import tune_allocator
 
 Reporter = Callable[[int, Dict[str, float]], bool]
 
@@ -249,6 +250,7 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
     validated before anything is written; raises NonFiniteLossError when the loss is NaN or infinite.
     """
     plan = plan_run(model_config, task, budget, seed, device, threads, tasks_dir)
+    tune_allocator()
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         check_run_dir(run_dir, resume)

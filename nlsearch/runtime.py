@@ -1,0 +1,50 @@
+"""Process-level settings for fast CPU training.
+
+glibc's allocator serves tensors above its mmap threshold (128 KiB, raised dynamically) with fresh
+pages and hands them back to the kernel when freed. A training step of a small recurrent model
+allocates dozens of 1-10 MB temporaries, so without tuning every step page-faults on all of them
+again: about 1,500-2,500 faults per fast DeltaNet step at T=512, B=8 (`nlsearch bench ops`), some
+10% of its time. :func:`tune_allocator` keeps freed memory in the heap for reuse instead, the effect
+PyTorch's CPU tuning guide gets by preloading jemalloc or tcmalloc. The cost is that the process
+keeps its peak heap until it exits, which suits a training or benchmark process.
+
+Entry points call it (the CLI, :func:`nlsearch.train.loop.train`, the benchmarks); the environment
+variable ``NLSEARCH_MALLOC=default`` leaves the allocator alone.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 32 << 20          # glibc's maximum: blocks up to 32 MiB come from the heap
+_TRIM_THRESHOLD = 1 << 30           # give memory back to the kernel only above 1 GiB of free top
+
+_state = {"done": False, "tuned": False}
+
+
+def tune_allocator() -> bool:
+    """Apply the settings above once per process; True where they are in effect (Linux with glibc
+    and not switched off), False elsewhere. Never raises."""
+    if _state["done"]:
+        return _state["tuned"]
+    _state["done"] = True
+    if os.environ.get("NLSEARCH_MALLOC", "tuned") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):            # musl and other C libraries: nothing to tune
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _state["tuned"] = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return _state["tuned"]
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` took effect in this process (for provenance records)."""
+    return _state["tuned"]
