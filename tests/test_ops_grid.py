@@ -193,3 +193,31 @@ def test_causal_attention_matches_naive(t):
     g_naive = torch.autograd.grad((y_naive * w).sum(), (q, k, v))
     for a, b in zip(g_fast, g_naive):
         torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("fn", [mlp_memory, mlp_memory_naive])
+@pytest.mark.parametrize("read", ["after_write", "before_write"])
+def test_mlp_read_from_reads_the_last_heads_only(fn, read):
+    """Heads before ``read_from`` are written (same state) but not read; the read heads match the
+    full read of the per-token reference, gradients included."""
+    inp = memory_inputs(t=21, decay=True, momentum=True, eta_max=0.1, requires_grad=True)
+    kw = dict(objective="l2", chunk=4, read=read)
+    y_ref, s_ref = _call(mlp_memory_naive, inp, mlp_state(momentum=True), **kw)
+    y, s = fn(inp["q"][:, 1:], inp["k"], inp["v"], inp["eta"], inp["alpha"], inp["theta"],
+              mlp_state(momentum=True), read_from=1, **kw)
+    torch.testing.assert_close(y, y_ref[:, 1:], **TOL)
+    _assert_states(s, s_ref)
+    leaves = [inp[n] for n in ("k", "v", "eta", "alpha", "theta")]
+    g_ref = torch.autograd.grad(y_ref[:, 1:].sin().sum() + s_ref.weights[0].sum(), leaves)
+    g = torch.autograd.grad(y.sin().sum() + s.weights[0].sum(), leaves)
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("read_from,heads,match", [(2, 1, "read_from=2 must be"), (1, 2, "must have H - read_from"),
+                                                   (-1, 2, "read_from=-1")])
+def test_mlp_read_from_bad_input(read_from, heads, match):
+    inp = memory_inputs(t=5)
+    with pytest.raises(ValueError, match=match):
+        mlp_memory(inp["q"][:, :heads], inp["k"], inp["v"], inp["eta"], None, None, mlp_state(),
+                   read_from=read_from)

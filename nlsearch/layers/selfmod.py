@@ -154,12 +154,11 @@ class SelfModLayer(nn.Module):
         targets = mlp_forward([w[:, :n_self * h] for w in anchor], v.repeat(1, n_self, 1, 1), act, True)
         if n_self < N_MEMORIES:
             targets = torch.cat([targets, v], dim=1)                          # (B, 5H, L, Dh)
-        reads = torch.cat([k.repeat(1, 4, 1, 1), q], dim=1)                  # projection memories: unused
         op = mlp_memory if self.cfg.impl == "fast" else mlp_memory_naive
-        y, mem = op(reads, k.repeat(1, N_MEMORIES, 1, 1), targets, eta.repeat(1, N_MEMORIES, 1),
+        y, mem = op(q, k.repeat(1, N_MEMORIES, 1, 1), targets, eta.repeat(1, N_MEMORIES, 1),
                     alpha.repeat(1, N_MEMORIES, 1), None, mem, objective="l2", chunk=self.cfg.chunk,
-                    read=self.cfg.read, activation=act, residual=True)
-        return y[:, 4 * h:], mem
+                    read=self.cfg.read, activation=act, residual=True, read_from=4 * h)   # read M_memory only
+        return y, mem
 
     def forward(self, x: Tensor, state: Optional[LayerState] = None) -> Tuple[Tensor, LayerState]:
         """x (B, T, d_model) -> (y (B, T, d_model), state)."""

@@ -37,7 +37,16 @@ ACTIVATIONS: Dict[str, Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
 }
 
 
-def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual):
+def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from):
+    if isinstance(read_from, bool) or not isinstance(read_from, int) or not 0 <= read_from < k.shape[1]:
+        raise ValueError(f"read_from={read_from!r} must be an integer in [0, H={k.shape[1]})")
+    if read_from:                   # q holds the read heads only: check it against k's last heads
+        if not isinstance(q, Tensor) or q.dim() != 4 or q.shape[1] != k.shape[1] - read_from:
+            shape = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
+            raise ValueError(f"with read_from={read_from}, q must have H - read_from = "
+                             f"{k.shape[1] - read_from} heads, got shape {shape}")
+        check_inputs(q, k[:, read_from:], v[:, read_from:], eta[:, read_from:], None, None)
+        q = k
     b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
     check_choice("objective", objective, OBJECTIVES)
     check_choice("read", read, READS)
@@ -65,9 +74,10 @@ def mlp_memory_naive(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
+    read_from: int = 0,
 ) -> Tuple[Tensor, MemoryState]:
     """Reference: per-token loop, gradients by ``torch.func.grad`` of the inner loss."""
-    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual)
+    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from)
 
     def inner_loss(weights, kt, vt):
         out = mlp_forward(weights, kt, activation, residual)
@@ -92,9 +102,9 @@ def mlp_memory_naive(
         m_prev = m
         m = tuple(a[..., None, None] * mi + st for mi, st in zip(m, steps))
         read_m = m if read == "after_write" else m_prev
-        ys.append(mlp_forward(read_m, q[:, :, t], activation, residual))
+        ys.append(mlp_forward([w[:, read_from:] for w in read_m], q[:, :, t], activation, residual))
         offset = (offset + 1) % chunk
-    y = torch.stack(ys, dim=2) if ys else v.new_zeros(v.shape)
+    y = torch.stack(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])
     return y, MemoryState(m, s, anchor if offset else None, anchor_decay if offset else None, offset)
 
 
@@ -102,25 +112,30 @@ def mlp_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
+    read_from: int = 0,
 ) -> Tuple[Tensor, MemoryState]:
     """Chunk form of :func:`mlp_memory_naive`: one sequential step per mini-batch of ``chunk`` tokens.
 
     Per mini-batch: one forward/backward of the MLP at the anchor weights for all its tokens; the
     per-token weights ``M_t`` are never built: each layer's read ``M_t a_t`` is an attention-like
     product over the mini-batch's gradients (outer products ``δ_s x_sᵀ``).
+
+    ``read_from``: heads before it are written but not read (memories kept only for their state, as
+    the self-modifying layer's projection memories); ``q`` then has ``H − read_from`` heads, and so
+    has ``y``.
     """
-    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual)
+    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from)
     seg = plan_segments(q.shape[2], state.offset, chunk, chunk)
     lengths = ([seg.prefix] if seg.prefix else []) + [chunk] * seg.n_blocks + ([seg.tail] if seg.tail else [])
     la, lt = log_or_none(alpha), log_or_none(theta)
     coefs = _chunk_coefficients(la, lt, eta, seg)
-    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual)
+    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from)
     pieces = [x.split(lengths, dim=2) for x in (q, k, v)]      # split once: one concat in backward
     ys = []
     for qc, kc, vc, co in zip(*pieces, coefs):
         y, state = chunk_fn(qc, kc, vc, co, state, chunk)
         ys.append(y)
-    return (torch.cat(ys, dim=2) if ys else v.new_zeros(v.shape)), state
+    return (torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])), state
 
 
 def _chunk_coefficients(la: Tensor, lt: Optional[Tensor], eta: Tensor, seg) -> List[BlockCoefficients]:
@@ -144,9 +159,10 @@ def _chunk_coefficients(la: Tensor, lt: Optional[Tensor], eta: Tensor, seg) -> L
 class _ChunkStep:
     """One mini-batch (or part of one): gradients at the anchor, reads and state update in closed form."""
 
-    def __init__(self, objective: str, after_write: bool, activation: str, residual: bool):
+    def __init__(self, objective: str, after_write: bool, activation: str, residual: bool, read_from: int = 0):
         self.objective, self.after_write, self.residual = objective, after_write, residual
         self.act, self.act_grad = ACTIVATIONS[activation]
+        self.read_from = read_from
 
     def _grads(self, anchor: Sequence[Tensor], k: Tensor, v: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
         """Layer inputs x^l_s and output-side errors δ^l_s: G^l_s = δ^l_s x^l_sᵀ."""
@@ -171,13 +187,15 @@ class _ChunkStep:
         weights, mom = state.weights, state.momentum if co.b is not None else None
         anchor = state.anchor if state.offset else weights
         xs, deltas = self._grads(anchor, k, v)
-        rows = co.read_rows(self.after_write)
-        gamma, b = co.gamma_b(rows)
+        r = self.read_from                                                    # heads r: are read
+        rco = co if r == 0 else co.map(lambda x: x[:, r:])
+        rows = rco.read_rows(self.after_write)
+        gamma, b = rco.gamma_b(rows)
         h = q
         for i, w in enumerate(weights):
-            z = gamma[..., None] * (h @ w.mT) - co.scores(h, xs[i], rows) @ deltas[i]
+            z = gamma[..., None] * (h @ w[:, r:].mT) - rco.scores(h, xs[i][:, r:], rows) @ deltas[i][:, r:]
             if mom is not None:
-                z = z + b[..., None] * (h @ mom[i].mT)
+                z = z + b[..., None] * (h @ mom[i][:, r:].mT)
             h = self.act(z) if i < len(weights) - 1 else z
         y = h + q if self.residual else h
         gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
