@@ -189,7 +189,8 @@ def _add_suite_command(sub) -> None:
     su.add_argument("--presets", nargs="+", default=[], metavar="NAME", help="presets or model YAML files "
                     "(default: every preset)")
     su.add_argument("--tasks", nargs="+", default=[], metavar="TASK", help="task names, name@version or YAML "
-                    "files (default: recall recall_overwrite lm longctx_needle continual_recall)")
+                    "files (default: recall_small recall_small_overwrite lm longctx_needle "
+                    "continual_recall, the tasks the cpu budget can learn)")
     su.add_argument("--budget", default="cpu", help="smoke, cpu, gpu or a budget YAML file")
     su.add_argument("--seeds", type=int, nargs="+", default=[0], metavar="SEED")
     su.add_argument("--out", default="results/suite", help="OUT/suite.parquet, OUT/suite.md, OUT/runs/...")

@@ -183,3 +183,11 @@ def test_bigram_is_far_below_8_bits_on_a_repetitive_corpus():
     bits = bigram_bits_per_byte(fit_bigram([train]), TaskBatch(held[None, :-1], held[None, 1:],
                                                                torch.ones(1, held.numel() - 1, dtype=torch.bool)))
     assert bits < 8 and bits < 2.0
+
+
+def test_the_cli_help_names_the_default_tasks():
+    from nlsearch.cli import build_parser
+    from nlsearch.train.suite import DEFAULT_TASKS
+    sub = next(a for a in build_parser()._actions if a.dest == "command" or a.choices)
+    text = " ".join(sub.choices["run-suite"].format_help().split())
+    assert f"default: {' '.join(DEFAULT_TASKS)}" in text

@@ -75,8 +75,11 @@ def unit_lower_inverse(tri: Tensor) -> Tensor:
 
 
 class _BlockScan(torch.autograd.Function):
+    """Under CUDA autocast the scan runs in float32 (its inputs are cast, autocast is off inside): the
+    state recurrence and the triangular solve are not safe in bfloat16."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, q, k, ke, a_w, t_w, w0, v, kz, qz, p, z0):
         ctx.set_materialize_grads(False)
         ctx.shared = (qz is q, w0 is k, kz is ke)
@@ -117,6 +120,7 @@ class _BlockScan(torch.autograd.Function):
         return y, z_all, u
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy, dz_all, du_out):
         q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u = ctx.saved_tensors
         qz_is_q, w0_is_k, kz_is_ke = ctx.shared
