@@ -40,8 +40,9 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):            # musl and other C libraries: nothing to tune
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _state["tuned"] = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(
-        mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    mmap_ok = bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
+    trim_ok = bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    _state["tuned"] = mmap_ok or trim_ok                 # either changes the allocator's behaviour
     return _state["tuned"]
 
 

@@ -68,8 +68,9 @@ def _linear_loss(y, s):
 
 
 @pytest.mark.parametrize("objective,order,decay,momentum", LINEAR_GRID)
-@pytest.mark.parametrize("chunk,read", [(1, "after_write"), (3, "before_write"), (4, "after_write")])
-def test_linear_gradients_match_across_blocks_and_pieces(objective, order, decay, momentum, chunk, read):
+@pytest.mark.parametrize("chunk,read,block", [(1, "after_write", 4), (3, "before_write", 4), (4, "after_write", 4),
+                                              (2, "after_write", 8)])
+def test_linear_gradients_match_across_blocks_and_pieces(objective, order, decay, momentum, chunk, read, block):
     """The hand-written backward of the block scan over several blocks, a tail, a piece that starts
     inside an open mini-batch (the prefix) and one that ends inside one (the anchor), against
     autograd through the per-token reference. Leaves include the carried state."""
@@ -80,7 +81,7 @@ def test_linear_gradients_match_across_blocks_and_pieces(objective, order, decay
     leaves = [x for x in inp.values() if x is not None] + [m0] + ([s0] if momentum else [])
     kw = dict(objective=objective, decay_order=order, chunk=chunk, read=read)
     grads = []
-    for fn, extra in ((linear_memory_naive, {}), (linear_memory, dict(block=4))):
+    for fn, extra in ((linear_memory_naive, {}), (linear_memory, dict(block=block))):
         state = MemoryState((m0,), None if s0 is None else (s0,))
         y1, state = _call(fn, _cut(inp, 0, cut), state, **kw, **extra)
         loss1 = _linear_loss(y1, state)
@@ -207,15 +208,15 @@ def test_mlp_read_from_reads_the_last_heads_only(fn, read):
               mlp_state(momentum=True), read_from=1, **kw)
     torch.testing.assert_close(y, y_ref[:, 1:], **TOL)
     _assert_states(s, s_ref)
-    leaves = [inp[n] for n in ("k", "v", "eta", "alpha", "theta")]
+    leaves = [inp[n] for n in ("q", "k", "v", "eta", "alpha", "theta")]
     g_ref = torch.autograd.grad(y_ref[:, 1:].sin().sum() + s_ref.weights[0].sum(), leaves)
     g = torch.autograd.grad(y.sin().sum() + s.weights[0].sum(), leaves)
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, atol=1e-8, rtol=1e-8)
 
 
-@pytest.mark.parametrize("read_from,heads,match", [(2, 1, "read_from=2 must be"), (1, 2, "must have H - read_from"),
-                                                   (-1, 2, "read_from=-1")])
+@pytest.mark.parametrize("read_from,heads,match", [(2, 1, "read_from=2 must be below"),
+                                                   (1, 2, "must have H - read_from"), (-1, 2, "read_from=-1")])
 def test_mlp_read_from_bad_input(read_from, heads, match):
     inp = memory_inputs(t=5)
     with pytest.raises(ValueError, match=match):

@@ -144,8 +144,10 @@ class _Runner:
         if momentum:
             qz, kz = torch.cat([qz, b[..., None] * q], -1), torch.cat([kz, k * co.e[..., None]], -1)
         y, z_all, u = block_scan(q, k, ke, co.weights(rows), t_w, w0, v, kz, qz, self._transition(co, la, k), z0)
+        y, u = y.to(q.dtype), u.to(q.dtype)                                 # float32 under CUDA autocast
         dk = k.shape[-1]
-        z_end, z_last = z_all[:, :, -1], z_all[:, :, -2]                    # after the last block, at its start
+        # after the last block, and at its start: copies, so a carried state does not hold every block's
+        z_end, z_last = (z_all[:, :, i].to(q.dtype, copy=True) for i in (-1, -2))
         m_end, s_end = z_end[..., :dk], (z_end[..., dk:] if momentum else None)
         last_s = z_last[..., dk:] if momentum else None
         return y.flatten(2, 3), self._next_state(state, m_end, s_end, z_last[..., :dk], last_s, u, k, co)

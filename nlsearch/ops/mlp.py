@@ -38,16 +38,19 @@ ACTIVATIONS: Dict[str, Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tens
 
 
 def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from):
-    if isinstance(read_from, bool) or not isinstance(read_from, int) or not 0 <= read_from < k.shape[1]:
-        raise ValueError(f"read_from={read_from!r} must be an integer in [0, H={k.shape[1]})")
-    if read_from:                   # q holds the read heads only: check it against k's last heads
-        if not isinstance(q, Tensor) or q.dim() != 4 or q.shape[1] != k.shape[1] - read_from:
+    if isinstance(read_from, bool) or not isinstance(read_from, int) or read_from < 0:
+        raise ValueError(f"read_from={read_from!r} must be a non-negative integer (the first head read)")
+    if read_from:                   # q holds the read heads only: everything else is checked against k
+        b, h, _, dk, dv = check_inputs(k, k, v, eta, alpha, theta)
+        if read_from >= h:
+            raise ValueError(f"read_from={read_from} must be below the number of heads H={h}")
+        if not isinstance(q, Tensor) or q.dim() != 4 or q.shape[1] != h - read_from:
             shape = tuple(q.shape) if isinstance(q, Tensor) else type(q).__name__
-            raise ValueError(f"with read_from={read_from}, q must have H - read_from = "
-                             f"{k.shape[1] - read_from} heads, got shape {shape}")
+            raise ValueError(f"with read_from={read_from}, q must have H - read_from = {h - read_from} "
+                             f"heads, got shape {shape}")
         check_inputs(q, k[:, read_from:], v[:, read_from:], eta[:, read_from:], None, None)
-        q = k
-    b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
+    else:
+        b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
     check_choice("objective", objective, OBJECTIVES)
     check_choice("read", read, READS)
     check_choice("activation", activation, ACTIVATIONS)

@@ -15,9 +15,10 @@ block of L tokens, to the same computation on a state ``Z`` of shape ``(Dv, Dz)`
 Only the last line runs sequentially. Autograd over these lines would keep every intermediate and
 differentiate (I + T)⁻¹ generically (two L×L×L products per block). The backward written here runs
 one sequential product per block, the adjoint ``G_n = E_n + G_{n+1} (P_n − WᵀKz)ᵀ``, and otherwise
-only L×L×D products. It reads ``∂T = −([∂V | ∂W0] [Uv | W]ᵀ) ⊙ Tw`` off the solved system, and it
-sums the gradients of shared operands (``Qz = Q``, ``W0 = K``, ``Kz = Ke`` in the rules without
-decay) inside fused products.
+only L×L×D products. It reads ``∂V = (I + T)⁻ᵀ ∂U``, ``∂W0 = −∂V Z`` and ``∂T = −∂V Uᵀ`` (strictly
+lower) off the solved system ``(I + T) U = V − W0 Zᵀ``. It sums the gradients of shared operands
+(``Qz = Q``, ``W0 = K``, ``Kz = Ke`` in the rules without decay) inside fused products. It is not
+differentiable twice (no double backward).
 
 Shapes: blocks are ``(B, H, N, L, ·)``, per-block matrices ``(B, H, N, ·, ·)``, the state
 ``(B, H, Dv, Dz)``. ``Aw`` and ``Tw`` are ``(L, L)`` masks or ``(B, H, N, L, L)`` coefficients.
@@ -31,6 +32,7 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def block_scan(q: Tensor, k: Tensor, ke: Tensor, a_w: Tensor, t_w: Optional[Tensor], w0: Optional[Tensor],
@@ -58,6 +60,7 @@ def _addmm(c: Optional[Tensor], a: Tensor, b: Tensor, beta: float = 1.0, alpha: 
 
 def _acc(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
     """``c += alpha (a @ b)`` in place on a contiguous ``c`` this module owns (no copy of ``c``)."""
+    assert c.is_contiguous(), "_acc needs a contiguous accumulator (a reshape would copy it)"
     _flat(c).baddbmm_(_flat(a), _flat(b), alpha=alpha)
     return c
 
@@ -76,7 +79,7 @@ def unit_lower_inverse(tri: Tensor) -> Tensor:
 
 class _BlockScan(torch.autograd.Function):
     """Under CUDA autocast the scan runs in float32 (its inputs are cast, autocast is off inside): the
-    state recurrence and the triangular solve are not safe in bfloat16."""
+    state recurrence and the triangular solve are not safe in bfloat16. The caller casts back."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
@@ -120,6 +123,7 @@ class _BlockScan(torch.autograd.Function):
         return y, z_all, u
 
     @staticmethod
+    @once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy, dz_all, du_out):
         q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u = ctx.saved_tensors
@@ -172,11 +176,11 @@ class _BlockScan(torch.autograd.Function):
             d_w0 = _addmm(None, d_v, z_start, alpha=-1.0)
             if inv is not None:
                 d_tri = _addmm(None, d_v, u.mT, alpha=-1.0)
-                d_t_w = _addmm(None, k, ke.mT).mul_(d_tri) if need[4] else None
+                d_t_w = _addmm(None, k, ke.mT).mul_(d_tri).tril_(-1) if need[4] else None   # T's read part
                 d_tri.mul_(t_w)
                 d_k = _acc(d_w0, d_tri, ke) if w0_is_k else _addmm(None, d_tri, ke)
                 d_ke = _acc(d_ke, d_tri.mT, k)
             elif w0_is_k:
                 d_k = d_w0
         return (d_q, d_k, d_ke, d_a_w, d_t_w, None if w0_is_k else d_w0, d_v,
-                None if kz_is_ke else d_kz, None if qz_is_q else d_qz, d_p, g_seq[0])
+                None if kz_is_ke else d_kz, None if qz_is_q else d_qz, d_p, g_seq[0].clone())   # not the buffer
