@@ -22,6 +22,8 @@ from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
 from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, mlp_forward, preset
+from nlsearch.ops.blocks import aligned_block
+from nlsearch.ops.linear import DEFAULT_BLOCK
 from nlsearch.registry import MIXERS
 
 
@@ -173,9 +175,11 @@ class MemoryLayer(nn.Module):
 
     def flops_per_token(self, seq_len: int) -> float:
         """Memory work per token beyond the projections: a write and a read of the fast weights
-        (about 3 matmul passes over them), plus the chunk form's intra-block products (~64 tokens)."""
+        (about 3 matmul passes over them), plus the fast form's intra-block products (blocks of
+        ``DEFAULT_BLOCK`` tokens for a linear memory, one mini-batch for an MLP memory)."""
         fast = sum(w[0].numel() for w in self.initial_state(1, self.qkv.weight).memory.weights)
-        return 2.0 * 3 * fast + 2.0 * 3 * min(seq_len, 64) * 2 * self.h * self.dh
+        block = aligned_block(self.rule.chunk, DEFAULT_BLOCK) if self.rule.memory == "linear" else self.rule.chunk
+        return 2.0 * 3 * fast + 2.0 * 3 * min(seq_len, block) * 2 * self.h * self.dh
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence (any ``seq_len``): memory weights, momentum, the open

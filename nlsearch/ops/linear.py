@@ -24,6 +24,9 @@ from nlsearch.ops.state import MemoryState, zeros_linear_state
 from nlsearch.ops.validate import DECAY_ORDERS, OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 
 
+DEFAULT_BLOCK = 32          # tokens per block of the fast form (a compute setting; results never depend on it)
+
+
 def _prepare(q, k, v, eta, alpha, theta, state, objective, decay_order, chunk, read):
     b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
     check_choice("objective", objective, OBJECTIVES)
@@ -81,7 +84,7 @@ def linear_memory_naive(
 def linear_memory(
     q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
-    decay_order: str = "with_step", chunk: int = 1, read: str = "after_write", block: int = 32,
+    decay_order: str = "with_step", chunk: int = 1, read: str = "after_write", block: int = DEFAULT_BLOCK,
 ) -> Tuple[Tensor, MemoryState]:
     """Chunkwise-parallel form of :func:`linear_memory_naive` (same signature, same results).
 
