@@ -42,12 +42,7 @@ class BlockCoefficients:
     def scores(self, a: Tensor, keys: Tensor, rows) -> Tensor:
         """``c_{t,s} (a_t · keys_s)`` for the rows ``t`` selected by ``rows`` (a slice or an index):
         ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``."""
-        raw = a @ (keys * self.eta[..., None]).mT
-        if self.ratio is not None:
-            return raw * self.ratio[..., rows, :]
-        length = self.eta.shape[-1]
-        mask = torch.ones(length + 1, length, dtype=torch.bool, device=raw.device).tril(-1)[rows]
-        return raw.masked_fill_(~mask, 0.0)                      # in place: the product's own output
+        return (a @ (keys * self.eta[..., None]).mT).mul_(self.weights(rows))   # in place: a fresh product
 
     def weights(self, rows) -> Tensor:
         """``c_{t,s} / η_s`` for the rows ``t`` selected by ``rows``: ``R[rows]``, or without decay and

@@ -65,6 +65,27 @@ def _acc(c: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
     return c
 
 
+def _recurrence(first: Tensor, addend: Tensor, trans: Optional[Tensor], p: Optional[Tensor], *,
+                reverse: bool = False) -> Tensor:
+    """The sequential part, forward and adjoint: ``X_0 = first, X_{n+1} = X_n M_n + addend_n`` (or, with
+    ``reverse``, ``X_N = first, X_n = X_{n+1} M_nᵀ + addend_n``), where ``M_n`` is ``trans_n`` if given,
+    else the scalar ``p_n`` if given, else the identity. ``addend`` is ``(B, H, N, ·, ·)``; returns every
+    ``X_n`` as ``(N+1, B, H, ·, ·)`` (contiguous per n, so each step writes in place)."""
+    n_blocks = addend.shape[2]
+    seq = first.new_empty(n_blocks + 1, *first.shape)
+    seq[-1 if reverse else 0] = first
+    for n in (reversed(range(n_blocks)) if reverse else range(n_blocks)):
+        src, dst = (seq[n + 1], seq[n]) if reverse else (seq[n], seq[n + 1])
+        if trans is not None:
+            m = _flat(trans[:, :, n])
+            torch.baddbmm(_flat(addend[:, :, n]), _flat(src), m.mT if reverse else m, out=_flat(dst))
+        elif p is not None:
+            torch.addcmul(addend[:, :, n], src, p[:, :, n], out=dst)
+        else:
+            torch.add(src, addend[:, :, n], out=dst)
+    return seq
+
+
 def unit_lower_inverse(tri: Tensor) -> Tensor:
     """``(I + T)⁻¹`` for strictly lower-triangular ``T`` (its diagonal and upper part are not read).
 
@@ -97,21 +118,9 @@ class _BlockScan(torch.autograd.Function):
             eye = torch.eye(kz.shape[-1], dtype=kz.dtype, device=kz.device)
             trans = _addmm(eye if p is None else p * eye if p.shape[-1] == 1 else p, w.mT, kz, alpha=-1.0)
         elif p is not None and p.shape[-1] != 1:
-            trans = p
-        scalar_p = p is not None and trans is None
+            trans = p                                                       # else p is None or a scalar
         inject = uv.mT @ kz                                                 # UvᵀKz, (B, H, N, Dv, Dz)
-        n_blocks = v.shape[2]
-        z_seq = z0.new_empty(n_blocks + 1, *z0.shape)                      # (N+1, B, H, Dv, Dz)
-        z_seq[0] = z0
-        for n in range(n_blocks):                                          # the only sequential part
-            z = z_seq[n]
-            if trans is not None:
-                torch.baddbmm(_flat(inject[:, :, n]), _flat(z), _flat(trans[:, :, n]), out=_flat(z_seq[n + 1]))
-            elif scalar_p:
-                torch.addcmul(inject[:, :, n], z, p[:, :, n], out=z_seq[n + 1])
-            else:
-                torch.add(z, inject[:, :, n], out=z_seq[n + 1])
-        z_all = z_seq.permute(1, 2, 0, 3, 4)                                # (B, H, N+1, Dv, Dz)
+        z_all = _recurrence(z0, inject, trans, p).permute(1, 2, 0, 3, 4)    # (B, H, N+1, Dv, Dz)
         z_start = z_all[:, :, :-1].contiguous()
         if w is None:
             u = uv
@@ -119,7 +128,6 @@ class _BlockScan(torch.autograd.Function):
             u = _acc(uv, w, z_start.mT, alpha=-1.0) if inv is not None else _addmm(uv, w, z_start.mT, alpha=-1.0)
         y = _acc(_addmm(None, a, u), qz, z_start.mT)
         ctx.save_for_backward(q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u)
-        ctx.scalar_p = scalar_p
         return y, z_all, u
 
     @staticmethod
@@ -129,7 +137,6 @@ class _BlockScan(torch.autograd.Function):
         q, k, ke, a_w, t_w, a, inv, kz, qz, p, w, trans, z_start, u = ctx.saved_tensors
         qz_is_q, w0_is_k, kz_is_ke = ctx.shared
         need = ctx.needs_input_grad
-        n_blocks = u.shape[2]
         if dy is None:
             dy = torch.zeros_like(u)
         base_du = _addmm(None, a.mT, dy)                                    # ∂U except through Z_{n+1}
@@ -140,19 +147,8 @@ class _BlockScan(torch.autograd.Function):
             e += dz_all[:, :, :-1]
         if w is not None:
             e = _acc(e, base_du.mT, w, alpha=-1.0)
-        g_seq = e.new_empty(n_blocks + 1, *e.shape[:2], *e.shape[3:])      # G_n = ∂Z_n, (N+1, B, H, Dv, Dz)
-        if dz_all is None:
-            g_seq[-1].zero_()
-        else:
-            g_seq[-1] = dz_all[:, :, -1]
-        for n in reversed(range(n_blocks)):
-            g = g_seq[n + 1]
-            if trans is not None:
-                torch.baddbmm(_flat(e[:, :, n]), _flat(g), _flat(trans[:, :, n]).mT, out=_flat(g_seq[n]))
-            elif ctx.scalar_p:
-                torch.addcmul(e[:, :, n], g, p[:, :, n], out=g_seq[n])
-            else:
-                torch.add(g, e[:, :, n], out=g_seq[n])
+        g_end = e.new_zeros(*e.shape[:2], *e.shape[3:]) if dz_all is None else dz_all[:, :, -1]
+        g_seq = _recurrence(g_end, e, trans, p, reverse=True)              # G_n = ∂Z_n, (N+1, B, H, Dv, Dz)
         g_next = g_seq[1:].permute(1, 2, 0, 3, 4).contiguous()              # (B, H, N, Dv, Dz)
         du = _acc(base_du, kz, g_next.mT)
         d_kz = _addmm(None, u, g_next)
