@@ -222,3 +222,78 @@ def test_mlp_read_from_bad_input(read_from, heads, match):
     with pytest.raises(ValueError, match=match):
         mlp_memory(inp["q"][:, :heads], inp["k"], inp["v"], inp["eta"], None, None, mlp_state(),
                    read_from=read_from)
+
+
+MLP_RULES = [(False, False), (True, False), (False, True), (True, True)]      # (decay, momentum)
+
+
+def _mlp_loss(y, s):
+    """Weights every output, the final state and an open mini-batch's anchor."""
+    w = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    loss = (y * w).sum() + sum(x.square().sum() for x in s.weights + (s.momentum or ()))
+    for a in s.anchor or ():
+        loss = loss + a.sin().sum()
+    return loss
+
+
+@pytest.mark.parametrize("objective", ["l2", "dot"])
+@pytest.mark.parametrize("decay,momentum", MLP_RULES)
+@pytest.mark.parametrize("read,read_from", [("after_write", 0), ("before_write", 0), ("after_write", 1)])
+def test_mlp_gradients_match_across_pieces(objective, decay, momentum, read, read_from):
+    """The hand-written backward of the MLP mini-batch step (mlp_chunk) against autograd through the
+    per-token reference: two pieces, the first ending inside an open mini-batch (so the second starts
+    at weights apart from its anchor), the carried state as leaves, unread heads (read_from)."""
+    t, cut, chunk = 23, 6, 4
+    inp = memory_inputs(t=t, decay=decay, momentum=momentum, eta_max=0.2, requires_grad=True)
+    state0 = mlp_state(momentum=momentum, requires_grad=True)
+    if momentum:
+        state0 = state0._replace(momentum=tuple(m.requires_grad_() for m in state0.momentum))
+    leaves = [x for x in inp.values() if x is not None] + list(state0.weights) + list(state0.momentum or ())
+    kw = dict(objective=objective, chunk=chunk, read=read, read_from=read_from)
+    grads = []
+    for fn in (mlp_memory_naive, mlp_memory):
+        state, loss = state0, 0.0
+        for a, b in ((0, cut), (cut, t)):
+            piece = _cut(inp, a, b)
+            y, state = fn(piece["q"][:, read_from:], piece["k"], piece["v"], piece["eta"], piece["alpha"],
+                          piece["theta"], state, **kw)
+            loss = loss + _mlp_loss(y, state)
+        grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+    for g1, g2 in zip(*grads):
+        assert (g1 is None) == (g2 is None)
+        if g1 is not None:
+            torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("activation,residual,depth,objective", [("gelu", True, 3, "l2"), ("silu", False, 2, "l2"),
+                                                                 ("gelu", False, 1, "l2"), ("silu", True, 3, "dot")])
+def test_mlp_gradients_match_across_depths(activation, residual, depth, objective):
+    """Depth 1 (no activation), 2 and 3 (two σ'' terms), both activations, with and without the residual."""
+    inp = memory_inputs(t=19, decay=True, momentum=True, eta_max=0.2, requires_grad=True)
+    state = mlp_state(depth=depth, momentum=True, requires_grad=True)
+    leaves = [x for x in inp.values() if x is not None] + list(state.weights)
+    kw = dict(objective=objective, chunk=5, activation=activation, residual=residual)
+    grads = []
+    for fn in (mlp_memory_naive, mlp_memory):
+        y, s = _call(fn, inp, state, **kw)
+        grads.append(torch.autograd.grad(_mlp_loss(y, s), leaves))
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("decay,momentum", [(True, True), (False, False)])
+def test_mlp_fast_gradcheck(decay, momentum):
+    """Finite differences, independent of both forms, through three mini-batches, a tail and unread heads."""
+    inp = memory_inputs(b=1, h=2, t=8, dk=3, dv=3, decay=decay, momentum=momentum, eta_max=0.3, requires_grad=True)
+    state = mlp_state(b=1, h=2, d=3, hidden=4, momentum=momentum, requires_grad=True)
+    names = [n for n, x in inp.items() if x is not None]
+    n_in = len(names)
+
+    def f(*xs):
+        full = dict(inp, **dict(zip(names, xs[:n_in])))
+        st = MemoryState(tuple(xs[n_in:]), state.momentum)
+        y, s = mlp_memory(full["q"][:, 1:], full["k"], full["v"], full["eta"], full["alpha"], full["theta"], st,
+                          objective="l2", chunk=3, read_from=1)
+        return (y, *s.weights)
+
+    assert torch.autograd.gradcheck(f, [inp[n] for n in names] + list(state.weights), eps=1e-6, atol=1e-6)

@@ -9,32 +9,18 @@ token of a mini-batch its own weights.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_none, plan_segments
+from nlsearch.ops.mlp_chunk import ACTIVATION_DERIVS, ChunkSpec, mlp_chunk
 from nlsearch.ops.state import MemoryState
 from nlsearch.ops.validate import OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 
 
-def _silu_grad(z: Tensor) -> Tensor:
-    sig = torch.sigmoid(z)
-    return sig * (1 + z * (1 - sig))
-
-
-def _gelu_grad(z: Tensor) -> Tensor:
-    cdf = 0.5 * (1 + torch.erf(z / math.sqrt(2)))
-    return cdf + z * torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-
-
-ACTIVATIONS: Dict[str, Tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]] = {
-    "silu": (F.silu, _silu_grad),
-    "gelu": (F.gelu, _gelu_grad),
-}
+ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {name: fns[0] for name, fns in ACTIVATION_DERIVS.items()}
 
 
 def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from):
@@ -64,7 +50,7 @@ def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activati
 
 def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual: bool) -> Tensor:
     """Evaluate the memory on inputs ``x (B, H, ..., D)`` with per-head weights ``(B, H, out, in)``."""
-    act = ACTIVATIONS[activation][0]
+    act = ACTIVATIONS[activation]
     h = x
     for i, w in enumerate(weights):
         h = torch.einsum("bhoi,bh...i->bh...o", w, h)
@@ -122,6 +108,7 @@ def mlp_memory(
     Per mini-batch: one forward/backward of the MLP at the anchor weights for all its tokens; the
     per-token weights ``M_t`` are never built: each layer's read ``M_t a_t`` is an attention-like
     product over the mini-batch's gradients (outer products ``δ_s x_sᵀ``).
+    The step is one autograd node with a hand-written backward (:mod:`nlsearch.ops.mlp_chunk`).
 
     ``read_from``: heads before it are written but not read (memories kept only for their state, as
     the self-modifying layer's projection memories); ``q`` then has ``H − read_from`` heads, and so
@@ -132,7 +119,7 @@ def mlp_memory(
     lengths = ([seg.prefix] if seg.prefix else []) + [chunk] * seg.n_blocks + ([seg.tail] if seg.tail else [])
     la, lt = log_or_none(alpha), log_or_none(theta)
     coefs = _chunk_coefficients(la, lt, eta, seg)
-    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from)
+    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from, alpha is not None)
     pieces = [x.split(lengths, dim=2) for x in (q, k, v)]      # split once: one concat in backward
     ys = []
     for qc, kc, vc, co in zip(*pieces, coefs):
@@ -160,56 +147,31 @@ def _chunk_coefficients(la: Tensor, lt: Optional[Tensor], eta: Tensor, seg) -> L
 
 
 class _ChunkStep:
-    """One mini-batch (or part of one): gradients at the anchor, reads and state update in closed form."""
+    """One mini-batch (or part of one): its coefficients, then :func:`mlp_chunk` (gradients at the
+    anchor, reads and state update in closed form, with a hand-written backward)."""
 
-    def __init__(self, objective: str, after_write: bool, activation: str, residual: bool, read_from: int = 0):
-        self.objective, self.after_write, self.residual = objective, after_write, residual
-        self.act, self.act_grad = ACTIVATIONS[activation]
-        self.read_from = read_from
-
-    def _grads(self, anchor: Sequence[Tensor], k: Tensor, v: Tensor) -> Tuple[List[Tensor], List[Tensor]]:
-        """Layer inputs x^l_s and output-side errors δ^l_s: G^l_s = δ^l_s x^l_sᵀ."""
-        xs, zs, h = [k], [], k
-        for i, w in enumerate(anchor):
-            z = h @ w.mT                                                        # (B, H, L, out)
-            if i < len(anchor) - 1:
-                zs.append(z)
-                h = self.act(z)
-                xs.append(h)
-            else:
-                h = z
-        out = h + k if self.residual else h
-        delta = out - v if self.objective == "l2" else -v
-        deltas = [delta]
-        for i in range(len(anchor) - 1, 0, -1):
-            delta = (delta @ anchor[i]) * self.act_grad(zs[i - 1])
-            deltas.append(delta)
-        return xs, deltas[::-1]
+    def __init__(self, objective: str, after_write: bool, activation: str, residual: bool, read_from: int = 0,
+                 decay: bool = False):
+        self.objective, self.after_write, self.activation, self.residual = objective, after_write, activation, residual
+        self.read_from, self.decay = read_from, decay
 
     def __call__(self, q, k, v, co: BlockCoefficients, state: MemoryState, chunk: int):
         weights, mom = state.weights, state.momentum if co.b is not None else None
-        anchor = state.anchor if state.offset else weights
-        xs, deltas = self._grads(anchor, k, v)
-        r = self.read_from                                                    # heads r: are read
-        rco = co if r == 0 else co.map(lambda x: x[:, r:])
+        r, length = self.read_from, q.shape[2]
+        rco = co if r == 0 else co.map(lambda x: x[:, r:])                    # heads r: are read
         rows = rco.read_rows(self.after_write)
-        gamma, b = rco.gamma_b(rows)
-        h = q
-        for i, w in enumerate(weights):
-            z = gamma[..., None] * (h @ w[:, r:].mT) - rco.scores(h, xs[i][:, r:], rows) @ deltas[i][:, r:]
-            if mom is not None:
-                z = z + b[..., None] * (h @ mom[i][:, r:].mT)
-            h = self.act(z) if i < len(weights) - 1 else z
-        y = h + q if self.residual else h
-        gamma_end = co.log_gamma[..., -1].exp()[..., None, None]
-        c_end = co.row(q.shape[2])[..., None]
-        new_w = [gamma_end * w - (d * c_end).mT @ x for w, d, x in zip(weights, deltas, xs)]
-        new_s = None
+        c = rco.weights(rows) * rco.eta[..., None, :]                          # c_{t,s}, (B, Hr, L, L)
+        g = rco.log_gamma[..., rows].exp() if self.decay else None
+        g_end = co.log_gamma[..., -1].exp() if self.decay else None
+        b = b_end = e = theta_end = None
         if mom is not None:
-            b_end, th_end, e = co.b[..., -1, None, None], co.theta_end[..., None, None], co.e[..., None]
-            new_w = [nw + b_end * s for nw, s in zip(new_w, mom)]
-            new_s = tuple(th_end * s - (d * e).mT @ x for s, d, x in zip(mom, deltas, xs))
-        offset = state.offset + q.shape[2]
+            b, b_end, e, theta_end = rco.b[..., rows], co.b[..., -1], co.e, co.theta_end
+        spec = ChunkSpec(len(weights), self.objective, self.activation, self.residual, r,
+                         has_anchor=bool(state.offset), momentum=mom is not None)
+        y, new_w, new_s = mlp_chunk(spec, q, k, v, c, co.row(length), g, g_end, b, b_end, e, theta_end,
+                                    weights, state.anchor if state.offset else None, mom)
+        anchor = state.anchor if state.offset else weights
+        offset = state.offset + length
         if offset >= chunk:
             return y, MemoryState(tuple(new_w), new_s)
         decay = co.log_gamma[..., -1].exp() * (state.anchor_decay if state.offset else 1.0)
