@@ -51,11 +51,13 @@ def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activati
 def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual: bool) -> Tensor:
     """Evaluate the memory on inputs ``x (B, H, ..., D)`` with per-head weights ``(B, H, out, in)``."""
     act = ACTIVATIONS[activation]
-    h = x
+    rows = x.reshape(*x.shape[:2], -1, x.shape[-1])                        # (B, H, N, D)
+    h = rows
     for i, w in enumerate(weights):
-        h = torch.einsum("bhoi,bh...i->bh...o", w, h)
+        h = h @ w.mT
         if i < len(weights) - 1:
             h = act(h)
+    h = h.view(*x.shape[:-1], h.shape[-1])
     return h + x if residual else h
 
 

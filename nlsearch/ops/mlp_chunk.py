@@ -146,11 +146,12 @@ class _MLPChunk(torch.autograd.Function):
             ts.insert(0, t)
             deltas.insert(0, t * sps[i - 1])
         # reads of heads r..
-        hs, pres, hws, hss = [q], [], [], []
+        hs, pres, hws, hss, raw = [q], [], [], [], []
         h = q
         for i, w in enumerate(weights):
             x_r, d_r = xs[i][:, r:], deltas[i][:, r:]
-            p = (h @ x_r.mT).mul_(c)                                            # C ⊙ (H Xᵀ)
+            raw.append(h @ x_r.mT)                                              # H Xᵀ
+            p = raw[-1] * c
             z = h @ w[:, r:].mT
             if g is not None:
                 hws.append(z)
@@ -176,10 +177,10 @@ class _MLPChunk(torch.autograd.Function):
                 new_s.append(_mm_into(_scaled(mom[i], theta_end), (deltas[i] * e[..., None]).mT, xs[i], alpha=-1.0))
             new_w.append(_mm_into(nw, (deltas[i] * c_end[..., None]).mT, xs[i], alpha=-1.0))
         ctx.spec = spec
-        ctx.n_lists = (len(xs), len(zs), len(deltas), len(ts), len(hs), len(pres), len(hws), len(hss))
+        ctx.n_lists = (len(xs), len(zs), len(deltas), len(ts), len(hs), len(pres), len(hws), len(hss), len(raw))
         ctx.save_for_backward(q, c, c_end, g, g_end, b, b_end, e, theta_end, *weights,
                               *(anchor if spec.has_anchor else ()), *(mom or ()),
-                              *xs, *zs, *deltas, *ts, *hs, *pres, *hws, *hss)
+                              *xs, *zs, *deltas, *ts, *hs, *pres, *hws, *hss, *raw)
         return (y, *new_w, *new_s)
 
     @staticmethod
@@ -203,7 +204,7 @@ class _MLPChunk(torch.autograd.Function):
         for size in ctx.n_lists:
             lists.append(rest[:size])
             rest = rest[size:]
-        xs, zs, deltas, ts, hs, pres, hws, hss = lists
+        xs, zs, deltas, ts, hs, pres, hws, hss, raw = lists
         need = ctx.needs_input_grad
         act, derivs = ACTIVATION_DERIVS[spec.activation]
         d_new_w = dstate[:n]
@@ -254,7 +255,7 @@ class _MLPChunk(torch.autograd.Function):
                     d_h = d_h.add_(b_dr @ mom[i][:, r:])
                     if d_b is not None:
                         d_b += _rowdot(d_r_pre, hss[i])
-                scores = h @ x_r.mT                                           # H Xᵀ
+                scores = raw[i]                                               # H Xᵀ
                 d_p = d_r_pre @ dl_r.mT                                       # −∂P
                 _mm_into(d_delta[i][:, r:], (scores * c).mT, d_r_pre, alpha=-1.0)
                 if d_c is not None:
