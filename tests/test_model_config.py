@@ -102,3 +102,29 @@ def test_looped_depth_shares_weights_and_carries_state():
     a, st = looped(tokens[:, :7])
     b, _ = looped(tokens[:, 7:], st)
     torch.testing.assert_close(torch.cat([a, b], 1), whole, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["transformer", "hope"])
+def test_remat_gives_the_same_gradients_and_keeps_less(name):
+    """Activation checkpointing (``remat``) recomputes each block in the backward: same loss and
+    gradients, fewer bytes kept by autograd between forward and backward, same config hash."""
+    from nlsearch.bench.timing import SavedBytes
+    base = load_model_config(name).model_copy(update={"d_model": 32, "n_layers": 2})
+    tokens = torch.randint(0, 256, (2, 65), generator=torch.Generator().manual_seed(0))
+    results = []
+    for remat in (False, True):
+        cfg = base.model_copy(update={"remat": remat})
+        torch.manual_seed(0)
+        model = build_model(cfg).double()
+        saved = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+            logits, _ = model(tokens[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        grads = torch.autograd.grad(loss, list(model.parameters()))
+        results.append((loss, grads, saved.total, config_hash(cfg)))
+    (loss0, grads0, saved0, hash0), (loss1, grads1, saved1, hash1) = results
+    torch.testing.assert_close(loss1, loss0, atol=1e-12, rtol=1e-12)
+    for g0, g1 in zip(grads0, grads1):
+        torch.testing.assert_close(g1, g0, atol=1e-10, rtol=1e-10)
+    assert saved1 < saved0 / 2, (saved1, saved0)
+    assert hash1 == hash0

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+import torch
 from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 import nlsearch.layers  # noqa: F401  (registers the built-in mixers)
 import nlsearch.optim  # noqa: F401  (registers the built-in optimizers)
@@ -28,6 +30,8 @@ class ModelConfig(Strict):
     mlp: config_field(CHANNEL_MIXERS, "swiglu") = SwiGLUConfig()
     optimizer: config_field(OPTIMIZERS, "adamw") = AdamWConfig()
     tie_embeddings: bool = True
+    remat: bool = unhashed(False, "activation checkpointing: keep only each block's input for the backward "
+                                  "and recompute the block there (less memory, one more forward per step)")
 
     @model_validator(mode="after")
     def _fits(self) -> "ModelConfig":
@@ -84,7 +88,10 @@ class LM(nn.Module):
             if r and self.cfg.loop_inject:
                 x = x + emb
             for i, block in enumerate(self.blocks):
-                x, st = block(x, states[r * len(self.blocks) + i])
+                if self.cfg.remat and torch.is_grad_enabled():
+                    x, st = checkpoint(block, x, states[r * len(self.blocks) + i], use_reentrant=False)
+                else:
+                    x, st = block(x, states[r * len(self.blocks) + i])
                 new_states.append(st)
         return self.head(self.norm(x)), new_states
 
