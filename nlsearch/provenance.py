@@ -11,7 +11,7 @@ from typing import Dict
 
 import torch
 
-from nlsearch.runtime import allocator_tuned
+from nlsearch.runtime import allocator_tuned, compile_steps
 
 
 def _cpu_model() -> str:
@@ -60,4 +60,5 @@ def provenance(device: torch.device) -> Dict[str, str]:
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "allocator": "tuned" if allocator_tuned() else "default",
+        "compiled_steps": "on" if compile_steps() else "off",
     }

@@ -10,6 +10,12 @@ keeps its peak heap until it exits, which suits a training or benchmark process.
 
 Entry points call it (the CLI, :func:`nlsearch.train.loop.train`, the benchmarks); the environment
 variable ``NLSEARCH_MALLOC=default`` leaves the allocator alone.
+
+``NLSEARCH_COMPILE=1`` compiles the sequential step of the chunked layers (one mini-batch of an MLP
+memory, one chunk of the self-modifying layer) with ``torch.compile``: the step runs 32-256 times per
+sequence on small tensors, so fusing its elementwise work and dropping its per-op overhead pays, and
+its graph is small and compiled once per shape (:func:`step_function`). Off by default: compiling
+takes a minute or more per shape on a small CPU and needs a C++ compiler.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ _MMAP_THRESHOLD = 32 << 20          # glibc's maximum: blocks up to 32 MiB come 
 _TRIM_THRESHOLD = 1 << 30           # give memory back to the kernel only above 1 GiB of free top
 
 _state = {"done": False, "tuned": False}
+_compiled: dict = {}
 
 
 def tune_allocator() -> bool:
@@ -49,3 +56,19 @@ def tune_allocator() -> bool:
 def allocator_tuned() -> bool:
     """Whether :func:`tune_allocator` took effect in this process (for provenance records)."""
     return _state["tuned"]
+
+
+def compile_steps() -> bool:
+    """Whether ``NLSEARCH_COMPILE`` asks for compiled layer steps (any value but empty or ``0``)."""
+    return os.environ.get("NLSEARCH_COMPILE", "0") not in ("", "0")
+
+
+def step_function(fn):
+    """``fn`` itself, or with ``NLSEARCH_COMPILE=1`` ``torch.compile(fn, dynamic=False)``, made once per
+    process and function (layers pass their step's plain function, ``self`` as its first argument)."""
+    if not compile_steps():
+        return fn
+    if fn not in _compiled:
+        import torch
+        _compiled[fn] = torch.compile(fn, dynamic=False)
+    return _compiled[fn]

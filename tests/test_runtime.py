@@ -26,3 +26,36 @@ def test_tuned_once_on_glibc_and_recorded(fresh, monkeypatch):
     monkeypatch.setenv("NLSEARCH_MALLOC", "default")        # a second call does not re-read anything
     assert runtime.tune_allocator() is True
     assert provenance(torch.device("cpu"))["allocator"] == "tuned"
+
+
+def test_step_function_is_the_plain_function_unless_asked(monkeypatch):
+    def step(x):
+        return x + 1
+    monkeypatch.delenv("NLSEARCH_COMPILE", raising=False)
+    assert runtime.step_function(step) is step
+    monkeypatch.setenv("NLSEARCH_COMPILE", "0")
+    assert runtime.step_function(step) is step
+    import torch
+    assert provenance(torch.device("cpu"))["compiled_steps"] == "off"
+
+
+@pytest.mark.slow
+def test_compiled_steps_match_eager_hope(monkeypatch):
+    """NLSEARCH_COMPILE=1 (torch.compile of the self-modifying chunk and the MLP memory's mini-batch
+    step): same loss and gradients as eager, up to float32 reordering; compiled once, reused."""
+    import torch
+    from nlsearch.models import build_model, load_model_config
+    cfg = load_model_config("hope").model_copy(update={"d_model": 32})
+    tokens = torch.randint(0, 256, (2, 41), generator=torch.Generator().manual_seed(0))
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("NLSEARCH_COMPILE", flag)
+        torch.manual_seed(0)
+        model = build_model(cfg)
+        logits, _ = model(tokens[:, :-1])                    # 40 tokens: chunks of 16, then a tail of 8
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        out.append((loss, torch.autograd.grad(loss, list(model.parameters()))))
+    assert len(runtime._compiled) == 2
+    torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=1e-5)
+    for g0, g1 in zip(out[0][1], out[1][1]):
+        torch.testing.assert_close(g1, g0, atol=1e-4, rtol=1e-3)

@@ -61,6 +61,7 @@ from nlsearch.ops import MemoryState, mlp_forward, mlp_memory, mlp_memory_naive
 from nlsearch.ops.blocks import plan_segments
 from nlsearch.profile import Level
 from nlsearch.registry import MIXERS
+from nlsearch.runtime import step_function
 
 N_MEMORIES = 5                       # stacked along the head axis in this order: k, v, η, α, memory
 ETA, ALPHA = 0, 1                    # rows of the gate parameters
@@ -169,9 +170,9 @@ class SelfModLayer(nn.Module):
         mem, c = state.memory, self.cfg.chunk
         seg = plan_segments(t, mem.offset, c, c)
         lengths = [n for n in [seg.prefix] + [c] * seg.n_blocks + [seg.tail] if n]
-        ys = []
+        ys, step = [], step_function(SelfModLayer._chunk)
         for uc, qc in zip(u.split(lengths, dim=2), q.split(lengths, dim=2)):
-            y, mem = self._chunk(uc, qc, mem)
+            y, mem = step(self, uc, qc, mem)
             ys.append(y)
         y = torch.cat(ys, dim=2) if ys else q.new_zeros(q.shape)              # (B, H, T, Dh)
         y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)

@@ -18,6 +18,7 @@ from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_no
 from nlsearch.ops.mlp_chunk import ACTIVATION_DERIVS, ChunkSpec, mlp_chunk
 from nlsearch.ops.state import MemoryState
 from nlsearch.ops.validate import OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
+from nlsearch.runtime import step_function
 
 
 ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {name: fns[0] for name, fns in ACTIVATION_DERIVS.items()}
@@ -123,9 +124,9 @@ def mlp_memory(
     coefs = _chunk_coefficients(la, lt, eta, seg)
     chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from, alpha is not None)
     pieces = [x.split(lengths, dim=2) for x in (q, k, v)]      # split once: one concat in backward
-    ys = []
+    ys, step = [], step_function(_ChunkStep.__call__)
     for qc, kc, vc, co in zip(*pieces, coefs):
-        y, state = chunk_fn(qc, kc, vc, co, state, chunk)
+        y, state = step(chunk_fn, qc, kc, vc, co, state, chunk)
         ys.append(y)
     return (torch.cat(ys, dim=2) if ys else q.new_zeros(*q.shape[:-1], v.shape[-1])), state
 
