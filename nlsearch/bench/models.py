@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from nlsearch.bench.ops import pick_device
-from nlsearch.bench.timing import measure
+from nlsearch.bench.timing import measure_many
 from nlsearch.models import list_presets, load_model_config
 from nlsearch.provenance import provenance
 from nlsearch.runtime import tune_allocator
@@ -69,9 +69,12 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
         raise KeyError(f"unknown model presets {unknown}; known: {list_presets()}")
     rows: List[Dict] = []
     for t in cfg.lengths:
+        steps = {}
         for name in names:
             torch.manual_seed(0)
-            res = measure(make_train_step(name, cfg, t, device), device, repeats=cfg.repeats, budget_s=30.0)
+            steps[name] = make_train_step(name, cfg, t, device)
+        results = measure_many(steps, device, repeats=cfg.repeats, budget_s=30.0)   # presets in turn
+        for name, res in results.items():
             tokens = cfg.batch * t
             rows.append(dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,
                              seconds=res["seconds"], tokens_per_s=tokens / res["seconds"],

@@ -34,29 +34,45 @@ def measure(step: Callable[[], torch.Tensor], device: torch.device, *, repeats: 
             budget_s: float = 20.0) -> Dict[str, float]:
     """Run ``step`` (returns a scalar loss) forward+backward: median seconds over repeats (stopping
     early once ``budget_s`` is spent), plus memory (autograd-saved bytes; CUDA peak where present)."""
+    return measure_many({"step": step}, device, repeats=repeats, budget_s=budget_s)["step"]
+
+
+def _saved_bytes(step: Callable[[], torch.Tensor]) -> float:
+    """Warm-up run of ``step`` that also counts the bytes autograd saves (nan where hooks are refused)."""
     saved = SavedBytes()
     try:
         with torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-            step().backward()                                # warm-up, and the saved-bytes count
-        saved_bytes = float(saved.total)
+            step().backward()
+        return float(saved.total)
     except RuntimeError as err:                              # torch.func transforms refuse the hooks
         if "saved tensor hooks" not in str(err):
             raise
         step().backward()
-        saved_bytes = float("nan")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    times: List[float] = []
-    spent = 0.0
-    while len(times) < repeats and (spent < budget_s or not times):
-        _sync(device)
-        t0 = time.perf_counter()
-        step().backward()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-        spent += times[-1]
-    out = {"seconds": statistics.median(times), "repeats": len(times), "saved_bytes": saved_bytes}
-    out["peak_bytes"] = float(torch.cuda.max_memory_allocated(device) - base) if device.type == "cuda" \
-        else float("nan")
-    return out
+        return float("nan")
+
+
+def measure_many(steps: Dict[str, Callable[[], torch.Tensor]], device: torch.device, *, repeats: int = 5,
+                 budget_s: float = 20.0) -> Dict[str, Dict[str, float]]:
+    """:func:`measure` for several steps, timed round-robin (one run of each in turn, ``repeats``
+    rounds): a machine that slows down or speeds up during the benchmark shifts every step alike, so
+    ratios between them hold better than between steps timed one after another."""
+    saved = {name: _saved_bytes(step) for name, step in steps.items()}
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    peaks = {name: 0.0 for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if times[name] and sum(times[name]) >= budget_s:
+                continue
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            _sync(device)
+            t0 = time.perf_counter()
+            step().backward()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peaks[name] = max(peaks[name], float(torch.cuda.max_memory_allocated(device) - base))
+    return {name: {"seconds": statistics.median(times[name]), "repeats": len(times[name]),
+                   "saved_bytes": saved[name],
+                   "peak_bytes": peaks[name] if device.type == "cuda" else float("nan")} for name in steps}
