@@ -59,8 +59,8 @@ def allocator_tuned() -> bool:
 
 
 def compile_steps() -> bool:
-    """Whether ``NLSEARCH_COMPILE`` asks for compiled layer steps (any value but empty or ``0``)."""
-    return os.environ.get("NLSEARCH_COMPILE", "0") not in ("", "0")
+    """Whether ``NLSEARCH_COMPILE`` asks for compiled layer steps (``1``, ``true``, ``yes`` or ``on``)."""
+    return os.environ.get("NLSEARCH_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def step_function(fn):

@@ -38,26 +38,25 @@ def test_bench_models_unknown_preset_fails_cleanly(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_measure_many_times_the_steps_round_robin():
+def test_measure_many_times_the_steps_round_robin(monkeypatch):
     """Steps are timed in turn (a, b, a, b, ...), after one warm-up each that counts saved bytes; a
     step over its time budget is skipped in later rounds."""
-    import time
-
     import torch
 
-    from nlsearch.bench.timing import measure_many
-    calls = []
+    from nlsearch.bench import timing
+    calls, clock = [], [0.0]
 
-    def make(name, sleep):
-        def step():
+    def make(name, cost):
+        def step():                          # costs `cost` seconds of a fake clock: no real timing
             calls.append(name)
-            time.sleep(sleep)
+            clock[0] += cost
             w = torch.ones(3, requires_grad=True)
             return (w * w).sum()
         return step
 
-    res = measure_many({"a": make("a", 0.0), "b": make("b", 0.0), "slow": make("slow", 0.05)},
-                       torch.device("cpu"), repeats=3, budget_s=0.04)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
+    res = timing.measure_many({"a": make("a", 0.001), "b": make("b", 0.001), "slow": make("slow", 0.05)},
+                              torch.device("cpu"), repeats=3, budget_s=0.04)
     assert calls == ["a", "b", "slow"] + ["a", "b", "slow"] + ["a", "b"] * 2
     assert [res[n]["repeats"] for n in ("a", "b", "slow")] == [3, 3, 1]
     assert res["a"]["saved_bytes"] > 0 and res["slow"]["seconds"] >= 0.05

@@ -268,15 +268,19 @@ def test_mlp_gradients_match_across_pieces(objective, decay, momentum, read, rea
 @pytest.mark.parametrize("activation,residual,depth,objective", [("gelu", True, 3, "l2"), ("silu", False, 2, "l2"),
                                                                  ("gelu", False, 1, "l2"), ("silu", True, 3, "dot")])
 def test_mlp_gradients_match_across_depths(activation, residual, depth, objective):
-    """Depth 1 (no activation), 2 and 3 (two σ'' terms), both activations, with and without the residual."""
+    """Depth 1 (no activation), 2 and 3 (two σ'' terms), both activations, with and without the residual;
+    in two pieces, the first ending inside a mini-batch (the second starts apart from its anchor)."""
     inp = memory_inputs(t=19, decay=True, momentum=True, eta_max=0.2, requires_grad=True)
-    state = mlp_state(depth=depth, momentum=True, requires_grad=True)
-    leaves = [x for x in inp.values() if x is not None] + list(state.weights)
+    state0 = mlp_state(depth=depth, momentum=True, requires_grad=True)
+    leaves = [x for x in inp.values() if x is not None] + list(state0.weights)
     kw = dict(objective=objective, chunk=5, activation=activation, residual=residual)
     grads = []
     for fn in (mlp_memory_naive, mlp_memory):
-        y, s = _call(fn, inp, state, **kw)
-        grads.append(torch.autograd.grad(_mlp_loss(y, s), leaves))
+        state, loss = state0, 0.0
+        for a, b in ((0, 7), (7, 19)):
+            y, state = _call(fn, _cut(inp, a, b), state, **kw)
+            loss = loss + _mlp_loss(y, state)
+        grads.append(torch.autograd.grad(loss, leaves))
     for g1, g2 in zip(*grads):
         torch.testing.assert_close(g2, g1, atol=1e-8, rtol=1e-8)
 

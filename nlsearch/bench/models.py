@@ -40,7 +40,7 @@ class ModelsBenchConfig:
 
 def make_train_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.device) -> Callable:
     """One training step (forward, loss, backward, optimizer step) of preset ``name``; returns the loss
-    graph's root so :func:`measure` can time forward+backward, with the optimizer step folded in."""
+    graph's root so :func:`measure_many` can time forward+backward, with the optimizer step folded in."""
     mc = load_model_config(name).model_copy(update={"d_model": cfg.d_model, "n_layers": cfg.n_layers})
     model = mc.build().to(device)
     opt = mc.optimizer.build(model)

@@ -39,11 +39,6 @@ class BlockCoefficients:
     def gamma_b(self, rows: slice) -> "tuple[Tensor, Optional[Tensor]]":
         return self.log_gamma[..., rows].exp(), None if self.b is None else self.b[..., rows]
 
-    def scores(self, a: Tensor, keys: Tensor, rows) -> Tensor:
-        """``c_{t,s} (a_t · keys_s)`` for the rows ``t`` selected by ``rows`` (a slice or an index):
-        ``(..., len(rows), D) x (..., L, D) -> (..., len(rows), L)``."""
-        return (a @ (keys * self.eta[..., None]).mT).mul_(self.weights(rows))   # in place: a fresh product
-
     def weights(self, rows) -> Tensor:
         """``c_{t,s} / η_s`` for the rows ``t`` selected by ``rows``: ``R[rows]``, or without decay and
         momentum the causal mask itself as an ``(len(rows), L)`` float matrix."""

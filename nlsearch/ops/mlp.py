@@ -9,6 +9,7 @@ token of a mini-batch its own weights.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -52,7 +53,7 @@ def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activati
 def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual: bool) -> Tensor:
     """Evaluate the memory on inputs ``x (B, H, ..., D)`` with per-head weights ``(B, H, out, in)``."""
     act = ACTIVATIONS[activation]
-    rows = x.reshape(*x.shape[:2], -1, x.shape[-1])                        # (B, H, N, D)
+    rows = x.reshape(*x.shape[:2], math.prod(x.shape[2:-1]), x.shape[-1])  # (B, H, N, D), N may be 0
     h = rows
     for i, w in enumerate(weights):
         h = h @ w.mT
@@ -173,6 +174,9 @@ class _ChunkStep:
                          has_anchor=bool(state.offset), momentum=mom is not None)
         y, new_w, new_s = mlp_chunk(spec, q, k, v, c, co.row(length), g, g_end, b, b_end, e, theta_end,
                                     weights, state.anchor if state.offset else None, mom)
+        y = y.to(q.dtype)                                      # float32 under CUDA autocast: back to the input's
+        new_w = tuple(w.to(old.dtype) for w, old in zip(new_w, weights))
+        new_s = None if new_s is None else tuple(s.to(old.dtype) for s, old in zip(new_s, mom))
         anchor = state.anchor if state.offset else weights
         offset = state.offset + length
         if offset >= chunk:

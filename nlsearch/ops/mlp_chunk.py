@@ -91,7 +91,7 @@ def _frob(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _scaled(w: Tensor, scale: Optional[Tensor]) -> Tensor:
-    """A fresh contiguous ``scale ⊙ w`` (``scale`` per batch and head; ``None``: a copy of ``w``)."""
+    """A fresh ``scale ⊙ w`` (``scale`` per batch and head; ``None``: a contiguous copy of ``w``)."""
     return w * scale[..., None, None] if scale is not None else w.clone(memory_format=torch.contiguous_format)
 
 
