@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from nlsearch.bench.timing import measure
+from nlsearch.bench.timing import measure_many
 from nlsearch.ops import PRESETS, MemoryState, apply_memory, causal_attention
 from nlsearch.provenance import provenance
 from nlsearch.runtime import tune_allocator
@@ -83,6 +83,7 @@ def run_ops_bench(cfg: OpsBenchConfig, log: Optional[Callable[[str], None]] = No
     cases = [("sdpa", "fast")] + [(r, i) for r in cfg.rules for i in cfg.impls]
     last: Dict[tuple, tuple] = {}
     for t in sorted(cfg.lengths):
+        steps = {}
         for name, impl in cases:
             prev = last.get((name, impl))
             grow = (t / prev[0]) ** (2 if name == "sdpa" else 1) if prev else 1.0
@@ -91,8 +92,10 @@ def run_ops_bench(cfg: OpsBenchConfig, log: Optional[Callable[[str], None]] = No
                     log(f"skip {name}/{impl} T={t}: predicted {prev[1] * grow:.0f}s > {cfg.max_seconds:.0f}s")
                 continue
             torch.manual_seed(0)
-            res = measure(make_step(name, impl, cfg, t, device), device, repeats=cfg.repeats,
-                          budget_s=min(cfg.max_seconds, 20.0))
+            steps[(name, impl)] = make_step(name, impl, cfg, t, device)
+        # the forms of one length in turn: a drifting machine shifts fast and naive alike
+        results = measure_many(steps, device, repeats=cfg.repeats, budget_s=min(cfg.max_seconds, 20.0))
+        for (name, impl), res in results.items():
             last[(name, impl)] = (t, res["seconds"])
             tokens = cfg.batch * t
             rows.append(dict(rule=name, impl=impl, T=t, B=cfg.batch, H=cfg.heads, D=cfg.head_dim,

@@ -30,13 +30,6 @@ class SavedBytes:
         return sum(self.storages.values())
 
 
-def measure(step: Callable[[], torch.Tensor], device: torch.device, *, repeats: int = 5,
-            budget_s: float = 20.0) -> Dict[str, float]:
-    """Run ``step`` (returns a scalar loss) forward+backward: median seconds over repeats (stopping
-    early once ``budget_s`` is spent), plus memory (autograd-saved bytes; CUDA peak where present)."""
-    return measure_many({"step": step}, device, repeats=repeats, budget_s=budget_s)["step"]
-
-
 def _saved_bytes(step: Callable[[], torch.Tensor]) -> float:
     """Warm-up run of ``step`` that also counts the bytes autograd saves (nan where hooks are refused)."""
     saved = SavedBytes()
@@ -53,9 +46,11 @@ def _saved_bytes(step: Callable[[], torch.Tensor]) -> float:
 
 def measure_many(steps: Dict[str, Callable[[], torch.Tensor]], device: torch.device, *, repeats: int = 5,
                  budget_s: float = 20.0) -> Dict[str, Dict[str, float]]:
-    """:func:`measure` for several steps, timed round-robin (one run of each in turn, ``repeats``
-    rounds): a machine that slows down or speeds up during the benchmark shifts every step alike, so
-    ratios between them hold better than between steps timed one after another."""
+    """Run each step (returns a scalar loss) forward+backward: per step, the median seconds over up to
+    ``repeats`` runs (fewer once the step has spent ``budget_s``) and its memory (autograd-saved
+    bytes; CUDA peak where present). The steps are timed round-robin, one run of each in turn: a
+    machine that slows down or speeds up during the benchmark shifts every step alike, so ratios
+    between them hold better than between steps timed one after another."""
     saved = {name: _saved_bytes(step) for name, step in steps.items()}
     times: Dict[str, List[float]] = {name: [] for name in steps}
     peaks = {name: 0.0 for name in steps}
