@@ -1,5 +1,6 @@
 """The benchmark command runs end to end at a tiny size and writes its tables (no timing asserted)."""
 import pandas as pd
+import pytest
 
 from nlsearch.cli import main
 
@@ -40,7 +41,8 @@ def test_bench_models_unknown_preset_fails_cleanly(tmp_path):
 
 def test_measure_many_times_the_steps_round_robin(monkeypatch):
     """Steps are timed in turn (a, b, a, b, ...), after one warm-up each that counts saved bytes; a
-    step over its time budget is skipped in later rounds."""
+    step over its time budget is skipped in later rounds; a quick step runs untimed before each timed
+    run."""
     import torch
 
     from nlsearch.bench import timing
@@ -55,8 +57,15 @@ def test_measure_many_times_the_steps_round_robin(monkeypatch):
         return step
 
     monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
-    res = timing.measure_many({"a": make("a", 0.001), "b": make("b", 0.001), "slow": make("slow", 0.05)},
-                              torch.device("cpu"), repeats=3, budget_s=0.04)
+    steps = {"a": make("a", 0.001), "b": make("b", 0.001), "slow": make("slow", 0.05)}
+    monkeypatch.setattr(timing, "REWARM_BELOW_S", 0.0)
+    res = timing.measure_many(steps, torch.device("cpu"), repeats=3, budget_s=0.04)
     assert calls == ["a", "b", "slow"] + ["a", "b", "slow"] + ["a", "b"] * 2
     assert [res[n]["repeats"] for n in ("a", "b", "slow")] == [3, 3, 1]
     assert res["a"]["saved_bytes"] > 0 and res["slow"]["seconds"] >= 0.05
+    monkeypatch.setattr(timing, "REWARM_BELOW_S", 0.01)     # a and b run untimed before each timed run
+    calls.clear()
+    res = timing.measure_many(steps, torch.device("cpu"), repeats=3, budget_s=0.04)
+    assert calls == ["a", "b", "slow"] + ["a", "a", "b", "b", "slow"] + ["a", "a", "b", "b"] * 2
+    assert [res[n]["repeats"] for n in ("a", "b", "slow")] == [3, 3, 1]
+    assert res["a"]["seconds"] == pytest.approx(0.001)      # the untimed run is not in the time

@@ -8,6 +8,9 @@ from typing import Callable, Dict, List
 import torch
 
 
+REWARM_BELOW_S = 0.5      # steps faster than this run once untimed before each timed run
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -50,14 +53,22 @@ def measure_many(steps: Dict[str, Callable[[], torch.Tensor]], device: torch.dev
     ``repeats`` runs (fewer once the step has spent ``budget_s``) and its memory (autograd-saved
     bytes; CUDA peak where present). The steps are timed round-robin, one run of each in turn: a
     machine that slows down or speeds up during the benchmark shifts every step alike, so ratios
-    between them hold better than between steps timed one after another."""
-    saved = {name: _saved_bytes(step) for name, step in steps.items()}
+    between them hold better than between steps timed one after another. A step faster than
+    ``REWARM_BELOW_S`` runs once untimed before each timed run, so it is not timed on caches that
+    another step just filled."""
+    saved, warm_s = {}, {}
+    for name, step in steps.items():
+        t0 = time.perf_counter()
+        saved[name] = _saved_bytes(step)
+        warm_s[name] = time.perf_counter() - t0
     times: Dict[str, List[float]] = {name: [] for name in steps}
     peaks = {name: 0.0 for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
             if times[name] and sum(times[name]) >= budget_s:
                 continue
+            if warm_s[name] < REWARM_BELOW_S:    # as in a training loop, the timed run follows a run of
+                step().backward()                # the same step, not another step's (cold) caches
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
