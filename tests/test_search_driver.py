@@ -138,11 +138,19 @@ def test_resume_refuses_a_space_that_changed_what_it_measures(tmp_path):
         _search(tmp_path, trials=2, seeds=[1])
 
 
+def _default_sigint() -> None:
+    """In the child, before exec: SIGINT unblocked and at its default, as a terminal's Ctrl-C finds a
+    program, whatever an earlier test left in the pytest process (a child inherits an ignored or
+    blocked SIGINT, and Python then never raises KeyboardInterrupt)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cli(space: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     return subprocess.Popen([sys.executable, "-m", "nlsearch.cli", "search", str(space), "--out", str(out),
                              "--workers", "1", "--quiet", "--no-plots"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_checkpoint(out: Path, trial: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -167,7 +175,7 @@ def test_stopped_search_resumes_without_losing_or_rerunning_a_finished_trial(tmp
     proc.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGINT)
     proc.wait(timeout=60)
     if how == "Ctrl-C":
-        assert proc.returncode == 130
+        assert proc.returncode == 130, proc.stdout.read()
     before = {t.number: t.values for t in _load(out, "resume").trials if t.state == TrialState.COMPLETE}
     assert 0 in before
     record0 = out / "trials" / "0000" / "recall_small" / "seed0" / "record.json"

@@ -206,7 +206,7 @@ class _MLPChunk(torch.autograd.Function):
             rest = rest[size:]
         xs, zs, deltas, ts, hs, pres, hws, hss, raw = lists
         need = ctx.needs_input_grad
-        act, derivs = ACTIVATION_DERIVS[spec.activation]
+        derivs = ACTIVATION_DERIVS[spec.activation][1]
         d_new_w = dstate[:n]
         d_new_s = dstate[n:] if spec.momentum else (None,) * n
 
