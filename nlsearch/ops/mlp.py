@@ -180,6 +180,6 @@ class _ChunkStep:
         anchor = state.anchor if state.offset else weights
         offset = state.offset + length
         if offset >= chunk:
-            return y, MemoryState(tuple(new_w), new_s)
+            return y, MemoryState(new_w, new_s)
         decay = co.log_gamma[..., -1].exp() * (state.anchor_decay if state.offset else 1.0)
-        return y, MemoryState(tuple(new_w), new_s, tuple(anchor), decay, offset)
+        return y, MemoryState(new_w, new_s, tuple(anchor), decay, offset)

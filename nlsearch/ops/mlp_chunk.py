@@ -292,9 +292,12 @@ class _MLPChunk(torch.autograd.Function):
                 d_theta_end += _frob(mom[i], d_new_s[i])
 
         # Δ_{i} = (Δ_{i+1} A_{i+1}) ⊙ σ'(Z_i), from the first layer up
+        # (σ'(Z_i) is taken once here and reused by the forward chain below)
         d_z: List[Optional[Tensor]] = [None] * n
+        sps: List[Tensor] = []
         for i in range(n - 1):
             sp, spp = derivs(zs[i], True)
+            sps.append(sp)
             d_z[i] = d_delta[i] * ts[i] * spp
             d_t = d_delta[i] * sp
             _mm_into(d_delta[i + 1], d_t, anchor[i + 1].mT)
@@ -309,9 +312,7 @@ class _MLPChunk(torch.autograd.Function):
                 a_pairs[i].append((dz, xs[i]))
                 _mm_into(d_x[i], dz, anchor[i])
             if i > 0:
-                dz = d_x[i] * derivs(zs[i - 1], False)[0]
-                if d_z[i - 1] is not None:
-                    dz = dz.add_(d_z[i - 1])
+                dz = (d_x[i] * sps[i - 1]).add_(d_z[i - 1])
         d_a = [_outer_sum(None, pairs, a) for pairs, a in zip(a_pairs, anchor)] if spec.has_anchor else None
         for i in range(n):
             _outer_sum(d_w[i], w_pairs[i])
