@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import reprlib
 from pathlib import Path
 from typing import Any, Type, TypeVar, Union
 
@@ -22,11 +23,23 @@ class ConfigError(ValueError):
     """A config that does not validate: names the source (file) and each bad key path."""
 
 
+SHOWN_INPUT_CHARS = 200                # a bad value is quoted in errors up to about this length
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxstring, _SHORT_REPR.maxother = 3, 80, 80
+_SHORT_REPR.maxlist = _SHORT_REPR.maxtuple = _SHORT_REPR.maxdict = _SHORT_REPR.maxset = 8
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)`` abbreviated without walking all of it (a nested value can be huge)."""
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= SHOWN_INPUT_CHARS else text[:SHOWN_INPUT_CHARS] + "..."
+
+
 def _format(err: ValidationError, source: str) -> str:
     lines = [f"invalid config in {source}:"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {path}: {e['msg']} (got {e.get('input')!r})")
+        lines.append(f"  {path}: {e['msg']} (got {_shown(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -37,13 +50,32 @@ def parse_config(cls: Type[C], data: Any, source: str = "<config>") -> C:
         raise ConfigError(_format(err, source)) from None
 
 
-def read_yaml_mapping(path: Union[str, Path]) -> dict:
-    """The mapping in a YAML (or JSON) file, read with safe parsing only: nothing is executed."""
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe YAML that also refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
+    gigabytes ("billion laughs"), so files from outside (submissions, result files) may not use them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, f"an alias (*{event.anchor}) is not accepted here: "
+                                              "write the value out", event.start_mark)
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: Union[str, bytes], aliases: bool = True) -> Any:
+    """Plain data from YAML/JSON text: no tags, nothing constructed or executed; ``aliases=False`` for
+    untrusted files."""
+    return yaml.load(text, Loader=yaml.SafeLoader if aliases else _NoAliasLoader)
+
+
+def read_yaml_mapping(path: Union[str, Path], aliases: bool = True) -> dict:
+    """The mapping in a YAML (or JSON) file, read with safe parsing only: nothing is executed
+    (``aliases=False``: files from outside, see :class:`_NoAliasLoader`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_yaml(path.read_text(), aliases)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):

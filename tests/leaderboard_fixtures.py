@@ -63,10 +63,11 @@ def task_result(task: str, values: Sequence[Optional[float]], higher_is_better: 
 
 
 def make_entry(name: str, tasks: Dict[str, TaskResult], protocol: str = "test@1", budget: str = "tiny@1",
-               state_size: int = 1000, depth: int = 3, protocol_sha256: str = "p" * 64) -> Entry:
+               state_size: int = 1000, depth: int = 3, protocol_sha256: str = "p" * 64,
+               kind: str = "submission") -> Entry:
     """A synthetic entry (no training), its config hash derived from ``name``."""
     sha = hashlib.sha256(name.encode()).hexdigest()
-    return Entry(id=entry_id(protocol, budget, sha, name), name=name, author="tester", kind="submission",
+    return Entry(id=entry_id(protocol, budget, sha, name), name=name, author="tester", kind=kind,
                  created="2025-01-01T00:00:00+00:00", protocol=protocol, protocol_sha256=protocol_sha256,
                  budget=budget, budget_sha256="b" * 64, config={"name": name}, config_sha256=sha, source_file=None,
                  source_sha256=None, plugins={}, params=1000 + len(name), params_non_embedding=500,

@@ -4,6 +4,7 @@ show). Without Chromium the browser test skips, except where NLSEARCH_REQUIRE_BR
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 import pytest
@@ -13,7 +14,7 @@ from nlsearch.leaderboard.render import render
 from nlsearch.leaderboard.store import Store
 from leaderboard_fixtures import make_entry, task_result
 
-EVIL = "<script>alert(1)</script>|x"
+EVIL = "<script>alert(1)</script>|x $\\nosuchmacro$ ![i](https://evil.example/i.png)\n# [click](https://evil.example)"
 
 
 def _entries():
@@ -48,7 +49,9 @@ def test_readme_has_the_table_and_links_every_plot(rendered):
     text = readme.read_text()
     assert "## test@1, budget tiny@1" in text and "| 1 | alpha |" in text
     assert "0.9000 ± 0.0000" in text and "1.5000 ± 0.1000" in text and "l@1 bits_per_byte ↓" in text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;\\|x" in text and "<script>" not in text
+    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt;\\|x" in text and "<script>" not in text
+    assert "](https://evil" not in text and "\n# " not in text             # no link, image or heading made
+    assert "\\!\\[i\\]\\(https://evil.example/i.png\\) \\# \\[click\\]" in text
     svgs = sorted(p.name for p in (root / "plots").glob("*.svg"))
     assert len(svgs) == 4 and all(f"(plots/{name})" in text for name in svgs)
 
@@ -57,7 +60,7 @@ def test_the_page_escapes_entry_strings_and_renders_the_same_twice(rendered):
     root, _, page = rendered
     html = page.read_text()
     assert html.count("<script>") == 1 and "&lt;script&gt;alert(1)&lt;/script&gt;|x" in html
-    assert html.count("<figure class=\"plot\"") == 4 and "http" not in html.split("<svg")[0]
+    assert html.count("<figure class=\"plot\"") == 4 and not re.search(r"(src|href)=[\"']?https?:", html.split("<svg")[0])
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file() and p.suffix in (".md", ".html", ".svg")}
     render(root)
     assert {p: p.read_bytes() for p in before} == before
@@ -127,14 +130,14 @@ def test_the_page_in_headless_chromium(rendered, browser):
     browser.get(page.as_uri())
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
-    assert _column(browser, "name") == ["alpha", EVIL, "beta"]                      # by rank
+    assert _column(browser, "name") == ["alpha", " ".join(EVIL.split()), "beta"]                      # by rank
     _click(browser, "params")
     params = [int(x.replace(",", "")) for x in _column(browser, "params")]
     assert params == sorted(params) and len(set(params)) == 3
     _click(browser, "params")
     assert [int(x.replace(",", "")) for x in _column(browser, "params")] == sorted(params, reverse=True)
     _click(browser, "l@1 bits_per_byte ↓")
-    assert _column(browser, "name") == ["alpha", EVIL, "beta"]
+    assert _column(browser, "name") == ["alpha", " ".join(EVIL.split()), "beta"]
     _click(browser, "state")
     assert _column(browser, "state") == ["64", "512", "4,096"]
     sizes = browser.execute_script(

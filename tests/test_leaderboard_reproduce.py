@@ -13,7 +13,7 @@ from nlsearch.cli import main
 from nlsearch.leaderboard.claims import Claim, judge
 from nlsearch.leaderboard.protocol import load_protocol
 from nlsearch.leaderboard.scoring import score_model
-from nlsearch.leaderboard.store import Store
+from nlsearch.leaderboard.store import LeaderboardError, Store
 from leaderboard_fixtures import make_entry, task_result, write_protocol
 from train_fixtures import TINY_MEMORY, TINY_MODEL
 
@@ -33,7 +33,10 @@ def synthetic(tmp_path):
             "tiny_recall@1": task_result("tiny_recall@1", [acc] * 3),
             "tiny_lm@1": task_result("tiny_lm@1", [bpb] * 3, False, "lm", "bits_per_byte"),
             "tiny_needle@1": task_result("tiny_needle@1", [None] * 3, kind="longctx",
-                                         per_length={160: [needle[0]] * 3, 320: [needle[1]] * 3})}))
+                                         per_length={160: [needle[0]] * 3, 320: [needle[1]] * 3})},
+            kind="baseline"))
+    # a submission named like a baseline (its numbers may be claimed): never used for a claim
+    entries.append(make_entry("mamba", {"tiny_recall@1": task_result("tiny_recall@1", [0.99] * 3)}))
     return protocol, entries
 
 
@@ -162,3 +165,22 @@ def test_ray_runs_give_the_serial_numbers(reproduced, tmp_path):
         ray.shutdown()
     assert [s.metrics for s in got["tiny_recall@1"].seeds] == [s.metrics for s in ref.tasks["tiny_recall@1"].seeds]
     assert all(s.run.run_dir.startswith(str(tmp_path)) for s in got["tiny_recall@1"].seeds)
+
+
+def test_a_submission_of_a_baselines_config_is_not_taken_as_that_baseline(reproduced, tmp_path):
+    from nlsearch.leaderboard.entry import entry_id
+    from nlsearch.leaderboard.reproduce import add_baseline
+    from nlsearch.leaderboard.submit import load_submission
+    root, protocol, _ = reproduced
+    track = protocol.load_budget("tiny")
+    spec = str(root / "transformer.yaml")
+    sha = load_submission(spec, protocol).sha256
+    store = Store(tmp_path / "lb")
+    submitted = make_entry("my-transformer", {}, protocol=protocol.ref, budget=track.ref,
+                           protocol_sha256=protocol.sha256())
+    submitted = submitted.model_copy(update={"config_sha256": sha, "budget_sha256": track.sha256(),
+                                             "id": entry_id(protocol.ref, track.ref, sha, "my-transformer")})
+    store.add(submitted)
+    with pytest.raises(LeaderboardError, match="as submission 'my-transformer'.*not as a baseline"):
+        add_baseline(spec, protocol, track, store, tmp_path / "runs", 1, None, lambda m: None)
+    assert not (tmp_path / "runs").exists() and [e.name for e in store.entries()] == ["my-transformer"]

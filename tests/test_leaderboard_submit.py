@@ -82,6 +82,20 @@ def test_a_duplicate_is_refused_before_training_and_points_at_the_entry(board, m
     assert _snapshot(root / "lb") == before
 
 
+@pytest.mark.parametrize("name, author, flag", [
+    ("", "tester", "--name"), ("  ", "tester", "--name"), ("$\\nosuchmacro$", "tester", "--name"),
+    ("ok", "[click](https://x)", "--author"), ("a\n# heading", "tester", "--name"), ("x" * 65, "t", "--name")])
+def test_names_and_authors_are_plain_text_or_refused(board, tmp_path, monkeypatch, name, author, flag):
+    root, protocol, _, _, _ = board
+    import nlsearch.leaderboard.submit as submit_module
+
+    monkeypatch.setattr(submit_module, "score_model", lambda *a, **k: pytest.fail("trained a refused entry"))
+    before = _snapshot(root / "lb")
+    with pytest.raises(LeaderboardError, match=f"{flag} .* must be 1-64 letters"):
+        submit(TINY_MEMORY, name, author=author, protocol=protocol, root=root / "lb", runs_dir=tmp_path / "runs")
+    assert _snapshot(root / "lb") == before
+
+
 @pytest.mark.parametrize("text, match", [
     ("d_model: 32\nmixer: {kind: attention, n_heads: 2, colour: red}\n", r"mixer\.colour"),
     ("d_model: 30\nmixer: {kind: attention, n_heads: 4}\n", r"mixer"),

@@ -134,3 +134,39 @@ def test_a_plugin_mixer_is_scored_and_its_origin_recorded(tmp_path, site, protoc
     assert [s.status for s in result.seeds] == ["completed"] * 3
     assert entry.state_size == 32                                 # the plugin's own state_size, one layer
     assert read_record(result.seeds[0].run.run_dir).config["mixer"] == {"kind": "shift"}
+
+
+def _laughs(depth: int) -> str:
+    """YAML whose aliases expand 10x per level: ``depth`` 9 would be about a billion strings."""
+    lines = ['a0: &a0 "lol"']
+    for i in range(1, depth + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_aliases_are_refused_in_submissions_and_result_files(tmp_path, protocol):
+    path = _config(tmp_path, yaml.safe_dump(TINY_MODEL) + _laughs(9))
+    with pytest.raises(ConfigError, match=r"alias \(\*a0\) is not accepted") as err:
+        load_submission(path, protocol)
+    assert str(path) in str(err.value)
+    results = tmp_path / "results.yaml"
+    results.write_text("protocol: x\nbudget: &b cpu@3\nconfig_sha256: *b\ntasks: {}\n")
+    from nlsearch.leaderboard.verify import load_results_file
+    with pytest.raises(ConfigError, match="alias"):
+        load_results_file(results, protocol, "cpu@3", "0" * 64, str(path))
+
+
+def test_a_huge_bad_value_is_quoted_short():
+    from nlsearch.config import SHOWN_INPUT_CHARS, parse_config
+    from nlsearch.models import ModelConfig
+    with pytest.raises(ConfigError) as err:
+        parse_config(ModelConfig, {**TINY_MODEL, "unknown_key": ["lol"] * 100_000}, "big.yaml")
+    text = str(err.value)
+    assert "unknown_key" in text and "big.yaml" in text and "['lol', 'lol'," in text and "..." in text
+    assert len(text) < 2 * SHOWN_INPUT_CHARS
+    nested = "lol"
+    for _ in range(30):                       # what 30 levels of aliases build: each level 10 references
+        nested = [nested] * 10
+    with pytest.raises(ConfigError) as err:   # quoted without expanding 10**30 strings
+        parse_config(ModelConfig, {**TINY_MODEL, "bomb": nested}, "bomb.yaml")
+    assert "bomb" in str(err.value) and len(str(err.value)) < 2 * SHOWN_INPUT_CHARS

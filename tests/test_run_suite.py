@@ -107,6 +107,19 @@ def test_a_new_budget_version_reuses_the_runs_of_the_kinds_it_did_not_change(don
     assert not v1.trains_like(v1.model_copy(update={"warmup": 0.2}), "recall")   # shared settings count
 
 
+def test_a_folder_holding_another_run_is_never_reused(done, monkeypatch, tmp_path):
+    _, tasks, shared, frame, _ = done
+    import shutil
+
+    out = shutil.copytree(shared, tmp_path / "suite")
+    monkeypatch.setattr(suite, "train", lambda *a, **k: pytest.fail("trained over another run's folder"))
+    edited = tiny_budget(**{**BUDGET, "eval_size": 4})                # same name@version, other content
+    again = run_suite([TINY_MODEL], ["tiny_recall"], edited, [0], out, tasks_dir=tasks)
+    (row,) = again[again.preset != "bigram"].itertuples()
+    assert not row.reused and math.isnan(row.value)
+    assert row.status.startswith("failed: ValueError: run directory") and "budget_sha256" in row.status
+
+
 def test_a_failing_run_is_recorded_and_the_suite_goes_on(done, monkeypatch, tmp_path):
     _, tasks, _, _, _ = done
     real = suite.train

@@ -94,6 +94,21 @@ def test_reporter_stop_makes_a_pruned_outcome(tmp_path):
     assert run_trial(job, lambda step, value: False).status == "complete"   # resumes from the checkpoint
 
 
+def test_a_trial_folder_holding_another_models_run_is_not_reused(tmp_path):
+    space = tiny_space()
+
+    def job(d_model: int) -> TrialJob:
+        cfg = load_model_config({"d_model": d_model, "n_layers": 1, "mixer": {"kind": "attention", "n_heads": 2}})
+        return TrialJob(number=0, config=cfg.model_dump(mode="json"), tasks=["recall_small"], budget=space["budget"],
+                        seeds=[0], run_dir=str(tmp_path / "t0"), prune_task="recall_small",
+                        prune_metric="accuracy", threads=1)
+
+    first = run_trial(job(32))
+    assert first.status == "complete" and run_trial(job(32)).metrics == first.metrics      # its own run: reused
+    other = run_trial(job(48))                     # another study's trial 0 in the same folder
+    assert other.status == "failed" and "holds a finished run of something else (config_sha256" in other.reason
+
+
 def test_a_diverging_trial_is_failed_with_its_reason_and_the_search_goes_on(tmp_path, monkeypatch):
     import nlsearch.search.trial as trial_mod
 
@@ -128,6 +143,14 @@ def test_multi_objective_search_writes_the_pareto_front(tmp_path):
     pareto = pd.read_parquet(out / "pareto.parquet")
     assert set(pareto.number) == {t.number for t in study.best_trials}
     assert (out / "pareto.png").is_file()
+
+
+def test_a_resumed_search_draws_new_candidates(tmp_path):
+    _search(tmp_path, trials=2)
+    study, _, _ = _search(tmp_path, trials=4)
+    params = [t.params for t in study.trials]
+    assert len(params) == 4
+    assert params[2] not in params[:2] and params[3] not in params[:2], params   # a sampler seeded afresh repeats them
 
 
 def test_resume_refuses_a_space_that_changed_what_it_measures(tmp_path):
@@ -193,3 +216,17 @@ def test_stopped_search_resumes_without_losing_or_rerunning_a_finished_trial(tmp
     assert len(retry) == 1 and retry[0].params == requeued[0].params
     assert retry[0].user_attrs["run_dir"] == requeued[0].user_attrs["run_dir"]   # resumed its checkpoints
     assert (out / JOURNAL).is_file()
+
+
+@pytest.mark.parametrize("trials", ["0", "-1", "two"])
+def test_cli_refuses_a_bad_trial_count_before_writing(tmp_path, capsys, trials):
+    from nlsearch.cli import main
+    space = write_space(tmp_path, tiny_space())
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as err:
+        main(["search", str(space), "--out", str(out), "--trials", trials, "--quiet"])
+    assert err.value.code == 2 and f"--trials must be a positive integer, got {trials!r}" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(ValueError, match="trials must be a positive integer"):
+        run_search(space, out=out, trials=0, log=lambda m: None)
+    assert not out.exists()

@@ -78,10 +78,12 @@ class _Untestable(Exception):
 
 
 class _Lookup:
-    """Means by (model, role) from the entries of one track, in 'higher is better' orientation."""
+    """Means by (model, role) from the baseline entries of one track (``nlsearch reproduce`` measured
+    every seed of them; a submission, whose numbers may be partly claimed, never stands in for a
+    baseline whatever its name), in 'higher is better' orientation."""
 
     def __init__(self, entries: List[Entry], protocol: Protocol, length: str):
-        self.by_name = {e.name: e for e in entries}
+        self.by_name = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
         self.roles = protocol.by_role()
         self.length = length
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
@@ -91,7 +93,7 @@ class _Lookup:
             raise _Untestable(f"the protocol has no {role!r} task")
         entry = self.by_name.get(model)
         if entry is None:
-            raise _Untestable(f"no entry named {model!r} on this track")
+            raise _Untestable(f"no baseline entry named {model!r} on this track")
         result = entry.tasks[self.roles[role].task]
         metric = result.metric
         if self.length == "longest":

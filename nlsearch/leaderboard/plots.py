@@ -22,6 +22,11 @@ TITLES = {"state": "recall accuracy vs state size", "length": "long-context accu
           "continual": "continual learning: ACC vs BWT", "depth": "nesting depth vs LM quality"}
 
 
+def _literal(text: str) -> str:
+    """``text`` shown as it is in a legend (matplotlib reads ``$...$`` as math)."""
+    return text.replace("$", r"\$")
+
+
 def _figure():
     import matplotlib
     matplotlib.use("Agg")
@@ -50,7 +55,7 @@ def _empty(ax, what: str) -> None:
 
 
 def _label(ax, x: float, y: float, name: str) -> None:
-    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, parse_math=False)
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
@@ -74,7 +79,7 @@ def _length(ax, rows: pd.DataFrame) -> None:
         points = {int(k): v for k, v in json.loads(r.per_length).items() if v is not None and not math.isnan(v)}
         if points:
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=f"{r.name} ({r.task.split('@')[0]})")
+            ax.plot(xs, [points[x] for x in xs], marker="o", label=_literal(f"{r.name} ({r.task.split('@')[0]})"))
             lines += 1
     if not lines:
         return _empty(ax, "long-context")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -94,8 +95,13 @@ def _plot_name(protocol: str, budget: str, plot: str) -> str:
     return f"{protocol}_{budget}_{plot}.svg".replace("@", "v")
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]()#!|~])")
+
+
 def _escape_md(text: str) -> str:
-    return html.escape(str(text)).replace("|", "\\|")
+    """Plain text in a Markdown table cell: one line, HTML escaped, Markdown syntax backslash-escaped
+    (no heading, link, image or emphasis can come out of an entry's name)."""
+    return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
 
 
 def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str, Path, None] = None

@@ -45,8 +45,13 @@ def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs
     sub = load_submission(spec, protocol)
     existing = store.find(sub.sha256, protocol.ref, budget.ref)
     if existing is not None:
+        entry = read_entry(existing)
+        if entry.kind != "baseline" or entry.verification is not None:
+            raise LeaderboardError(f"its config is on this track as {entry.kind} {entry.name!r} ({existing}), "
+                                   f"not as a baseline the leaderboard measured in full: remove that entry to "
+                                   f"reproduce this baseline")
         log(f"{name}: already on the leaderboard ({existing})")
-        return read_entry(existing).id
+        return entry.id
     tasks = score_model(sub.data, protocol, budget, runs_dir, workers=workers, address=address, log=log)
     entry = build_entry(sub, name, AUTHOR, "baseline", protocol, budget, tasks)
     path = store.add(entry)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from nlsearch.config import ConfigError, canonical_json, config_hash, parse_config
+from nlsearch.config import ConfigError, canonical_json, config_hash, parse_config, safe_yaml
 from nlsearch.leaderboard.entry import Entry, TaskResult, Verification, entry_id
 from nlsearch.leaderboard.plugins import resolve_plugins
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
@@ -31,6 +32,7 @@ from nlsearch.leaderboard.store import DEFAULT_ROOT, DuplicateEntryError, Leader
 from nlsearch.leaderboard.verify import check_claims, load_results_file, merge_claims, pick_seeds
 
 DEFAULT_RUNS = Path("results/runs/leaderboard")
+DISPLAY_TEXT = re.compile(r"[^\W_][\w .()+,-]{0,63}")      # entry names and authors: plain text on the page
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ class Submission:
 
 def _safe_mapping(path: Path) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_bytes())
+        data = safe_yaml(path.read_bytes(), aliases=False)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML/JSON (only plain data is accepted, no tags): "
+        raise ConfigError(f"{path}: not valid YAML/JSON (only plain data is accepted, no tags, no aliases): "
                           f"{' '.join(str(err).split())}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a model config mapping at the top level, got {type(data).__name__}")
@@ -135,8 +137,10 @@ def submit(config: Union[str, Path, Dict[str, Any]], name: str, *, author: str =
     """Scores ``config`` under the protocol and adds it to the leaderboard at ``root``; returns the
     entry and its file. Raises ConfigError, ProtocolError, LeaderboardError (DuplicateEntryError,
     VerificationError) or FileNotFoundError with the leaderboard unchanged."""
-    if not name or not name.strip():
-        raise LeaderboardError("--name must not be empty")
+    for flag, value in (("--name", name), ("--author", author)):
+        if not isinstance(value, str) or not DISPLAY_TEXT.fullmatch(value):
+            raise LeaderboardError(f"{flag} {value!r} must be 1-64 letters, digits, spaces or . _ ( ) + - , "
+                                   f"starting with a letter or digit (it is shown on the leaderboard page)")
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
     sub = load_submission(config, protocol)

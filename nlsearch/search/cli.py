@@ -115,6 +115,12 @@ def _workers(text: str):
     return int(text)
 
 
+def _trials(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--trials must be a positive integer, got {text!r}")
+    return int(text)
+
+
 def add_commands(sub, console_of) -> None:
     """Registers ``search`` and ``space show``; ``console_of()`` returns the CLI's console."""
     se = sub.add_parser("search", help="explore a search space with Optuna (trials in process or on Ray)")
@@ -125,7 +131,7 @@ def add_commands(sub, console_of) -> None:
     se.add_argument("--storage", default=None, help="an Optuna storage URL (postgresql://…); default: a "
                     "journal file in the results folder")
     se.add_argument("--out", default=None, help="results folder (default results/<space name>)")
-    se.add_argument("--trials", type=int, default=None, help="finished trials wanted (default: the space's)")
+    se.add_argument("--trials", type=_trials, default=None, help="finished trials wanted (default: the space's)")
     se.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     se.add_argument("--no-plots", action="store_true")
     se.add_argument("--quiet", action="store_true", help="no live progress line")

@@ -52,7 +52,9 @@ class Driver:
                  trials: Optional[int] = None, device: str = "auto", tasks_dir: Optional[Path] = None,
                  log: Log = print, on_change: Optional[Callable[["Driver"], None]] = None):
         self.space, self.run_dir, self.executor = space, Path(run_dir), executor
-        self.trials = trials or space.trials
+        if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+            raise ValueError(f"trials must be a positive integer (finished trials wanted), got {trials!r}")
+        self.trials = trials if trials is not None else space.trials
         self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
         self.budget = resolve_budget(space)
         self.tasks = [load_task(t, tasks_dir) for t in space.tasks]

@@ -9,7 +9,7 @@ A space file is a strict mapping (unknown keys are errors naming their path)::
     trials: 16                          # finished trials wanted (complete, pruned or failed)
     objectives:                         # one (single objective) or more (a Pareto front)
       - {metric: recall_small:accuracy, direction: maximize}
-    sampler: {kind: tpe}                # tpe | random | nsga2 | gp  (+ n_startup_trials)
+    sampler: {kind: tpe}                # tpe | random | nsga2  (+ n_startup_trials)
     pruner: {kind: median}              # none | median | successive_halving | hyperband
     base: transformer                   # the model config params apply to: preset, YAML file or mapping
     fixed: {d_model: 128}               # merged into base before any param
@@ -131,7 +131,7 @@ class Objective(Strict):
 
 
 class SamplerSpec(Strict):
-    kind: Literal["tpe", "random", "nsga2", "gp"] = "tpe"
+    kind: Literal["tpe", "random", "nsga2"] = "tpe"
     n_startup_trials: NonNegativeInt = 4
 
 

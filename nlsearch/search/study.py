@@ -123,7 +123,11 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
         study.set_user_attr("space", identity)
     elif stored != identity:
         raise ValueError(f"study {space.name!r} in {run_dir} was started with a different space (only "
-                         f"{', '.join(MUTABLE)} may change): use another name or --out, or remove {run_dir}")
+                         f"{', '.join(MUTABLE)} may change): use another --out (its trial folders are this "
+                         f"study's), or remove {run_dir}")
+    done = len(study.get_trials(deepcopy=False))
+    if done:            # a resumed study: a sampler seeded as at the start would draw the same candidates again
+        study.sampler = make_sampler(space.sampler, space.seed + done)
     return study
 
 

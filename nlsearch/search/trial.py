@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional
 
 from nlsearch.budgets import Budget
 from nlsearch.train.loop import NonFiniteLossError, train
-from nlsearch.train.plan import RECORD
-from nlsearch.train.record import RunRecord, read_record
+from nlsearch.train.plan import RECORD, plan_run
+from nlsearch.train.record import RunRecord, finished_record
 
 Report = Callable[[int, float], bool]
 
@@ -59,14 +59,16 @@ def _task_name(ref: str) -> str:
 def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optional[RunRecord]:
     """One training run; returns its record, or None when the reporter stopped it."""
     run_dir = Path(job.run_dir) / _task_name(task) / f"seed{seed}"
-    if (run_dir / RECORD).exists():
-        return read_record(run_dir)
+    tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
+    budget = Budget.model_validate(job.budget)
+    if (run_dir / RECORD).exists():         # a finished run: reused only when it is this one (ValueError else)
+        return finished_record(run_dir, plan_run(job.config, task, budget, seed, job.device, job.threads,
+                                                 tasks_dir).identity())
     reporter = None
     if report is not None:
         def reporter(step: int, metrics: Dict[str, float]) -> bool:
             return bool(report(step, float(metrics[job.prune_metric])))
-    tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
-    result = train(job.config, task, Budget.model_validate(job.budget), seed, reporter=reporter, run_dir=run_dir,
+    result = train(job.config, task, budget, seed, reporter=reporter, run_dir=run_dir,
                    resume=True, device=job.device, threads=job.threads, tasks_dir=tasks_dir)
     return result.record if result.status == "completed" else None
 

@@ -20,9 +20,9 @@ from nlsearch.eval.forward import pick_device
 from nlsearch.eval.scores import check_metrics
 from nlsearch.models import ModelConfig, load_model_config
 from nlsearch.tasks import Task, load_task
+from nlsearch.train.record import RECORD
 
 CHECKPOINTS = "checkpoints"
-RECORD = "record.json"
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from nlsearch.io import write_parquet, write_text
 from nlsearch.provenance import provenance
 
 FORMAT = 1
+RECORD = "record.json"                  # written last in a run directory: the run completed
 
 
 class RunRecord(BaseModel):
@@ -113,16 +114,34 @@ def write_run(folder: Path, record: RunRecord, rows: Sequence[MetricRow],
     write_parquet(metrics_frame(record, rows), folder / "metrics.parquet")
     if history:
         write_parquet(pd.DataFrame(list(history)), folder / "history.parquet")
-    return write_text(record.model_dump_json(indent=2) + "\n", folder / "record.json")
+    return write_text(record.model_dump_json(indent=2) + "\n", folder / RECORD)
 
 
 def read_record(path: Path) -> RunRecord:
     """Returns the record in ``path`` (a record.json or the folder holding one)."""
     path = Path(path)
-    path = path / "record.json" if path.is_dir() else path
+    path = path / RECORD if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"no record at {path}")
     try:
         return RunRecord.model_validate_json(path.read_text())
     except ValidationError as err:
         raise ValueError(f"{path}: not a valid run record: {err}") from None
+
+
+def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[str] = ()) -> Optional[RunRecord]:
+    """The finished run in ``run_dir`` when it is the run ``identity`` describes (a run plan's
+    :meth:`~nlsearch.train.plan.RunPlan.identity`, fields in ``ignore`` left out); None when the folder
+    holds no record. Raises ValueError naming the fields that differ when it holds another run (an
+    edited budget or task file under the same name@version, another study's trial folder): its numbers
+    are never reused for this one."""
+    if not (Path(run_dir) / RECORD).is_file():
+        return None
+    record = read_record(run_dir)
+    differ = [key for key, value in identity.items()
+              if key not in ignore and getattr(record, key) != value]
+    if differ:
+        shown = ", ".join(f"{key} {getattr(record, key)!r} there, {identity[key]!r} here" for key in differ)
+        raise ValueError(f"run directory {run_dir} holds a finished run of something else ({shown}): "
+                         f"remove it, or write to another directory")
+    return record

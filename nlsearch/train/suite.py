@@ -40,7 +40,7 @@ from nlsearch.models import list_presets
 from nlsearch.tasks.batch import TaskBatch, derive_seed
 from nlsearch.train.loop import NonFiniteLossError, train
 from nlsearch.train.plan import RECORD, RunPlan, default_run_dir, plan_run
-from nlsearch.train.record import RunRecord, read_record
+from nlsearch.train.record import RunRecord, finished_record
 
 # The settings the cpu budget can learn and the issue's floors name (MQAR at T=128 with 8 pairs and its
 # overwrite variant); ``recall``/``recall_overwrite`` (8,192-token vocabulary) are for the gpu budget.
@@ -130,22 +130,25 @@ def _record_row(row: Dict[str, Any], record: RunRecord, reused: bool) -> Dict[st
     return row
 
 
-def _equivalent_run(run_dir: Path, plan: RunPlan) -> Optional[Path]:
-    """The finished run to reuse for ``plan``: its own folder's, else a sibling's under another
-    version of the same budget that trains this task kind identically (:meth:`Budget.trains_like`),
-    so a new budget version that changed one kind does not retrain the others."""
-    if (run_dir / RECORD).is_file():
-        return run_dir
+def _equivalent_run(run_dir: Path, plan: RunPlan) -> Optional[Tuple[Path, RunRecord]]:
+    """The finished run to reuse for ``plan`` and its record: its own folder's (which must be this
+    plan's run: ValueError otherwise), else a sibling's of the same config, task and seed under another
+    version of the same budget that trains this task kind identically (:meth:`Budget.trains_like`), so
+    a new budget version that changed one kind does not retrain the others."""
+    identity = plan.identity()
+    own = finished_record(run_dir, identity)
+    if own is not None:
+        return run_dir, own
     for sibling in sorted(run_dir.parent.glob(f"{plan.budget.name}@*-seed{plan.seed}"), reverse=True):
         if not (sibling / RECORD).is_file():
             continue
-        record = read_record(sibling)
         try:
+            record = finished_record(sibling, identity, ignore=("budget", "budget_sha256"))
             other = load_budget(record.budget)
-        except ValueError:                               # a budget file's run, or an unknown version
+        except ValueError:                               # another run, a budget file's run, an unknown version
             continue
         if other.sha256() == record.budget_sha256 and other.trains_like(plan.budget, plan.kind):
-            return sibling
+            return sibling, record
     return None
 
 
@@ -298,11 +301,14 @@ def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Seq
         run_dir = default_run_dir(out_dir / "runs", plan)
         row = _base_row(label, plan, run_dir)
         head = f"[{i}/{len(plans)}] {label} on {plan.task.ref} seed {plan.seed}"
-        earlier = _equivalent_run(run_dir, plan)
+        try:
+            earlier = _equivalent_run(run_dir, plan)
+        except ValueError as err:                       # the folder holds another run: never reuse its numbers
+            earlier, row["status"] = None, _failure(err)
         if earlier is not None:
-            _record_row(row, read_record(earlier), reused=True)
-            row["run_dir"] = str(earlier)
-        else:
+            _record_row(row, earlier[1], reused=True)
+            row["run_dir"] = str(earlier[0])
+        elif row["status"] == "pending":
             start = time.perf_counter()
             try:
                 result = train(plan.cfg, plan.task, plan.budget, plan.seed, run_dir=run_dir, resume=True,
