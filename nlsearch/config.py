@@ -93,6 +93,13 @@ def unhashed(default: Any, description: str):
     return Field(default, description=description, json_schema_extra={"unhashed": True})
 
 
+def from_context(default: Any, description: str):
+    """A field that, left unset, is filled in from where the config runs (``vocab_size``: the task's);
+    hashed as its default, and never written out while unset (:func:`portable_dump`), so a config
+    saved and read back still takes it from its context."""
+    return Field(default, description=description, json_schema_extra={"from_context": True})
+
+
 def added(default: Any, description: str):
     """A field added after configs were hashed, whose default keeps the old behaviour: left out of the
     config hash while it holds that default, so every earlier config keeps its hash (and its runs)."""
@@ -128,5 +135,24 @@ def config_hash(cfg: BaseModel) -> str:
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()
 
 
+def portable_dump(cfg: BaseModel) -> dict:
+    """``model_dump(mode="json")`` (every field, defaults included) without the :func:`from_context`
+    fields left unset, at every depth: what a config file should say to mean the same config."""
+    data = cfg.model_dump(mode="json")
+    _drop_unset_context(cfg, data)
+    return data
+
+
+def _drop_unset_context(cfg: BaseModel, data: dict) -> None:
+    for name, info in type(cfg).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get("from_context") and name not in cfg.model_fields_set:
+            data.pop(name, None)
+            continue
+        value = getattr(cfg, name)
+        if isinstance(value, BaseModel) and isinstance(data.get(name), dict):
+            _drop_unset_context(value, data[name])
+
+
 def to_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(portable_dump(cfg), sort_keys=False)

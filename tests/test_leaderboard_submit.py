@@ -14,7 +14,7 @@ from nlsearch.cli import main
 from nlsearch.config import ConfigError
 from nlsearch.leaderboard.protocol import ProtocolError, load_protocol
 from nlsearch.leaderboard.store import DuplicateEntryError, LeaderboardError, Store, read_entry
-from nlsearch.leaderboard.submit import submit
+from nlsearch.leaderboard.submit import load_submission, submit
 from nlsearch.leaderboard.verify import VerificationError, results_from_entry
 from nlsearch.train import read_record
 from leaderboard_fixtures import write_protocol
@@ -41,6 +41,8 @@ def test_the_entry_holds_every_seed_with_provenance(board):
     assert read_entry(path) == entry
     assert entry.protocol == "test@1" and entry.budget == "tiny@1" and entry.protocol_sha256 == protocol.sha256()
     assert entry.source_file == "tiny.yaml" and entry.kind == "submission" and entry.author == "tester"
+    assert "vocab_size" not in entry.config and entry.config["d_model"] == TINY_MODEL["d_model"]
+    assert load_submission(entry.config, protocol).sha256 == entry.config_sha256     # re-submittable as stored
     assert list(entry.tasks) == list(protocol.task_refs())
     assert entry.params > 0 and entry.nesting_depth >= 3 and entry.state_size > 0
     for ref, result in entry.tasks.items():
@@ -102,6 +104,7 @@ def test_names_and_authors_are_plain_text_or_refused(board, tmp_path, monkeypatc
     ("d_model: [32\n", "not valid YAML"),
     ("- 1\n- 2\n", "mapping"),
     ("d_model: 512\nn_layers: 2\n", "max_params"),
+    ("d_model: 32\nvocab_size: 16\nmixer: {kind: attention, n_heads: 2}\n", r"vocab_size: 16 does not cover"),
 ])
 def test_bad_configs_fail_with_the_file_and_key_and_change_nothing(board, tmp_path, text, match):
     root, protocol, _, _, _ = board

@@ -18,6 +18,20 @@ def test_preset_round_trips_to_the_same_hash(name, tmp_path):
     assert canonical_json(parse_config(ModelConfig, yaml.safe_load(to_yaml(cfg)))) == canonical_json(cfg)
 
 
+def test_an_unset_vocab_size_stays_unset_through_yaml_and_a_set_one_is_kept(tmp_path):
+    from nlsearch.train.plan import with_task_vocab
+    from nlsearch.tasks import load_task
+
+    preset = load_model_config("deltanet")                       # presets leave vocab_size to the task
+    assert "vocab_size" not in to_yaml(preset)
+    again = parse_config(ModelConfig, yaml.safe_load(to_yaml(preset)))
+    assert "vocab_size" not in again.model_fields_set and config_hash(again) == config_hash(preset)
+    assert with_task_vocab(again, load_task("recall")).vocab_size == 8192       # still takes the task's
+    pinned = parse_config(ModelConfig, {**yaml.safe_load(to_yaml(preset)), "vocab_size": 300})
+    assert "vocab_size: 300" in to_yaml(pinned)
+    assert parse_config(ModelConfig, yaml.safe_load(to_yaml(pinned))).vocab_size == 300
+
+
 def test_hash_ignores_unhashed_fields_only():
     base = load_model_config("deltanet")
     renamed = base.model_copy(update={"name": "another label"})

@@ -48,6 +48,7 @@ def test_search_writes_every_result_and_best_yaml_is_the_best_trial(tmp_path):
     assert (table.state == "COMPLETE").all() and (table.tokens_per_s > 0).all()
     best = max(study.trials, key=lambda t: t.values[0])
     cfg = load_model_config(out / "best.yaml")                      # `nlsearch train --model` takes it
+    assert "vocab_size" not in (out / "best.yaml").read_text()     # left to each task, as the trials had it
     assert config_hash(cfg) == best.user_attrs["config_sha256"]
     record = json.loads((Path(best.user_attrs["run_dir"]) / "recall_small" / "seed0" / "record.json").read_text())
     assert record["metrics"]["accuracy"] == pytest.approx(best.values[0])

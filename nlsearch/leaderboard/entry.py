@@ -109,7 +109,7 @@ class Entry(Record):
     protocol_sha256: str
     budget: str                                  # name@version of the track
     budget_sha256: str
-    config: Dict[str, Any]                       # canonical JSON of the submitted config, parsed
+    config: Dict[str, Any]                       # the submitted config, every field (an unset vocab_size left out)
     config_sha256: str
     source_file: Optional[str]                   # the submitted file's name (not its path)
     source_sha256: Optional[str]                 # sha256 of the submitted file's bytes

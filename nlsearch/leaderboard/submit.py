@@ -13,7 +13,6 @@ Order of work (each step fails with a clear error before anything is written to 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,7 +21,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from nlsearch.config import ConfigError, canonical_json, config_hash, parse_config, safe_yaml
+from nlsearch.config import ConfigError, config_hash, parse_config, portable_dump, safe_yaml
 from nlsearch.leaderboard.entry import Entry, TaskResult, Verification, entry_id
 from nlsearch.leaderboard.plugins import resolve_plugins
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
@@ -98,9 +97,24 @@ def load_submission(config: Union[str, Path, Dict[str, Any]], protocol: Protocol
     except Exception as err:                    # noqa: BLE001 - any build failure is the config's fault
         raise ConfigError(f"{source}: the config validates but does not build: {type(err).__name__}: {err}") from None
     _check_size(cfg, info["params"], protocol, source)
+    _check_vocab(cfg, protocol, source)
     data = cfg.model_dump(mode="json", exclude_unset=True)       # an unset vocab_size stays unset
     return Submission(cfg, data, config_hash(cfg), Path(source).name if raw else None,
                       hashlib.sha256(raw).hexdigest() if raw else None, plugins, info)
+
+
+def _check_vocab(cfg, protocol: Protocol, source: str) -> None:
+    """A config that sets ``vocab_size`` must cover every protocol task's vocabulary (unset, each task's
+    is taken): caught here, not after the first tasks have trained."""
+    if "vocab_size" not in cfg.model_fields_set:
+        return
+    from nlsearch.tasks import load_task
+
+    for ref in protocol.task_refs():
+        need = load_task(ref, protocol.resolve_tasks_dir()).vocab_size
+        if cfg.vocab_size < need:
+            raise ConfigError(f"{source}: vocab_size: {cfg.vocab_size} does not cover protocol task {ref} "
+                              f"(vocabulary {need}): leave vocab_size out to take each task's")
 
 
 def build_entry(sub: Submission, name: str, author: str, kind: str, protocol: Protocol, budget,
@@ -109,7 +123,7 @@ def build_entry(sub: Submission, name: str, author: str, kind: str, protocol: Pr
         id=entry_id(protocol.ref, budget.ref, sub.sha256, name), name=name, author=author, kind=kind,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"), protocol=protocol.ref,
         protocol_sha256=protocol.sha256(), budget=budget.ref, budget_sha256=budget.sha256(),
-        config=json.loads(canonical_json(sub.cfg)), config_sha256=sub.sha256, source_file=sub.source_file,
+        config=portable_dump(sub.cfg), config_sha256=sub.sha256, source_file=sub.source_file,
         source_sha256=sub.source_sha256, plugins=sub.plugins, params=sub.info["params"],
         params_non_embedding=sub.info["params_non_embedding"], state_size=sub.info["state_size"],
         state_size_length=sub.info["seq_len"], nesting_depth=sub.info["nesting_depth"],

@@ -13,7 +13,7 @@ from torch.utils.checkpoint import checkpoint
 
 import nlsearch.layers  # noqa: F401  (registers the built-in mixers)
 import nlsearch.optim  # noqa: F401  (registers the built-in optimizers)
-from nlsearch.config import Strict, unhashed
+from nlsearch.config import Strict, from_context, unhashed
 from nlsearch.layers import MemoryLayerConfig, SwiGLUConfig
 from nlsearch.optim import AdamWConfig
 from nlsearch.registry import CHANNEL_MIXERS, MIXERS, OPTIMIZERS, config_field
@@ -21,7 +21,7 @@ from nlsearch.registry import CHANNEL_MIXERS, MIXERS, OPTIMIZERS, config_field
 
 class ModelConfig(Strict):
     name: Optional[str] = unhashed(None, "a label (the preset's name); not part of the model")
-    vocab_size: PositiveInt = 256
+    vocab_size: PositiveInt = from_context(256, "unset: the task's vocabulary (256 bytes where there is no task)")
     d_model: PositiveInt = 128
     n_layers: PositiveInt = 2
     loops: PositiveInt = 1               # the stack of n_layers blocks is applied this many times

@@ -13,6 +13,7 @@ re-queues the same way.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -24,7 +25,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nlsearch.budgets import Budget, load_budget, run_lengths, task_kind
-from nlsearch.config import canonical_json, config_hash, parse_config
+from nlsearch.config import config_hash, parse_config, portable_dump
 from nlsearch.search.compile import Candidate, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace
@@ -101,7 +102,8 @@ class Driver:
             study.tell(trial, state=TrialState.FAIL)
             self.log(f"trial {trial.number} failed: {err}")
             return
-        for key, value in {"config": canonical_json(cand.config), "config_sha256": config_hash(cand.config),
+        for key, value in {"config": json.dumps(portable_dump(cand.config), sort_keys=True),
+                           "config_sha256": config_hash(cand.config),
                            **cand.facts}.items():
             trial.set_user_attr(key, value)
         broken = self._constraints(trial, cand)
