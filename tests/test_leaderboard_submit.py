@@ -140,7 +140,7 @@ def test_a_genuine_result_file_passes_after_a_fresh_rerun(board, tmp_path):
         assert result.seeds[0].metrics == entry.tasks[ref].seeds[0].metrics
 
 
-def test_tampered_results_are_rejected_and_nothing_is_added(board, tmp_path):
+def test_tampered_results_are_rejected_and_nothing_is_added(board, tmp_path, monkeypatch):
     root, protocol, config, entry, _ = board
     first = protocol.task_refs()[0]
 
@@ -152,6 +152,16 @@ def test_tampered_results_are_rejected_and_nothing_is_added(board, tmp_path):
     with pytest.raises(VerificationError, match=f"{first} seed 2 accuracy"):
         submit(config, "tiny-cheat", protocol=protocol, root=tmp_path / "lb", runs_dir=tmp_path / "runs",
                results=claims, verify_seeds=[2])
+    assert not (tmp_path / "lb" / "entries").exists()
+    (rejected,) = (tmp_path / "lb" / "rejected").rglob("*.json")
+    assert json.loads(rejected.read_text())["config_sha256"] == entry.config_sha256
+    # trying again (hoping the drawn seeds miss the invented one) is refused before anything is re-run,
+    # even with a genuine file (without claims the config can still be submitted, every seed measured)
+    import nlsearch.leaderboard.submit as submit_module
+    monkeypatch.setattr(submit_module, "score_model", lambda *a, **k: pytest.fail("re-ran a rejected config's claims"))
+    with pytest.raises(VerificationError, match="failed verification before"):
+        submit(config, "tiny-cheat", protocol=protocol, root=tmp_path / "lb", runs_dir=tmp_path / "runs",
+               results=_claims(entry, tmp_path), verify_seeds=[0])
     assert not (tmp_path / "lb" / "entries").exists()
 
 

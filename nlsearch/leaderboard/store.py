@@ -6,6 +6,10 @@ Layout of a leaderboard folder (default ``leaderboard/``):
 - ``index.parquet``: one row per (entry, task), derived from the entries (``INDEX_COLUMNS``);
   rebuilt after every addition and whenever the set of entry files no longer matches it (after a git
   merge, for example). Being derived, it is not committed (``.gitignore``): nothing to merge by hand;
+- ``rejected/<protocol>@<v>/<budget>@<v>/<sha12>-<time>.json``: one file per result file that failed
+  verification (config hash, the file's sha256, the re-run seeds). Claims for that config are refused
+  from then on (it can still be submitted without them, every seed measured): otherwise a rejected
+  submitter could try again until the randomly drawn verification seeds miss the invented ones;
 - ``.lock``: the lock every writer holds.
 
 Concurrency: ``add`` takes an exclusive ``fcntl.flock`` on ``.lock``, re-checks for a duplicate under
@@ -63,6 +67,21 @@ class Store:
                 yield
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def rejection(self, config_sha256: str, protocol: str, budget: str) -> Optional[Path]:
+        """The record of claimed results for this config that failed verification, if one exists."""
+        folder = self.root / "rejected" / protocol / budget
+        return next(iter(sorted(folder.glob(f"{config_sha256[:12]}-*.json"))), None) if folder.is_dir() else None
+
+    def add_rejection(self, config_sha256: str, protocol: str, budget: str, results_sha256: str,
+                      seeds: Sequence[int], created: str) -> Path:
+        """Records (under the lock, atomically) that claimed results for this config did not reproduce."""
+        stamp = created.replace(":", "").replace("+", "Z")
+        record = {"config_sha256": config_sha256, "protocol": protocol, "budget": budget,
+                  "results_sha256": results_sha256, "verified_seeds": list(seeds), "created": created}
+        with self.lock():
+            path = self.root / "rejected" / protocol / budget / f"{config_sha256[:12]}-{stamp}.json"
+            return readable(write_text(json.dumps(record, indent=1) + "\n", path))
 
     def path_of(self, entry: Entry) -> Path:
         return self.entries_dir / f"{entry.id}.json"

@@ -5,9 +5,12 @@ Order of work (each step fails with a clear error before anything is written to 
    name (``plugins.py``), validate the config strictly, build the model, count its parameters
    against ``protocol.max_params``, and hash it;
 2. refuse a duplicate (same config hash, protocol version and budget track), pointing at the entry;
-3. check a supplied result file against the protocol, the track and the config's hash;
+3. check a supplied result file against the protocol, the track and the config's hash, and refuse it
+   when claims for this config failed verification before;
 4. train and evaluate under the protocol (every seed; or, with a result file, the seeds the
-   leaderboard picks to verify it);
+   leaderboard picks to verify it). Claims that do not reproduce are refused, and that is the one
+   thing a refused submission writes: a record under ``rejected/`` (see :mod:`store`), so that the
+   same config cannot be tried again with claims until the random seeds miss the invented ones;
 5. add the entry under the leaderboard's lock (duplicates are checked again there).
 """
 from __future__ import annotations
@@ -28,7 +31,8 @@ from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.runner import Log
 from nlsearch.leaderboard.scoring import score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, DuplicateEntryError, LeaderboardError, Store
-from nlsearch.leaderboard.verify import check_claims, load_results_file, merge_claims, pick_seeds
+from nlsearch.leaderboard.verify import (VerificationError, check_claims, load_results_file, merge_claims,
+                                         pick_seeds)
 
 DEFAULT_RUNS = Path("results/runs/leaderboard")
 DISPLAY_TEXT = re.compile(r"[^\W_][\w .()+,-]{0,63}")      # entry names and authors: plain text on the page
@@ -150,7 +154,8 @@ def submit(config: Union[str, Path, Dict[str, Any]], name: str, *, author: str =
            log: Optional[Log] = None) -> Tuple[Entry, Path]:
     """Scores ``config`` under the protocol and adds it to the leaderboard at ``root``; returns the
     entry and its file. Raises ConfigError, ProtocolError, LeaderboardError (DuplicateEntryError,
-    VerificationError) or FileNotFoundError with the leaderboard unchanged."""
+    VerificationError) or FileNotFoundError with the leaderboard's entries unchanged (claims that do not
+    reproduce leave a record under ``rejected/``)."""
     for flag, value in (("--name", name), ("--author", author)):
         if not isinstance(value, str) or not DISPLAY_TEXT.fullmatch(value):
             raise LeaderboardError(f"{flag} {value!r} must be 1-64 letters, digits, spaces or . _ ( ) + - , "
@@ -165,11 +170,20 @@ def submit(config: Union[str, Path, Dict[str, Any]], name: str, *, author: str =
         tasks = score_model(sub.data, protocol, track, Path(runs_dir), workers=workers, address=address, log=log)
     else:
         claims, sha = load_results_file(Path(results), protocol, track.ref, sub.sha256, sub.source_file or name)
+        earlier = store.rejection(sub.sha256, protocol.ref, track.ref)
+        if earlier is not None:
+            raise VerificationError(f"claimed results for config {sub.sha256[:12]} failed verification before "
+                                    f"({earlier}): submit it without --results, and every seed is measured")
         seeds = sorted(verify_seeds) if verify_seeds is not None else pick_seeds(protocol)
         factors = {ref: t.lr_factor for ref, t in claims.tasks.items()}
         measured = score_model(sub.data, protocol, track, Path(runs_dir), seeds=seeds, lr_factors=factors,
                                workers=workers, address=address, log=log)
-        verification = check_claims(claims, measured, protocol, Path(results), sha, seeds)
+        try:
+            verification = check_claims(claims, measured, protocol, Path(results), sha, seeds)
+        except VerificationError:
+            store.add_rejection(sub.sha256, protocol.ref, track.ref, sha, seeds,
+                                datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            raise
         tasks = merge_claims(claims, measured, protocol)
     entry = build_entry(sub, name, author, kind, protocol, track, tasks, verification)
     return entry, store.add(entry)
