@@ -154,6 +154,25 @@ def test_a_resumed_search_draws_new_candidates(tmp_path):
     assert params[2] not in params[:2] and params[3] not in params[:2], params   # a sampler seeded afresh repeats them
 
 
+def test_a_task_given_as_a_relative_spec_file_is_found_and_scored(tmp_path):
+    import shutil
+    (tmp_path / "specs").mkdir()
+    shutil.copy(ROOT / "tasks" / "recall_small.yaml", tmp_path / "specs" / "recall_small.yaml")
+    study, frame, _ = _search(tmp_path, trials=1, tasks=["specs/recall_small.yaml"])   # relative to the space
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE]
+    assert 0 <= study.trials[0].values[0] <= 1
+
+
+def test_resume_refuses_an_edited_budget_file_of_the_same_name(tmp_path):
+    from tests.search_fixtures import tiny_budget
+    budget = tmp_path / "tiny_budget.yaml"
+    budget.write_text(yaml.safe_dump(tiny_budget(steps=8)))
+    _search(tmp_path, trials=1, budget=str(budget))
+    budget.write_text(yaml.safe_dump(tiny_budget(steps=12)))         # still tiny@1, other content
+    with pytest.raises(ValueError, match=r"different space.*budget_sha256"):
+        _search(tmp_path, trials=2, budget=str(budget))
+
+
 def test_resume_refuses_a_space_that_changed_what_it_measures(tmp_path):
     _search(tmp_path, trials=1)
     more, _, _ = _search(tmp_path, trials=2)                 # asking for more trials is allowed

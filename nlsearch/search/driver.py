@@ -13,6 +13,7 @@ re-queues the same way.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,9 +27,9 @@ from optuna.trial import TrialState
 
 from nlsearch.budgets import Budget, load_budget, run_lengths, task_kind
 from nlsearch.config import config_hash, parse_config, portable_dump
-from nlsearch.search.compile import Candidate, check_space, sample
+from nlsearch.search.compile import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
-from nlsearch.search.space import SearchSpace
+from nlsearch.search.space import SearchSpace, task_label
 from nlsearch.search.study import DriverLock, finished, open_study, recover, requeue
 from nlsearch.search.trial import TrialJob, TrialOutcome
 from nlsearch.tasks import load_task
@@ -71,7 +72,7 @@ class Driver:
         self.state = SearchState()
 
     def _check_metrics(self) -> None:
-        by_name = {t.split("@")[0]: task for t, task in zip(self.space.tasks, self.tasks)}
+        by_name = {task_label(t): task for t, task in zip(self.space.tasks, self.tasks)}
         for i, obj in enumerate(self.space.objectives):
             if obj.task is None:
                 continue
@@ -167,7 +168,7 @@ class Driver:
 
     def run(self) -> optuna.Study:
         with DriverLock(self.run_dir):
-            study = open_study(self.space, self.run_dir, self.storage, self.max_steps)
+            study = open_study(self.space, self.run_dir, self.storage, self.max_steps, self.measures())
             stale = recover(study)
             if stale:
                 self.log(f"resuming {self.space.name}: {stale} interrupted trial(s) re-queued")
@@ -199,6 +200,13 @@ class Driver:
                 self._tell(study, outcome)
                 self._changed(study)
 
+    def measures(self) -> Dict[str, Any]:
+        """What the space's names resolve to: a resumed study must measure the same (see ``open_study``)."""
+        base = json.dumps(base_mapping(self.space), sort_keys=True, separators=(",", ":"))
+        return {"budget": self.budget.ref, "budget_sha256": self.budget.sha256(),
+                "tasks": {t.ref: t.spec.sha256() for t in self.tasks},
+                "base_sha256": hashlib.sha256(base.encode()).hexdigest()}
+
     def _changed(self, study: optuna.Study) -> None:
         self.state.running = len(self.pending)
         if self.on_change is not None:
@@ -223,11 +231,11 @@ def auto_workers(space: SearchSpace, device: str = "auto") -> int:
     return max(1, cores // space.resources.cpus_per_trial)
 
 
-def default_executor(workers: int, address: Optional[str], space: SearchSpace) -> Executor:
+def default_executor(workers: int, address: Optional[str], space: SearchSpace, device: str = "auto") -> Executor:
     """In process for one local worker (torch threads as the budget says); Ray for ``workers`` > 1 or a
     cluster ``address`` (threads = ``resources.cpus_per_trial``)."""
     if workers <= 1 and not address:
         return InProcessExecutor()            # the budget's thread count: one trial may use the machine
     from nlsearch.search.executors import RayExecutor
-    return RayExecutor(workers=workers, address=address, resources=space.resources)
+    return RayExecutor(workers=workers, address=address, resources=space.resources, use_gpus=device != "cpu")
 

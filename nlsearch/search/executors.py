@@ -132,7 +132,9 @@ def nlsearch_trial(job: TrialJob, channel) -> TrialOutcome:
 
 
 class RayExecutor(Executor):
-    def __init__(self, workers: int = 2, address: Optional[str] = None, resources: Resources = Resources()):
+    def __init__(self, workers: int = 2, address: Optional[str] = None, resources: Resources = Resources(),
+                 use_gpus: bool = True):
+        """``use_gpus=False`` (``--device cpu``): trials ask Ray for CPUs even where it sees GPUs."""
         import ray
 
         self.ray = ray
@@ -144,7 +146,7 @@ class RayExecutor(Executor):
                 ray.init(num_cpus=workers * resources.cpus_per_trial, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
         total = ray.cluster_resources()
-        self.gpus = total.get("GPU", 0.0)
+        self.gpus = total.get("GPU", 0.0) if use_gpus else 0.0
         if self.gpus > 0:
             self.options = {"num_cpus": 1, "num_gpus": resources.gpus_per_trial}
             capacity = self.gpus / resources.gpus_per_trial

@@ -73,7 +73,7 @@ def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Pa
 
     driver = Driver(space, out, None, storage=storage, trials=trials, device=device, tasks_dir=tasks_dir,
                     log=log, on_change=changed)          # validates everything before Ray starts
-    driver.executor = executor or default_executor(workers, address, space)
+    driver.executor = executor or default_executor(workers, address, space, device)
     study = driver.run()
     frame = write_results(study, space, out, plots=plots)
     log(f"search {space.name}: {len(frame)} trials in {time.monotonic() - started:.0f} s on "

@@ -196,7 +196,7 @@ class SearchSpace(Strict):
                 for other in when:
                     if other not in order or order.index(other) >= position:
                         raise ValueError(f"{where} names {other!r}, which is not a parameter declared before it")
-        task_names = {t.split("@")[0] for t in self.tasks}
+        task_names = {task_label(t) for t in self.tasks}
         for i, obj in enumerate(self.objectives):
             if obj.task is None and obj.metric not in MODEL_METRICS:
                 raise ValueError(f"objectives.{i}.metric {obj.metric!r}: write <task>:<metric> (tasks: "
@@ -217,13 +217,25 @@ class SearchSpace(Strict):
         return [o.direction for o in self.objectives]
 
 
+def is_file_ref(ref: Any) -> bool:
+    """A budget or task given as a YAML/JSON file path (not a name)."""
+    return isinstance(ref, str) and ref.endswith((".yaml", ".yml", ".json"))
+
+
+def task_label(ref: str) -> str:
+    """How objectives and result columns name a task: a spec file's stem, else the name before ``@``."""
+    return Path(ref).stem if is_file_ref(ref) else ref.split("@")[0]
+
+
 def load_space(path: Union[str, Path]) -> SearchSpace:
-    """Reads and validates a space file; errors name the file and the key path. A budget given as a
-    relative file path is resolved against the space file's folder."""
+    """Reads and validates a space file; errors name the file and the key path. A budget or task given
+    as a relative file path is resolved against the space file's folder."""
     path = Path(path)
     data = read_yaml_mapping(path)
     space = parse_config(SearchSpace, data, str(path))
-    budget = space.budget
-    if isinstance(budget, str) and budget.endswith((".yaml", ".yml", ".json")) and not Path(budget).is_absolute():
-        budget = str((path.parent / budget).resolve())
-    return space.model_copy(update={"source": str(path), "budget": budget})
+
+    def resolved(ref):
+        return str((path.parent / ref).resolve()) if is_file_ref(ref) and not Path(ref).is_absolute() else ref
+
+    return space.model_copy(update={"source": str(path), "budget": resolved(space.budget),
+                                    "tasks": [resolved(t) for t in space.tasks]})

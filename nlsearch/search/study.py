@@ -16,13 +16,13 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Any, Dict, Optional
 
 import optuna
 from optuna.trial import TrialState
 
 from nlsearch.config import canonical_json
-from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
+from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace, is_file_ref
 
 JOURNAL = "study.journal"
 REQUEUED = "requeued"
@@ -107,24 +107,44 @@ def space_identity(space: SearchSpace) -> str:
     data = json.loads(canonical_json(space))
     for key in MUTABLE + ("source",):
         data.pop(key, None)
+    # a file's place may change (the checkout moved); its content is in the study's ``measures``
+    data["budget"] = Path(data["budget"]).name if is_file_ref(data["budget"]) else data["budget"]
+    data["tasks"] = [Path(t).name if is_file_ref(t) else t for t in data["tasks"]]
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], max_steps: int) -> optuna.Study:
-    """Creates the study, or loads it when it exists; refuses a space that changed what it measures."""
+def _differing(stored: Dict[str, Any], now: Dict[str, Any]) -> str:
+    keys = sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+    return "; ".join(f"{k}: {stored.get(k)!r} then, {now.get(k)!r} now" for k in keys)[:600]
+
+
+def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], max_steps: int,
+               measures: Optional[Dict[str, Any]] = None) -> optuna.Study:
+    """Creates the study, or loads it when it exists; refuses a space that changed what it measures:
+    its own fields (but ``MUTABLE``) and, in ``measures``, what its names resolve to (the budget's and
+    the tasks' sha256, the base config's), so an edited budget file or a new task version under the
+    same name is not mixed into a study either. A study from before ``measures`` were kept gets them."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=make_storage(run_dir, storage_url), study_name=space.name,
                                 directions=space.directions, load_if_exists=True,
                                 sampler=make_sampler(space.sampler, space.seed),
                                 pruner=make_pruner(space.pruner, max_steps))
+    refuse = (f"study {space.name!r} in {run_dir} was started with a different space (only "
+              f"{', '.join(MUTABLE)} may change): use another --out (its trial folders are this study's), or "
+              f"remove {run_dir}. What differs: ")
     identity = space_identity(space)
     stored = study.user_attrs.get("space")
     if stored is None:
         study.set_user_attr("space", identity)
     elif stored != identity:
-        raise ValueError(f"study {space.name!r} in {run_dir} was started with a different space (only "
-                         f"{', '.join(MUTABLE)} may change): use another --out (its trial folders are this "
-                         f"study's), or remove {run_dir}")
+        raise ValueError(refuse + _differing(json.loads(stored), json.loads(identity)))
+    if measures is not None:
+        measures = json.loads(json.dumps(measures, sort_keys=True))
+        known = study.user_attrs.get("measures")
+        if known is None:
+            study.set_user_attr("measures", measures)
+        elif known != measures:
+            raise ValueError(refuse + _differing(known, measures))
     done = len(study.get_trials(deepcopy=False))
     if done:            # a resumed study: a sampler seeded as at the start would draw the same candidates again
         study.sampler = make_sampler(space.sampler, space.seed + done)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from nlsearch.budgets import Budget
+from nlsearch.search.space import task_label
 from nlsearch.train.loop import NonFiniteLossError, train
 from nlsearch.train.plan import RECORD, plan_run
 from nlsearch.train.record import RunRecord, finished_record
@@ -52,13 +53,9 @@ class TrialOutcome:
     pid: int = 0
 
 
-def _task_name(ref: str) -> str:
-    return Path(ref).stem if ref.endswith((".yaml", ".yml")) else ref.split("@")[0]
-
-
 def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optional[RunRecord]:
     """One training run; returns its record, or None when the reporter stopped it."""
-    run_dir = Path(job.run_dir) / _task_name(task) / f"seed{seed}"
+    run_dir = Path(job.run_dir) / task_label(task) / f"seed{seed}"
     tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
     budget = Budget.model_validate(job.budget)
     if (run_dir / RECORD).exists():         # a finished run: reused only when it is this one (ValueError else)
@@ -94,7 +91,7 @@ def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
         for task in job.tasks:
             per_seed: Dict[str, List[float]] = {}
             for i, seed in enumerate(job.seeds):
-                reports = tracked if (report is not None and i == 0 and _task_name(task) == job.prune_task) else None
+                reports = tracked if (report is not None and i == 0 and task_label(task) == job.prune_task) else None
                 record = _run(job, task, seed, reports)
                 if record is None:
                     out.status, out.reason = "pruned", f"pruned during {task} seed {seed}"
@@ -103,7 +100,7 @@ def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
                 for name, value in record.metrics.items():
                     if "[" not in name:
                         per_seed.setdefault(name, []).append(value)
-            out.metrics.update({f"{_task_name(task)}:{k}": _mean(v) for k, v in per_seed.items()})
+            out.metrics.update({f"{task_label(task)}:{k}": _mean(v) for k, v in per_seed.items()})
     except NonFiniteLossError as err:
         out.status, out.reason = "failed", f"non-finite loss: {err}"
     except Exception as err:                                   # a broken trial must not end the search
