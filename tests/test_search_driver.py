@@ -250,3 +250,22 @@ def test_cli_refuses_a_bad_trial_count_before_writing(tmp_path, capsys, trials):
     with pytest.raises(ValueError, match="trials must be a positive integer"):
         run_search(space, out=out, trials=0, log=lambda m: None)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key, value, match", [("tasks", ["recal_small"], r"tiny\.yaml: tasks\.0: .*recal_small"),
+                                               ("budget", "cpuu", r"tiny\.yaml: budget: .*cpuu")])
+def test_an_unknown_task_or_budget_names_the_space_file_and_key(tmp_path, key, value, match):
+    space = tiny_space(**{key: value})
+    if key == "tasks":
+        space["objectives"] = [{"metric": "recal_small:accuracy", "direction": "maximize"}]
+    path = write_space(tmp_path, space)
+    with pytest.raises(ValueError, match=match):
+        run_search(path, out=tmp_path / "out", log=lambda m: None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path):
+    path = write_space(tmp_path, tiny_space())
+    with pytest.raises(ValueError, match=r"--storage 'postgress://x/y' is not a usable database URL"):
+        run_search(path, out=tmp_path / "out", storage="postgress://x/y", log=lambda m: None)
+    assert not (tmp_path / "out").exists()

@@ -59,7 +59,8 @@ class Driver:
         self.trials = trials if trials is not None else space.trials
         self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
         self.budget = resolve_budget(space)
-        self.tasks = [load_task(t, tasks_dir) for t in space.tasks]
+        self.tasks = [_named(lambda t=t: load_task(t, tasks_dir), space, f"tasks.{i}")
+                      for i, t in enumerate(space.tasks)]
         self._check_metrics()
         first = self.space.objectives[0]
         self.prune_task = first.task if first.task is not None and not space.multi_objective else None
@@ -67,7 +68,7 @@ class Driver:
         self.max_steps = max(self.budget.for_kind(task_kind(t)).steps for t in self.tasks)
         self.seq_len = run_lengths(self.budget, self.tasks[0])[0][0]
         check_space(space, self.seq_len)
-        self.storage = storage
+        self.storage = _check_storage(storage)
         self.pending: Dict[int, optuna.Trial] = {}
         self.state = SearchState()
 
@@ -213,10 +214,31 @@ class Driver:
             self.on_change(self, study)
 
 
+def _check_storage(url: Optional[str]) -> Optional[str]:
+    """An Optuna storage URL whose database driver is known, checked before anything is written."""
+    if url is None:
+        return None
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as err:                     # noqa: BLE001 - any parse or driver error is the URL's
+        raise ValueError(f"--storage {url!r} is not a usable database URL: {type(err).__name__}: {err}") from None
+    return url
+
+
+def _named(load: Callable[[], Any], space: SearchSpace, key: str) -> Any:
+    """``load()``, its ValueError or FileNotFoundError prefixed with the space file and the key."""
+    try:
+        return load()
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"{space.source or space.name}: {key}: {err}") from None
+
+
 def resolve_budget(space: SearchSpace) -> Budget:
     """The space's budget: a profile name, a budget file, or an inline mapping (a full Budget)."""
     if isinstance(space.budget, str):
-        return load_budget(space.budget)
+        return _named(lambda: load_budget(space.budget), space, "budget")
     return parse_config(Budget, space.budget, f"{space.source or space.name}: budget")
 
 
