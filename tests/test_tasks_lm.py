@@ -82,6 +82,38 @@ def test_parquet_files_and_hash_split(tmp_path: Path, cache: str):
         load_corpus(spec.model_copy(update={"text_column": "text"}), base_dir=tmp_path, cache_dir=cache)
 
 
+def test_source_split_keeps_a_text_file_on_one_side(tmp_path: Path, cache: str):
+    names = [f"f{i}.txt" for i in range(30)]
+    for i, name in enumerate(names):
+        _write(tmp_path / name, f"file {i} line\n" * 10)
+    spec = CorpusSpec(source="text", files=tuple(names), split="source", val_fraction=0.3)
+    corpus = load_corpus(spec, base_dir=tmp_path, cache_dir=cache)
+    train, val = bytes(corpus.train.tolist()).decode(), bytes(corpus.validation.tolist()).decode()
+    held = [i for i in range(30) if f"file {i} line" in val]
+    assert all((f"file {i} line" in train) != (i in held) for i in range(30)) and 3 < len(held) < 20
+    with pytest.raises(ValueError, match="split 'source' needs named sources"):
+        CorpusSpec(source="parquet", files=("c.parquet",), split="source")
+
+
+def test_continual_text_v2_holds_out_the_same_modules_in_every_domain(cache: str):
+    """No docstring of a held-out module is in the code domain's training text (version 1 split each
+    domain at its own tail: the code tail began inside urllib/parse.py, whose docstrings were in the
+    docstrings domain's validation text)."""
+    from nlsearch.tasks import load_task
+    from nlsearch.tasks import stdlib_text
+
+    domains = load_task("continual_text@2").spec.generator.params["domains"]
+    docstrings, code = (CorpusSpec(**d) for d in domains[1:])
+    code_train = bytes(load_corpus(code, cache_dir=cache).train.tolist()).decode()
+    doc_val = bytes(load_corpus(docstrings, cache_dir=cache).validation.tolist()).decode()
+    sources = list(stdlib_text.sourced_documents("code"))
+    firsts = {doc.splitlines()[0].strip() for _, doc in stdlib_text.sourced_documents("docstrings")}
+    own = [line for line in firsts if len(line) > 40 and sum(line in text for _, text in sources) == 1]
+    held = [line for line in own if line in doc_val]                # text found in one module's file only
+    assert len(held) > 50                                           # the check has material
+    assert [line for line in held if line in code_train] == []
+
+
 def test_a_changed_file_is_never_served_stale(tmp_path: Path, cache: str):
     path = _write(tmp_path / "d.txt", "first version of the text " * 20)
     spec = CorpusSpec(source="text", files=(str(path),))

@@ -11,7 +11,8 @@ from nlsearch.tasks import list_tasks, load_task, read_spec
 from nlsearch.tasks.registry import GENERATORS
 from nlsearch.tasks.spec import default_tasks_dir
 
-SHIPPED = ["continual_drift@1", "continual_rebind@1", "continual_recall@1", "continual_text@1", "lm@1",
+SHIPPED = ["continual_drift@1", "continual_rebind@1", "continual_recall@1", "continual_text@1", "continual_text@2",
+           "lm@1",
            "longctx_babi@1", "longctx_needle@1", "longctx_needle_multi@1", "recall@1", "recall_medium@1",
            "recall_overwrite@1", "recall_small@1", "recall_small_overwrite@1"]
 

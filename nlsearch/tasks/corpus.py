@@ -5,7 +5,12 @@ row each), UTF-8 encoded and joined with a blank line. The split rule is a named
 
 - ``tail``: the last ``val_fraction`` of the joined bytes is validation (a contiguous tail);
 - ``hash``: a document is validation iff sha256(document) / 2^256 < ``val_fraction`` (stable under
-  reordering and appending documents).
+  reordering and appending documents);
+- ``source``: as ``hash``, on the name of the document's source instead of its text: the stdlib
+  module a docstring or file comes from, a reference topic, a text file's name. Every document of a
+  source lands on the same side, in every corpus: the docstrings of a validation module are never in
+  another corpus's training code (``tail`` splits each corpus at its own place; ``hash`` splits a
+  module's docstrings apart from its file).
 
 The two streams are cached through ``datasets.Dataset.from_generator`` with an explicit fingerprint:
 sha256 of the spec, the resolved file paths and a signature of their contents (stdlib parts: a hash
@@ -43,7 +48,7 @@ class CorpusSpec(BaseModel):
     parts: Tuple[Part, ...] = ("reference", "docstrings")
     files: Tuple[str, ...] = ()
     text_column: str = "text"
-    split: Literal["tail", "hash"] = "tail"
+    split: Literal["tail", "hash", "source"] = "tail"
     val_fraction: float = Field(0.05, gt=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -54,6 +59,9 @@ class CorpusSpec(BaseModel):
             raise ValueError(f"source {self.source!r} needs at least one entry in files")
         if self.source == "stdlib" and not self.parts:
             raise ValueError("source 'stdlib' needs at least one entry in parts")
+        if self.split == "source" and self.source == "parquet":
+            raise ValueError("split 'source' needs named sources (stdlib parts or text files); a parquet "
+                             "row has none: use split 'hash'")
         return self
 
 
@@ -99,21 +107,25 @@ def fingerprint(spec: CorpusSpec, files: List[str]) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _documents(spec: CorpusSpec, files: List[str], cache_dir: Optional[str]) -> Iterator[str]:
+def _documents(spec: CorpusSpec, files: List[str], cache_dir: Optional[str]) -> Iterator[Tuple[Optional[str], str]]:
+    """``(source, document)`` in order; the source is None for a parquet row."""
     if spec.source == "stdlib":
         for part in spec.parts:
-            yield from stdlib_text.documents(part)
+            yield from stdlib_text.sourced_documents(part)
         return
     from datasets import load_dataset
 
     if spec.source == "text":
         ds = load_dataset("text", data_files=files, sample_by="document", split="train", cache_dir=cache_dir)
-        yield from ds["text"]
+        texts = ds["text"]
+        if spec.split == "source" and len(texts) != len(files):
+            raise ValueError(f"split 'source' needs one document per file: {len(files)} files gave {len(texts)}")
+        yield from zip(spec.files, texts)               # one document per file, in the order given
         return
     ds = load_dataset("parquet", data_files=files, split="train", cache_dir=cache_dir)
     if spec.text_column not in ds.column_names:
         raise ValueError(f"parquet corpus has no column {spec.text_column!r}; columns: {ds.column_names}")
-    yield from (t or "" for t in ds[spec.text_column])
+    yield from ((None, t or "") for t in ds[spec.text_column])
 
 
 def _is_validation(doc: bytes, val_fraction: float) -> bool:
@@ -122,13 +134,15 @@ def _is_validation(doc: bytes, val_fraction: float) -> bool:
 
 def _split_rows(spec_json: str, files_json: str, cache_dir: Optional[str]) -> Iterator[dict]:
     spec, files = CorpusSpec.model_validate_json(spec_json), json.loads(files_json)
-    docs = [d.encode("utf-8") for d in _documents(spec, files, cache_dir) if d]
+    sourced = [(src, d.encode("utf-8")) for src, d in _documents(spec, files, cache_dir) if d]
+    docs = [d for _, d in sourced]
     if spec.split == "tail":
         joined = SEPARATOR.join(docs)
         cut = len(joined) - int(round(len(joined) * spec.val_fraction))
         streams = {"train": joined[:cut], "validation": joined[cut:]}
     else:
-        val = [_is_validation(d, spec.val_fraction) for d in docs]
+        keys = [src.encode("utf-8") for src, _ in sourced] if spec.split == "source" else docs
+        val = [_is_validation(key, spec.val_fraction) for key in keys]
         streams = {"train": SEPARATOR.join(d for d, v in zip(docs, val) if not v),
                    "validation": SEPARATOR.join(d for d, v in zip(docs, val) if v)}
     for split, data in streams.items():

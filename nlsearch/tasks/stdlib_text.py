@@ -17,7 +17,7 @@ import ast
 import hashlib
 import sysconfig
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
 PARTS = ("reference", "docstrings", "code")
 
@@ -65,30 +65,34 @@ def part_signature(part: str) -> str:
     return h.hexdigest()
 
 
-def _reference() -> Iterator[str]:
+def _module_name(path: Path) -> str:
+    return path.relative_to(Path(sysconfig.get_paths()["stdlib"])).as_posix()
+
+
+def _reference() -> Iterator[Tuple[str, str]]:
     from pydoc_data.topics import topics
 
     for name in sorted(topics):
-        yield topics[name]
+        yield f"topic:{name}", topics[name]
 
 
-def _docstrings() -> Iterator[str]:
+def _docstrings() -> Iterator[Tuple[str, str]]:
     for path in _module_files():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         for node in ast.walk(tree):
             if isinstance(node, _DOC_NODES):
                 doc = ast.get_docstring(node, clean=True)
                 if doc:
-                    yield doc
+                    yield _module_name(path), doc
 
 
-def _code() -> Iterator[str]:
+def _code() -> Iterator[Tuple[str, str]]:
     for path in _module_files():
-        yield path.read_text(encoding="utf-8")
+        yield _module_name(path), path.read_text(encoding="utf-8")
 
 
-_BUILDERS: Dict[str, Callable[[], Iterator[str]]] = {"reference": _reference, "docstrings": _docstrings,
-                                                     "code": _code}
+_BUILDERS: Dict[str, Callable[[], Iterator[Tuple[str, str]]]] = {"reference": _reference, "docstrings": _docstrings,
+                                                                 "code": _code}
 
 
 def _check(part: str) -> None:
@@ -96,7 +100,14 @@ def _check(part: str) -> None:
         raise ValueError(f"unknown stdlib text part {part!r}; expected one of {PARTS}")
 
 
-def documents(part: str) -> Iterator[str]:
-    """Yields the documents of ``part`` in their fixed order."""
+def sourced_documents(part: str) -> Iterator[Tuple[str, str]]:
+    """Yields ``(source, document)`` of ``part`` in their fixed order; the source is the stdlib module
+    a docstring or file comes from (``urllib/parse.py``; the same in ``docstrings`` and ``code``) or
+    ``topic:<name>`` for the reference."""
     _check(part)
     return _BUILDERS[part]()
+
+
+def documents(part: str) -> Iterator[str]:
+    """Yields the documents of ``part`` in their fixed order."""
+    return (doc for _, doc in sourced_documents(part))
