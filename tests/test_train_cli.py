@@ -39,6 +39,10 @@ def test_train_writes_a_record_with_every_provenance_field(trained):
     for key in PROVENANCE:
         assert raw[key] not in (None, ""), key
     assert raw["status"] == "completed" and raw["task"] == "tiny_recall@1" and raw["budget"] == "smoke@1"
+    assert raw["allocator"] in ("tuned", "default") and raw["compiled_steps"] in ("on", "off")
+    (session,) = raw["sessions"]
+    assert session["from_step"] == 0 and session["device"] == raw["device"] and session["git_commit"]
+    assert raw["trained_as"] is None
     assert raw["seed"] == 5 and raw["config"]["vocab_size"] == 64
     cfg = parse_config(ModelConfig, raw["config"])
     assert hashlib.sha256(canonical_json(cfg).encode()).hexdigest() == raw["config_sha256"]
@@ -58,6 +62,19 @@ def test_eval_reproduces_the_training_record(trained, capsys):
     assert again.status == "evaluated" and again.metrics == first.metrics
     assert again.config_sha256 == first.config_sha256
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_eval_under_another_budget_says_what_the_model_was_trained_under(trained):
+    from nlsearch.train import evaluate_checkpoint
+    from train_fixtures import tiny_budget
+    run_dir, _ = trained
+    first = read_record(run_dir)
+    other = tiny_budget(steps=3, eval_size=4)
+    record, _, out = evaluate_checkpoint(run_dir, budget=other, write=False)
+    assert record.budget == other.ref and record.budget != first.budget
+    assert record.trained_as["budget"] == first.budget and record.trained_as["budget_sha256"] == first.budget_sha256
+    assert record.trained_as["task"] == first.task and record.train_lengths == first.train_lengths
+    assert record.steps == first.steps and record.sessions == first.sessions
 
 
 def test_rerun_without_resume_is_refused_and_resume_is_accepted(trained, tmp_path):

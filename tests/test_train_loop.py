@@ -53,6 +53,8 @@ def test_killed_run_resumes_to_the_same_metrics(tasks, tmp_path, name, stop_afte
     assert step == stop_after // 4 * 4
     resumed = train(TINY_MODEL, _task(tasks, name), budget, seed=1, run_dir=tmp_path / "cut", resume=True)
     assert resumed.status == "completed"
+    assert [x["from_step"] for x in resumed.record.sessions] == [0, step]     # both sessions on the record
+    assert [x["from_step"] for x in full.record.sessions] == [0]
     assert resumed.metrics == full.metrics
     assert resumed.losses == full.losses and resumed.history == full.history
     assert (tmp_path / "cut" / "record.json").exists()

@@ -37,7 +37,7 @@ from nlsearch.optim.periodic import PeriodicOptimizer, parameter_periods
 from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer, restore_rng, save_checkpoint
 from nlsearch.train.plan import RunPlan, check_run_dir, plan_run
-from nlsearch.train.record import RunRecord, build_record, write_run
+from nlsearch.train.record import RunRecord, build_record, session_info, write_run
 from nlsearch.runtime import tune_allocator
 
 Reporter = Callable[[int, Dict[str, float]], bool]
@@ -61,6 +61,7 @@ class TrainerState:
     train_tokens: int = 0
     train_time: float = 0.0                         # seconds in forward, backward and optimizer steps
     wall_time: float = 0.0                          # seconds of earlier sessions of this run
+    sessions: List[Dict[str, Any]] = field(default_factory=list)   # record.session_info of each start/resume
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def _start(plan: RunPlan, model: torch.nn.Module, optimizer: torch.optim.Optimiz
     folder = latest_checkpoint(run_dir) if (run_dir is not None and resume) else None
     if folder is None:
         torch.manual_seed(derive_seed("train", plan.seed))
-        state = TrainerState()
+        state = TrainerState(sessions=[session_info(plan.device, 0)])
         if plan.n_phases > 1:
             state.baseline = phase_scores(model, plan.task, plan.budget, plan.budget.eval_seed,
                                           plan.eval_lengths[0], device=plan.device)
@@ -153,7 +154,9 @@ def _start(plan: RunPlan, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         raise ValueError(f"checkpoint {folder} belongs to another run: {identity} != {plan.identity()}")
     trainer, rng = load_checkpoint(folder, model, optimizer, plan.device)
     restore_rng(rng, plan.device)
-    return TrainerState(**trainer["state"])
+    state = TrainerState(**trainer["state"])
+    state.sessions.append(session_info(plan.device, state.step))
+    return state
 
 
 def _save(plan: RunPlan, run_dir: Path, model, optimizer, state: TrainerState, wall: float) -> None:
@@ -168,7 +171,8 @@ def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], 
     else:
         rows = evaluate(model, plan.task, plan.budget, lengths=plan.eval_lengths, device=plan.device).rows
     record = build_record(status="completed", plan=plan, model=model, rows=rows, steps=state.step,
-                          train_tokens=state.train_tokens, train_time=state.train_time, wall_time=wall)
+                          train_tokens=state.train_tokens, train_time=state.train_time, wall_time=wall,
+                          sessions=state.sessions)
     if run_dir is not None:
         write_run(run_dir, record, rows, state.history)
     return RunResult("completed", state.step, {r.name: r.value for r in rows},

@@ -66,6 +66,21 @@ class RunRecord(BaseModel):
     nlsearch: str
     git_commit: str
     python: str
+    # added later (absent from older records): the speed settings of the last session, every session
+    # of a resumed run (where and with what code each part of the training ran), and for an
+    # ``evaluated`` record the run it re-evaluates (its own task and budget; ``train_lengths`` are its)
+    allocator: Optional[str] = None
+    compiled_steps: Optional[str] = None
+    sessions: List[Dict[str, Any]] = []
+    trained_as: Optional[Dict[str, Any]] = None
+
+
+def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
+    """Where a training session (a start or a resume) runs, for the record's ``sessions``."""
+    prov = provenance(device)
+    return {"from_step": from_step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": str(device), "threads": torch.get_num_threads(),
+            **{k: prov[k] for k in ("hardware", "torch", "git_commit", "allocator", "compiled_steps")}}
 
 
 def _number(x: float) -> Optional[float]:
@@ -73,7 +88,9 @@ def _number(x: float) -> Optional[float]:
 
 
 def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[MetricRow], steps: int,
-                 train_tokens: int, train_time: float, wall_time: float) -> RunRecord:
+                 train_tokens: int, train_time: float, wall_time: float,
+                 sessions: Sequence[Dict[str, Any]] = (), trained_as: Optional[Dict[str, Any]] = None
+                 ) -> RunRecord:
     """Returns the record of ``model`` trained (or evaluated) under ``plan`` with ``rows``."""
     prov = provenance(plan.device)
     longest = max(plan.eval_lengths)
@@ -82,7 +99,8 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         model=plan.cfg.name, config=json.loads(canonical_json(plan.cfg)), config_sha256=config_hash(plan.cfg),
         task=plan.task.ref, task_sha256=plan.task.spec.sha256(), task_kind=plan.kind,
         budget=plan.budget.ref, budget_sha256=plan.budget.sha256(), seed=plan.seed,
-        eval_seed=plan.budget.eval_seed, steps=steps, train_lengths=list(plan.train_lengths),
+        eval_seed=plan.budget.eval_seed, steps=steps,
+        train_lengths=list(trained_as["train_lengths"] if trained_as else plan.train_lengths),
         eval_lengths=list(plan.eval_lengths),
         headline=[r.name for r in rows if r.length is None and r.group is None],
         metrics={r.name: _number(r.value) for r in rows}, higher_is_better={r.name: r.higher_is_better for r in rows},
@@ -91,7 +109,8 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         tokens_per_s=train_tokens / train_time if train_time > 0 else None, wall_time_s=wall_time,
         device=str(plan.device), threads=torch.get_num_threads(), hardware=prov["hardware"],
         cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
-        git_commit=prov["git_commit"], python=prov["python"])
+        git_commit=prov["git_commit"], python=prov["python"], allocator=prov["allocator"],
+        compiled_steps=prov["compiled_steps"], sessions=list(sessions), trained_as=trained_as)
 
 
 def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:

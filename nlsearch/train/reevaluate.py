@@ -2,8 +2,10 @@
 checkpoint and evaluates it on the run's task (or another one) under the run's budget (or another).
 
 The record (status ``evaluated``) goes to ``<run_dir>/evals/<task>@<v>-<budget>@<v>/``; its ``steps``,
-``train_tokens`` and ``tokens_per_s`` are the checkpoint's training figures, ``wall_time_s`` the
-evaluation's. A multi-phase task gets each phase's score and ACC (BWT and FWT need the training run).
+``train_tokens``, ``tokens_per_s``, ``train_lengths`` and ``sessions`` are the checkpoint's training
+figures, ``trained_as`` names the task and budget it was trained under (``task`` and ``budget`` are the
+evaluation's), ``wall_time_s`` is the evaluation's. A multi-phase task gets each phase's score and
+ACC (BWT and FWT need the training run).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from nlsearch.budgets import Budget
+from nlsearch.budgets import Budget, run_lengths
 from nlsearch.config import load_config
 from nlsearch.eval.evaluate import EvalResult, evaluate
 from nlsearch.models import ModelConfig
@@ -35,6 +37,15 @@ def _run_task(trainer: dict, tasks_dir: Optional[Path]) -> Task:
     if task.spec.sha256() != identity["task_sha256"]:
         raise ValueError(f"task {task.ref} changed since the run (spec sha256 differs); pass --task explicitly")
     return task
+
+
+def _train_lengths(budget: Budget, trainer: dict, tasks_dir: Optional[Path], plan) -> list:
+    """The lengths the checkpoint was trained at (its own task under its own budget)."""
+    try:
+        task = _run_task(trainer, tasks_dir)
+    except (ValueError, FileNotFoundError):         # the run's task is gone or changed: the lengths are unknown
+        return []
+    return list(run_lengths(budget, task)[0])
 
 
 def _out_dir(folder: Path, task_ref: str, budget_ref: str) -> Path:
@@ -61,10 +72,15 @@ def evaluate_checkpoint(path: Union[str, Path], task: Union[str, Path, Task, Non
         model = plan.cfg.build().to(plan.device)
     load_weights(folder, model, plan.device)
     result = evaluate(model, plan.task, plan.budget, lengths=plan.eval_lengths, device=plan.device)
-    state = trainer["state"]
+    state, identity = trainer["state"], trainer["identity"]
+    trained_budget = Budget.model_validate(trainer["budget"])
+    trained_as = {"task": identity["task"], "task_sha256": identity["task_sha256"],
+                  "budget": identity["budget"], "budget_sha256": identity["budget_sha256"],
+                  "train_lengths": _train_lengths(trained_budget, trainer, tasks_dir, plan)}
     record = build_record(status="evaluated", plan=plan, model=model, rows=result.rows, steps=state["step"],
                           train_tokens=state["train_tokens"], train_time=state["train_time"],
-                          wall_time=time.perf_counter() - t0)
+                          wall_time=time.perf_counter() - t0, sessions=state.get("sessions", ()),
+                          trained_as=trained_as)
     out = _out_dir(folder, plan.task.ref, plan.budget.ref)
     if write:
         write_run(out, record, result.rows)
