@@ -52,6 +52,9 @@ def test_search_writes_every_result_and_best_yaml_is_the_best_trial(tmp_path):
     assert config_hash(cfg) == best.user_attrs["config_sha256"]
     record = json.loads((Path(best.user_attrs["run_dir"]) / "recall_small" / "seed0" / "record.json").read_text())
     assert record["metrics"]["accuracy"] == pytest.approx(best.values[0])
+    space = tiny_space()                                   # scored on a selection eval set, not the budget's own
+    assert record["budget"] == f"{space['budget']['name']}-select@1"
+    assert record["eval_seed"] != space["budget"]["eval_seed"]
 
 
 class ScriptedExecutor(Executor):

@@ -33,6 +33,7 @@ from nlsearch.search.space import SearchSpace, task_label
 from nlsearch.search.study import DriverLock, finished, open_study, recover, requeue
 from nlsearch.search.trial import TrialJob, TrialOutcome
 from nlsearch.tasks import load_task
+from nlsearch.tasks.batch import derive_seed
 
 Log = Callable[[str], Any]
 
@@ -58,7 +59,7 @@ class Driver:
             raise ValueError(f"trials must be a positive integer (finished trials wanted), got {trials!r}")
         self.trials = trials if trials is not None else space.trials
         self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
-        self.budget = resolve_budget(space)
+        self.budget = selection_budget(resolve_budget(space))
         self.tasks = [_named(lambda t=t: load_task(t, tasks_dir), space, f"tasks.{i}")
                       for i, t in enumerate(space.tasks)]
         self._check_metrics()
@@ -233,6 +234,15 @@ def _named(load: Callable[[], Any], space: SearchSpace, key: str) -> Any:
         return load()
     except (ValueError, FileNotFoundError) as err:
         raise type(err)(f"{space.source or space.name}: {key}: {err}") from None
+
+
+def selection_budget(budget: Budget) -> Budget:
+    """The budget a search trains and scores its trials under: ``budget`` evaluated on another eval set
+    (``eval_seed`` derived from its own; name ``<name>-select``). A search picks its best on these
+    sequences, so the numbers it reports are not also those of the eval set that suites and the
+    leaderboard score on (for ``lm`` tasks the windows differ but come from the same validation text)."""
+    return budget.model_copy(update={"name": f"{budget.name}-select",
+                                     "eval_seed": derive_seed("search-select", budget.eval_seed)})
 
 
 def resolve_budget(space: SearchSpace) -> Budget:
