@@ -73,3 +73,11 @@ def test_cli_describe(capsys, monkeypatch):
     assert "nesting profile" in out and "memory (titans-lmm)" in out
     assert main(["describe", "no-such-preset"]) == 2
     assert "unknown model preset 'no-such-preset'" in capsys.readouterr().out
+
+
+def test_flops_count_every_application_of_looped_blocks():
+    base = load_model_config("transformer")
+    flops = [describe(base.model_copy(update={"n_layers": n, "loops": r}))["flops_per_token"]
+             for n, r in ((4, 1), (2, 2), (1, 4))]
+    assert flops[0] == flops[1] == flops[2]               # four block applications per token each
+    assert describe(base.model_copy(update={"n_layers": 1}))["flops_per_token"] < flops[0]

@@ -22,8 +22,8 @@ class TestMemoryLayer(MixerContract):
         return MemoryLayerConfig(rule=self.rule, n_heads=2).build(d_model)
 
     def expected_state_size(self, mixer, seq_len):
-        """state_size() counts the anchor of an open mini-batch, absent when seq_len % chunk == 0."""
-        return mixer.state_size(), self.rule.chunk == 1 or seq_len % self.rule.chunk != 0
+        """state_size(seq_len) counts the anchor of a mini-batch left open (seq_len % chunk != 0)."""
+        return mixer.state_size(seq_len), True
 
 
 class TestMambaLayer(MixerContract):
@@ -166,9 +166,8 @@ def test_mamba_scans_half_inputs_in_float32():
 
 
 def _titans_exact(mixer, seq_len):
-    """The memory's state_size() counts the anchor of an open mini-batch (see TestMemoryLayer)."""
-    chunk = mixer.memory.rule.chunk
-    return mixer.state_size(seq_len), chunk == 1 or seq_len % chunk != 0
+    """The memory's state_size(seq_len) counts the anchor of an open mini-batch (see TestMemoryLayer)."""
+    return mixer.state_size(seq_len), True
 
 
 class TestTitansMAG(MixerContract):
@@ -233,9 +232,8 @@ class TestSelfModLayer(MixerContract):
         return SelfModConfig(n_heads=2, **self.setting).build(d_model)
 
     def expected_state_size(self, mixer, seq_len):
-        """state_size() counts the anchor of an open chunk, absent when seq_len % chunk == 0."""
-        chunk = mixer.cfg.chunk
-        return mixer.state_size(), chunk == 1 or seq_len % chunk != 0
+        """state_size(seq_len) counts the anchor of a chunk left open (seq_len % chunk != 0)."""
+        return mixer.state_size(seq_len), True
 
 
 CMS_SETTINGS = {
@@ -261,5 +259,4 @@ class TestCMS(MixerContract):
 
     def expected_state_size(self, mixer, seq_len):
         """Each block's anchor is carried only while its window is open (seq_len % period != 0)."""
-        exact = all(c == 1 or seq_len % c for c in mixer.cfg.periods)
-        return mixer.state_size(), exact or mixer.cfg.clock == "steps"
+        return mixer.state_size(seq_len), True

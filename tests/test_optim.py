@@ -182,3 +182,17 @@ def test_levels_join_the_nesting_profile():
 def test_bad_values_fail_with_the_key_path(optimizer, path):
     with pytest.raises(ConfigError, match=re.escape(path)):
         load_model_config({**TINY, "optimizer": optimizer})
+
+
+@pytest.mark.parametrize("preset, table, matrix", [("mamba", "A_log", "blocks.0.mixer.out_proj.weight"),
+                                                   ("hope", "gate_bias", "blocks.0.mixer.out.weight")])
+def test_decay_tables_and_gate_biases_are_not_decayed(preset, table, matrix):
+    from nlsearch.optim.adamw import decay_groups
+
+    model = load_model_config(preset).build()
+    decayed, kept = decay_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decayed["weight_decay"] == 0.1 and kept["weight_decay"] == 0.0
+    assert {names[id(p)].split(".")[-1] for p in kept["params"] if p.dim() >= 2} == {table}
+    assert all(p.dim() >= 2 for p in decayed["params"])
+    assert matrix in {names[id(p)] for p in decayed["params"]}                     # matrices still decay

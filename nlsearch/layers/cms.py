@@ -16,9 +16,11 @@ the window's gradients, all taken at the window's start weights. Local objective
 ``ℓ(M; x_t) = ½‖M(k_t) − v_t‖²`` with ``k_t = normalize(W_k x_t)``, ``v_t = W_v x_t``; the block
 reads ``f_ℓ(x)_t = W_o rms(M_t(q_t))`` at ``q_t = normalize(W_q x_t)``, where ``M_t`` holds the open
 window's updates of tokens ≤ t only (``read: after_write``; ``before_write``: tokens < t), so no
-token sees a later token of its window. ``η_t = eta_scale · σ(w_η · x_t)``. With
-``carry_state`` the fast weights persist across calls (segments) and are returned as the state;
-without it every call starts from the meta-learned weights and returns ``None``.
+token sees a later token of its window. ``η_t = eta_scale · σ(w_η · x_t) / C_ℓ``: the window's step
+is the SUM of its η_t-weighted gradients, so eta_scale bounds the mean gradient's step
+(:meth:`MemoryLayer._step_size`). With ``carry_state`` the fast weights persist across calls
+(segments) and are returned as the state; without it every call starts from the meta-learned weights
+and returns ``None``.
 
 ``clock: steps`` (outer training). ``f_ℓ`` is a SwiGLU whose parameters get an optimizer step every
 C_ℓ training steps with the sum of their gradients over the window: :meth:`CMS.param_groups_by_period`

@@ -22,6 +22,7 @@ from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
 from nlsearch.ops.ssm import selective_scan, selective_scan_naive
+from nlsearch.optim.adamw import no_weight_decay
 from nlsearch.registry import MIXERS
 
 
@@ -70,7 +71,8 @@ class MambaLayer(nn.Module):
         self.conv = ShortConv(dch, cfg.conv_size) if cfg.conv_size > 1 else None
         self.x_proj = nn.Linear(dch, rank + 2 * n, bias=False)
         self.dt_proj = nn.Linear(rank, dch)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(dch, 1))
+        a_log = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(dch, 1)
+        self.A_log = no_weight_decay(nn.Parameter(a_log))            # a table of decays, not a weight matrix
         self.D = nn.Parameter(torch.ones(dch))
         self.out_proj = nn.Linear(dch, d_model, bias=False)
         self._init_dt()

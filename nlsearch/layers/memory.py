@@ -93,6 +93,12 @@ class LayerState(NamedTuple):
     conv: Optional[Tensor]
 
 
+def open_block(chunk: int, seq_len: Optional[int]) -> bool:
+    """Whether a mini-batch of ``chunk`` tokens is open (its anchor carried) after ``seq_len`` tokens;
+    ``seq_len=None``: whether one can be."""
+    return chunk > 1 and (seq_len is None or seq_len % chunk != 0)
+
+
 class MemoryLayer(nn.Module):
     def __init__(self, d_model: int, cfg: MemoryLayerConfig):
         super().__init__()
@@ -182,9 +188,10 @@ class MemoryLayer(nn.Module):
         return 2.0 * 3 * fast + 2.0 * 3 * min(seq_len, block) * 2 * self.h * self.dh
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
-        """Numbers carried per sequence (any ``seq_len``): memory weights, momentum, the open
-        mini-batch's anchor (chunk > 1) and the convolution's last inputs."""
+        """Numbers carried per sequence after ``seq_len`` tokens (None: the most it ever holds): memory
+        weights, momentum, the open mini-batch's anchor and its decay (while ``seq_len % chunk``
+        leaves one open) and the convolution's last inputs."""
         per_copy = sum(w[0].numel() for w in self.initial_state(1, self.qkv.weight).memory.weights)
-        copies = 1 + int(self.rule.optimizer == "momentum") + int(self.rule.chunk > 1)
-        anchor_decay = self.h if self.rule.chunk > 1 else 0
-        return per_copy * copies + anchor_decay + (self.conv.state_size() if self.conv else 0)
+        anchor = int(open_block(self.rule.chunk, seq_len))
+        copies = 1 + int(self.rule.optimizer == "momentum") + anchor
+        return per_copy * copies + anchor * self.h + (self.conv.state_size() if self.conv else 0)

@@ -56,8 +56,9 @@ from torch import Tensor, nn
 from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.layers.heads import head_dim
-from nlsearch.layers.memory import LayerState
+from nlsearch.layers.memory import LayerState, open_block
 from nlsearch.ops import MemoryState, mlp_forward, mlp_memory, mlp_memory_naive
+from nlsearch.optim.adamw import no_weight_decay
 from nlsearch.ops.blocks import plan_segments
 from nlsearch.profile import Level
 from nlsearch.registry import MIXERS
@@ -98,7 +99,8 @@ class SelfModConfig(Strict):
     def levels(self) -> List[Level]:
         return [
             Level("self-modifying memory", "MLP output memory M_memory (in-context, DGD with retention)",
-                  "tokens", self.chunk, "l2", "mlp"),
+                  "tokens", self.chunk,
+                  "l2 (self-generated targets)" if self.memory_target == "self" else "l2 (values)", "mlp"),
             Level("self-modifying projections", "MLP memories M_k, M_v, M_η, M_α: keys, values, learning "
                   "rate and retention, each learning its self-generated targets", "tokens", self.chunk,
                   "l2 (self-generated targets)", "mlp", stage=1),
@@ -117,7 +119,8 @@ class SelfModLayer(nn.Module):
         self.conv = ShortConv(2 * h * dh, cfg.conv_size) if cfg.conv_size > 1 else None
         self.w1 = nn.Parameter(torch.randn(N_MEMORIES, h, hidden, dh) * dh ** -0.5)
         self.w2 = nn.Parameter(torch.randn(N_MEMORIES, h, dh, hidden) * hidden ** -0.5)
-        self.gate_bias = nn.Parameter(torch.tensor([0.0, 3.0])[:, None].repeat(1, h))   # (2, H): α ≈ 0.95
+        bias = torch.tensor([0.0, 3.0])[:, None].repeat(1, h)                   # (2, H): α ≈ 0.95
+        self.gate_bias = no_weight_decay(nn.Parameter(bias))                   # biases: never decayed
         self.gate_w = nn.Parameter(torch.randn(2, h, dh) * dh ** -0.5) if cfg.gates == "linear" else None
         self.out = nn.Linear(h * dh, d_model, bias=False)
 
@@ -192,8 +195,9 @@ class SelfModLayer(nn.Module):
         return 2.0 * self._fast_numel() * (2 + 3) + intra_chunk
 
     def state_size(self, seq_len: Optional[int] = None) -> int:
-        """Numbers carried per sequence (any ``seq_len``): the five memories' weights, the open chunk's
-        anchor and accumulated retention (chunk > 1), and the convolution's last inputs."""
-        copies = 1 + int(self.cfg.chunk > 1)
-        anchor_decay = N_MEMORIES * self.h if self.cfg.chunk > 1 else 0
-        return self._fast_numel() * copies + anchor_decay + (self.conv.state_size() if self.conv else 0)
+        """Numbers carried per sequence after ``seq_len`` tokens (None: the most it ever holds): the
+        five memories' weights, the open chunk's anchor and accumulated retention (while ``seq_len %
+        chunk`` leaves one open), and the convolution's last inputs."""
+        anchor = int(open_block(self.cfg.chunk, seq_len))
+        return (self._fast_numel() * (1 + anchor) + anchor * N_MEMORIES * self.h
+                + (self.conv.state_size() if self.conv else 0))

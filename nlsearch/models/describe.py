@@ -19,17 +19,17 @@ def nesting_levels(cfg: ModelConfig) -> List[Level]:
     return order_levels(dedupe(levels))
 
 
-def _matmul_params(model: nn.Module) -> int:
-    """Weights multiplied once per token: every nn.Linear (the tied head included), no embedding."""
-    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+def _matmul_params(module: nn.Module) -> int:
+    """Weights multiplied once per token by one application of ``module``: every nn.Linear in it."""
+    return sum(m.weight.numel() for m in module.modules() if isinstance(m, nn.Linear))
 
 
 def flops_per_token(cfg: ModelConfig, model: nn.Module, seq_len: int) -> float:
-    """Forward FLOPs per token, estimated: 2 per weight of every linear map, plus what each mixer
-    reports for its sequence work (``flops_per_token(seq_len)``; mixers without it count 0)."""
-    extra = sum(getattr(m, "flops_per_token", lambda _: 0)(seq_len) for m in model.modules()
-                if m is not model)
-    return 2.0 * _matmul_params(model) + cfg.loops * extra
+    """Forward FLOPs per token, estimated: 2 per weight of every linear map per application (the
+    blocks run ``loops`` times; the head, tied or not, once), plus what each mixer reports for its
+    sequence work (``flops_per_token(seq_len)``; mixers without it count 0), per application."""
+    extra = sum(getattr(m, "flops_per_token", lambda _: 0)(seq_len) for m in model.blocks.modules())
+    return 2.0 * (cfg.loops * _matmul_params(model.blocks) + _matmul_params(model.head)) + cfg.loops * extra
 
 
 def describe(cfg: ModelConfig, seq_len: int = 512) -> Dict[str, Any]:

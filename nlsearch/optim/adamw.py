@@ -12,11 +12,23 @@ from nlsearch.profile import Level
 from nlsearch.registry import OPTIMIZERS
 
 
+def no_weight_decay(param: torch.nn.Parameter) -> torch.nn.Parameter:
+    """Marks a parameter that is not a weight matrix although it has 2+ dims (a table of per-channel
+    decays, gate biases per head): :func:`decay_groups` leaves it undecayed. Returns it."""
+    param._no_weight_decay = True
+    return param
+
+
+def _decays(p: torch.Tensor) -> bool:
+    return p.dim() >= 2 and not getattr(p, "_no_weight_decay", False)
+
+
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> List[dict]:
-    """Weight decay on matrices (dim >= 2) only; norms, biases and gains keep theirs at 0."""
+    """Weight decay on matrices (dim >= 2, not marked :func:`no_weight_decay`) only; norms, biases,
+    gains and marked tables keep theirs at 0."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [{"params": [p for p in params if _decays(p)], "weight_decay": weight_decay},
+            {"params": [p for p in params if not _decays(p)], "weight_decay": 0.0}]
 
 
 def closure_loss(closure: Optional[Callable[[], float]]) -> Optional[float]:

@@ -8,7 +8,8 @@ Which parameter goes where (by module type, not by name or shape alone):
   IS the embedding's weight, one tensor, listed once), norms, biases, convolution kernels (3-D), the
   memory layer's initial fast weights (3-D), and 2-D parameters outside ``nn.Linear`` (Mamba's ``A_log``
   is a table of per-channel decays, not a map between hidden states). Weight decay there follows
-  ``adamw.decay_groups``: matrices (dim >= 2) decay, 1-D tensors do not.
+  ``adamw.decay_groups``: matrices (dim >= 2) decay; 1-D tensors and marked tables (``A_log``, gate
+  biases) do not.
 
 Muon's momentum is an EMA of gradients that Newton–Schulz orthogonalises before the update
 (``torch.optim.Muon``, torch >= 2.9)."""
