@@ -68,7 +68,7 @@ def _describe(args: argparse.Namespace) -> int:
     from nlsearch.models.describe import describe
 
     info = describe(load_model_config(args.model), seq_len=args.seq_len)
-    console.print(f"[bold]{info['name']}[/bold]  sha256 {info['config_sha256'][:16]}")
+    console.print(f"[bold]{info['name']}[/bold]  sha256 {info['config_sha256']}")
     console.print(f"parameters {info['params']:,} ({info['params_non_embedding']:,} without the embedding)  "
                   f"state {info['state_size']:,} numbers/sequence at T={info['seq_len']}  "
                   f"~{info['flops_per_token'] / 1e6:.2f} MFLOP/token (forward)")
@@ -151,7 +151,8 @@ def _add_run_commands(sub) -> None:
     tr.add_argument("--task", required=True, help="name, name@version or a task YAML file")
     tr.add_argument("--budget", default="smoke", help="smoke, cpu, gpu or a budget YAML file")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--out", default="results/runs", help="runs go to OUT/<task>/<model>-<sha>/<budget>-seed<seed>")
+    tr.add_argument("--out", default="results/runs",
+                    help="runs go to OUT/<task>@<v>/<model>-<sha12>/<budget>@<v>-seed<seed>")
     tr.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
     tr.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     tr.add_argument("--threads", type=int, default=None, help="CPU threads (default: the budget's)")

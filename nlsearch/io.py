@@ -11,6 +11,10 @@ import pandas as pd
 PathLike = Union[str, Path]
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -19,6 +23,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)               # as an ordinary new file (mkstemp makes it private)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -10,8 +10,12 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
         .venv/bin/pip install -q torch
     else
-        .venv/bin/pip install -q "torch==${NLSEARCH_CPU_TORCH:-2.13.0}" \
-            || .venv/bin/pip install -q torch --index-url https://download.pytorch.org/whl/cpu
+        # a build among local wheels (a find-links folder; its dependencies come with the package's
+        # below) first, then PyTorch's CPU index, then the default index
+        V="${NLSEARCH_CPU_TORCH:-2.13.0}"
+        .venv/bin/pip install -q --no-index --no-deps "torch==$V" 2>/dev/null \
+            || .venv/bin/pip install -q "torch==$V" --index-url https://download.pytorch.org/whl/cpu \
+            || .venv/bin/pip install -q "torch==$V"
     fi
 fi
 .venv/bin/pip install -q -e ".[test]"

@@ -126,7 +126,8 @@ def add_commands(sub, console_of) -> None:
     se = sub.add_parser("search", help="explore a search space with Optuna (trials in process or on Ray)")
     se.add_argument("file", help="a search space YAML (search_spaces/*.yaml)")
     se.add_argument("--workers", type=_workers, default="auto", help="trials at once (default auto: one per "
-                    "GPU, else one per resources.cpus_per_trial cores); > 1 starts a local Ray, 1 runs in process")
+                    "resources.gpus_per_trial share of the GPUs, else one per resources.cpus_per_trial "
+                    "cores); > 1 starts a local Ray, 1 runs in process")
     se.add_argument("--address", default=None, help="join a Ray cluster (e.g. auto) instead of a local one")
     se.add_argument("--storage", default=None, help="an Optuna storage URL (postgresql://…); default: a "
                     "journal file in the results folder")
