@@ -195,8 +195,10 @@ def test_mac_state_size_counts_the_open_segment():
     mac = _mac()
     closed, open4 = mac.state_size(12), mac.state_size(16)
     weights = sum(w[0].numel() for w in mac.memory.initial_state(1, _x(1)).memory.weights)
-    assert open4 - closed == weights + 2 * 2 * 4 * 16
-    assert mac.state_size() == closed + weights + 2 * 2 * 5 * 16
+    memory = {n: mac.memory.state_size(n) for n in (12, 16, None)}       # its own open mini-batch, if any
+    assert closed == memory[12]
+    assert open4 - memory[16] == weights + 2 * 2 * 4 * 16
+    assert mac.state_size() - memory[None] == weights + 2 * 2 * 5 * 16
 
 
 @pytest.mark.parametrize("name", ["titans-mac", "titans-mag", "titans-mal"])
