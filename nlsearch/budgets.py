@@ -58,7 +58,7 @@ from typing import Dict, Literal, Optional, Tuple, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from nlsearch.config import Strict, canonical_json, load_config
+from nlsearch.config import Strict, canonical_json, is_file_ref, load_config
 
 Kind = Literal["lm", "recall", "longctx", "continual"]
 KINDS: Tuple[str, ...] = ("lm", "recall", "longctx", "continual")
@@ -187,7 +187,7 @@ def load_budget(spec: Union[str, Path, Budget]) -> Budget:
     if isinstance(spec, Budget):
         return spec
     text = str(spec)
-    if text.endswith((".yaml", ".yml", ".json")):
+    if is_file_ref(text):
         return load_config(Budget, Path(text))
     name, _, version = text.partition("@")
     if name not in BUDGETS:

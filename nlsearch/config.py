@@ -68,6 +68,11 @@ def safe_yaml(text: Union[str, bytes], aliases: bool = True) -> Any:
     return yaml.load(text, Loader=yaml.SafeLoader if aliases else _NoAliasLoader)
 
 
+def is_file_ref(ref: Any) -> bool:
+    """A budget, task or model given as a YAML/JSON file path rather than a name."""
+    return isinstance(ref, str) and ref.endswith((".yaml", ".yml", ".json"))
+
+
 def read_yaml_mapping(path: Union[str, Path], aliases: bool = True) -> dict:
     """The mapping in a YAML (or JSON) file, read with safe parsing only: nothing is executed
     (``aliases=False``: files from outside, see :class:`_NoAliasLoader`)."""

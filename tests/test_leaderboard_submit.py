@@ -104,7 +104,7 @@ def test_names_and_authors_are_plain_text_or_refused(board, tmp_path, monkeypatc
     ("d_model: [32\n", "not valid YAML"),
     ("- 1\n- 2\n", "mapping"),
     ("d_model: 512\nn_layers: 2\n", "max_params"),
-    ("d_model: 32\nvocab_size: 16\nmixer: {kind: attention, n_heads: 2}\n", r"vocab_size: 16 does not cover"),
+    ("d_model: 32\nvocab_size: 16\nmixer: {kind: attention, n_heads: 2}\n", r"vocab_size=16, task tiny_\w+@1 needs"),
 ])
 def test_bad_configs_fail_with_the_file_and_key_and_change_nothing(board, tmp_path, text, match):
     root, protocol, _, _, _ = board

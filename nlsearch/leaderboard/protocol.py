@@ -20,7 +20,7 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
     model_validator
 
 from nlsearch.budgets import Budget, load_budget
-from nlsearch.config import Strict, canonical_json, load_config
+from nlsearch.config import Strict, canonical_json, is_file_ref, load_config
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboard" / "protocol.yaml"
 REF = re.compile(r"^[a-z][a-z0-9_]*@[1-9][0-9]*$")
@@ -115,7 +115,7 @@ class Protocol(Strict):
         return None if self.claims is None else (self._source.parent / self.claims).resolve()
 
     def _budget_of(self, track: str) -> Budget:
-        if track.endswith((".yaml", ".yml", ".json")):
+        if is_file_ref(track):
             return load_budget(self._source.parent / track)
         return load_budget(track)
 

@@ -19,7 +19,7 @@ import pandas as pd
 from nlsearch.io import markdown_table, write_text
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
-from nlsearch.leaderboard.store import DEFAULT_ROOT, Store, readable
+from nlsearch.leaderboard.store import DEFAULT_ROOT, Store
 from nlsearch.leaderboard.table import display, mean_std, ranked, task_headers
 
 SCRIPT = """
@@ -126,16 +126,16 @@ def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str,
                  "<div class=\"plots\">"]
         for plot in PLOTS:
             name = _plot_name(ref, budget, plot)
-            readable(write_text(svgs[plot], root / "plots" / name))
+            write_text(svgs[plot], root / "plots" / name)
             md.append(f"![{TITLES[plot]}](plots/{name})")
             page.append(f"<figure class=\"plot\" data-plot=\"{plot}\">{svgs[plot]}</figure>")
         md.append("")
         page.append("</div></section>")
-    readme = readable(write_text("\n".join(md) + "\n", root / "README.md"))
+    readme = write_text("\n".join(md) + "\n", root / "README.md")
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nlsearch leaderboard</title>"
            f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body>\n" + "\n".join(page)
            + f"\n<script>{SCRIPT}</script></body></html>\n")
-    return readme, readable(write_text(doc, root / "index.html"))
+    return readme, write_text(doc, root / "index.html")
 
 
 README_HEAD = """# leaderboard

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from nlsearch.config import is_file_ref
 from nlsearch.io import markdown_table, write_text
 from nlsearch.leaderboard.claims import Verdict, judge, load_claims
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
@@ -35,7 +36,7 @@ def _name(spec: ModelSpec) -> str:
     """A baseline's entry name: the preset name, a file's stem, or a mapping's ``name``."""
     if isinstance(spec, dict):
         return str(spec.get("name") or "model")
-    return Path(spec).stem if str(spec).endswith((".yaml", ".yml", ".json")) else str(spec)
+    return Path(spec).stem if is_file_ref(str(spec)) else str(spec)
 
 
 def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs_dir: Path, workers: int,

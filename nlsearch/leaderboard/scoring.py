@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nlsearch.budgets import Budget, task_kind
+from nlsearch.config import is_file_ref
 from nlsearch.leaderboard.entry import RunInfo, SeedResult, TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask
 from nlsearch.leaderboard.runner import Job, JobResult, Log, run_jobs
@@ -24,7 +25,7 @@ RUN_FIELDS = tuple(RunInfo.model_fields)
 def _budget_arg(protocol: Protocol, budget: Budget) -> str:
     """A budget argument a worker process can load: the profile reference or the track's YAML path."""
     for allowed in protocol.budgets:
-        if protocol.load_budget(allowed).ref == budget.ref and allowed.endswith((".yaml", ".yml", ".json")):
+        if protocol.load_budget(allowed).ref == budget.ref and is_file_ref(allowed):
             return str(protocol.source.parent / allowed)
     return budget.ref
 

@@ -23,7 +23,6 @@ import contextlib
 import fcntl
 import json
 import math
-import os
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -81,7 +80,7 @@ class Store:
                   "results_sha256": results_sha256, "verified_seeds": list(seeds), "created": created}
         with self.lock():
             path = self.root / "rejected" / protocol / budget / f"{config_sha256[:12]}-{stamp}.json"
-            return readable(write_text(json.dumps(record, indent=1) + "\n", path))
+            return write_text(json.dumps(record, indent=1) + "\n", path)
 
     def path_of(self, entry: Entry) -> Path:
         return self.entries_dir / f"{entry.id}.json"
@@ -124,13 +123,13 @@ class Store:
         existing file) or LeaderboardError and leaves everything as it was."""
         with self.lock():
             self._check_new(entry, entry.protocol_sha256)
-            path = readable(write_text(entry.model_dump_json(indent=1) + "\n", self.path_of(entry)))
+            path = write_text(entry.model_dump_json(indent=1) + "\n", self.path_of(entry))
             self._write_index()
         return path
 
     def _write_index(self) -> pd.DataFrame:
         frame = index_frame([(read_entry(p), p) for p in self.entry_files()], self.root)
-        readable(write_parquet(frame, self.index_path))
+        write_parquet(frame, self.index_path)
         return frame
 
     def rebuild_index(self) -> pd.DataFrame:
@@ -147,13 +146,6 @@ class Store:
         if not files and not self.root.exists():
             return index_frame([], self.root)
         return self.rebuild_index()
-
-
-def readable(path: Path) -> Path:
-    """Makes a published file world-readable (temporary files are created private): a web server or
-    another user serving the leaderboard folder can read it."""
-    os.chmod(path, 0o644)
-    return path
 
 
 def read_entry(path: Path) -> Entry:

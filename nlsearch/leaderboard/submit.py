@@ -113,12 +113,13 @@ def _check_vocab(cfg, protocol: Protocol, source: str) -> None:
     if "vocab_size" not in cfg.model_fields_set:
         return
     from nlsearch.tasks import load_task
+    from nlsearch.train.plan import with_task_vocab
 
     for ref in protocol.task_refs():
-        need = load_task(ref, protocol.resolve_tasks_dir()).vocab_size
-        if cfg.vocab_size < need:
-            raise ConfigError(f"{source}: vocab_size: {cfg.vocab_size} does not cover protocol task {ref} "
-                              f"(vocabulary {need}): leave vocab_size out to take each task's")
+        try:
+            with_task_vocab(cfg, load_task(ref, protocol.resolve_tasks_dir()))
+        except ValueError as err:
+            raise ConfigError(f"{source}: {err}") from None
 
 
 def build_entry(sub: Submission, name: str, author: str, kind: str, protocol: Protocol, budget,

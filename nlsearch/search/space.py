@@ -39,7 +39,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 from pydantic import (Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator,
                       model_validator)
 
-from nlsearch.config import Strict, parse_config, read_yaml_mapping
+from nlsearch.config import Strict, is_file_ref, parse_config, read_yaml_mapping
 
 Scalar = Union[None, bool, int, float, str]
 IntRange = Tuple[int, int]           # module-level names: the fields ``int``/``float`` shadow the builtins
@@ -215,11 +215,6 @@ class SearchSpace(Strict):
     @property
     def directions(self) -> List[str]:
         return [o.direction for o in self.objectives]
-
-
-def is_file_ref(ref: Any) -> bool:
-    """A budget or task given as a YAML/JSON file path (not a name)."""
-    return isinstance(ref, str) and ref.endswith((".yaml", ".yml", ".json"))
 
 
 def task_label(ref: str) -> str:

@@ -21,8 +21,8 @@ from typing import IO, Any, Dict, Optional
 import optuna
 from optuna.trial import TrialState
 
-from nlsearch.config import canonical_json
-from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace, is_file_ref
+from nlsearch.config import canonical_json, is_file_ref
+from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
 
 JOURNAL = "study.journal"
 REQUEUED = "requeued"

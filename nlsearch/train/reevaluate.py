@@ -39,7 +39,7 @@ def _run_task(trainer: dict, tasks_dir: Optional[Path]) -> Task:
     return task
 
 
-def _train_lengths(budget: Budget, trainer: dict, tasks_dir: Optional[Path], plan) -> list:
+def _train_lengths(budget: Budget, trainer: dict, tasks_dir: Optional[Path]) -> list:
     """The lengths the checkpoint was trained at (its own task under its own budget)."""
     try:
         task = _run_task(trainer, tasks_dir)
@@ -76,7 +76,7 @@ def evaluate_checkpoint(path: Union[str, Path], task: Union[str, Path, Task, Non
     trained_budget = Budget.model_validate(trainer["budget"])
     trained_as = {"task": identity["task"], "task_sha256": identity["task_sha256"],
                   "budget": identity["budget"], "budget_sha256": identity["budget_sha256"],
-                  "train_lengths": _train_lengths(trained_budget, trainer, tasks_dir, plan)}
+                  "train_lengths": _train_lengths(trained_budget, trainer, tasks_dir)}
     record = build_record(status="evaluated", plan=plan, model=model, rows=result.rows, steps=state["step"],
                           train_tokens=state["train_tokens"], train_time=state["train_time"],
                           wall_time=time.perf_counter() - t0, sessions=state.get("sessions", ()),
