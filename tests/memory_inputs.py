@@ -13,7 +13,7 @@ def memory_inputs(b=2, h=2, t=33, dk=6, dv=6, *, decay=False, momentum=False, et
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
     uni = lambda lo, hi: lo + (hi - lo) * torch.rand(b, h, t, generator=g, dtype=dtype)  # noqa: E731
     out = dict(q=rnd(b, h, t, dk), k=F.normalize(rnd(b, h, t, dk), dim=-1), v=rnd(b, h, t, dv),
-               eta=uni(0.0, eta_max), alpha=uni(0.5, 1.0) if decay else None,
+               eta=uni(0.0, eta_max), log_alpha=uni(0.5, 1.0).log() if decay else None,
                theta=uni(0.05, 0.95) if momentum else None)
     if requires_grad:
         out = {n: None if x is None else x.clone().requires_grad_() for n, x in out.items()}

@@ -10,8 +10,8 @@ from nlsearch.ops import MemoryRule, MemoryState, apply_memory, linear_memory, m
 def _linear(**over):
     inp = memory_inputs(t=8)
     inp.update(over)
-    kw = {n: inp.pop(n) for n in list(inp) if n not in ("q", "k", "v", "eta", "alpha", "theta", "state")}
-    return linear_memory(inp["q"], inp["k"], inp["v"], inp["eta"], inp["alpha"], inp["theta"],
+    kw = {n: inp.pop(n) for n in list(inp) if n not in ("q", "k", "v", "eta", "log_alpha", "theta", "state")}
+    return linear_memory(inp["q"], inp["k"], inp["v"], inp["eta"], inp["log_alpha"], inp["theta"],
                          inp.get("state"), **kw)
 
 
@@ -22,7 +22,7 @@ def _linear(**over):
     (dict(v=torch.zeros(2, 2, 8, 6, dtype=torch.float32)), "v has dtype"),
     (dict(v=torch.zeros(2, 2, 8, 6, dtype=torch.long)), "v must be a floating-point"),
     (dict(eta=torch.zeros(2, 2, 7, dtype=torch.float64)), "eta must have shape"),
-    (dict(alpha=torch.zeros(2, 8, dtype=torch.float64)), "alpha must have shape"),
+    (dict(log_alpha=torch.zeros(2, 8, dtype=torch.float64)), "log_alpha must have shape"),
     (dict(chunk=0), "chunk=0"),
     (dict(chunk=-3), "chunk=-3"),
     (dict(chunk=2.5), "chunk=2.5"),
@@ -58,7 +58,7 @@ def test_rule_errors_name_the_field():
     with pytest.raises(ValidationError, match="before_step"):
         MemoryRule(memory="mlp", decay_order="before_step")
     inp = memory_inputs(t=4)
-    with pytest.raises(ValueError, match="alpha was not given"):
+    with pytest.raises(ValueError, match="log_alpha was not given"):
         apply_memory(preset("gated-deltanet"), inp["q"], inp["k"], inp["v"], inp["eta"])
     with pytest.raises(ValueError, match="impl='slow'"):
         apply_memory(preset("deltanet"), inp["q"], inp["k"], inp["v"], inp["eta"], impl="slow")

@@ -12,7 +12,7 @@ LINEAR_GRID = list(itertools.product(["dot", "l2"], ["with_step", "before_step"]
 
 
 def _call(fn, inp, state=None, **kw):
-    return fn(inp["q"], inp["k"], inp["v"], inp["eta"], inp["alpha"], inp["theta"], state, **kw)
+    return fn(inp["q"], inp["k"], inp["v"], inp["eta"], inp["log_alpha"], inp["theta"], state, **kw)
 
 
 def _cut(inp, a, b):
@@ -204,11 +204,11 @@ def test_mlp_read_from_reads_the_last_heads_only(fn, read):
     inp = memory_inputs(t=21, decay=True, momentum=True, eta_max=0.1, requires_grad=True)
     kw = dict(objective="l2", chunk=4, read=read)
     y_ref, s_ref = _call(mlp_memory_naive, inp, mlp_state(momentum=True), **kw)
-    y, s = fn(inp["q"][:, 1:], inp["k"], inp["v"], inp["eta"], inp["alpha"], inp["theta"],
+    y, s = fn(inp["q"][:, 1:], inp["k"], inp["v"], inp["eta"], inp["log_alpha"], inp["theta"],
               mlp_state(momentum=True), read_from=1, **kw)
     torch.testing.assert_close(y, y_ref[:, 1:], **TOL)
     _assert_states(s, s_ref)
-    leaves = [inp[n] for n in ("q", "k", "v", "eta", "alpha", "theta")]
+    leaves = [inp[n] for n in ("q", "k", "v", "eta", "log_alpha", "theta")]
     g_ref = torch.autograd.grad(y_ref[:, 1:].sin().sum() + s_ref.weights[0].sum(), leaves)
     g = torch.autograd.grad(y.sin().sum() + s.weights[0].sum(), leaves)
     for a, b in zip(g, g_ref):
@@ -255,7 +255,7 @@ def test_mlp_gradients_match_across_pieces(objective, decay, momentum, read, rea
         state, loss = state0, 0.0
         for a, b in ((0, cut), (cut, t)):
             piece = _cut(inp, a, b)
-            y, state = fn(piece["q"][:, read_from:], piece["k"], piece["v"], piece["eta"], piece["alpha"],
+            y, state = fn(piece["q"][:, read_from:], piece["k"], piece["v"], piece["eta"], piece["log_alpha"],
                           piece["theta"], state, **kw)
             loss = loss + _mlp_loss(y, state)
         grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
@@ -296,7 +296,7 @@ def test_mlp_fast_gradcheck(decay, momentum):
     def f(*xs):
         full = dict(inp, **dict(zip(names, xs[:n_in])))
         st = MemoryState(tuple(xs[n_in:]), state.momentum)
-        y, s = mlp_memory(full["q"][:, 1:], full["k"], full["v"], full["eta"], full["alpha"], full["theta"], st,
+        y, s = mlp_memory(full["q"][:, 1:], full["k"], full["v"], full["eta"], full["log_alpha"], full["theta"], st,
                           objective="l2", chunk=3, read_from=1)
         return (y, *s.weights)
 

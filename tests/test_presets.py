@@ -278,7 +278,8 @@ def library(name: str, x: Inputs, init: Init, chunk: Optional[int], impl: str = 
     rule = PRESETS[name] if chunk is None else PRESETS[name].model_copy(update={"chunk": chunk})
     if state is None and init.given:
         state = MemoryState(weights=init.weights, momentum=init.momentum)
-    return apply_memory(rule, x.q, x.k, x.v, x.eta, x.alpha, x.theta, state, impl=impl)
+    log_alpha = None if x.alpha is None else x.alpha.log()          # the ops take log-retention
+    return apply_memory(rule, x.q, x.k, x.v, x.eta, log_alpha, x.theta, state, impl=impl)
 
 
 def assert_near(actual: Tensor, expected: Tensor, tol: float = 1e-9, what: str = "") -> None:

@@ -13,7 +13,7 @@ from nlsearch.ops import linear_memory, mlp_memory
 TOL = dict(atol=1e-9, rtol=1e-9)
 
 
-def _linear_reference(q, k, v, eta, alpha, theta, objective, order, chunk, read):
+def _linear_reference(q, k, v, eta, log_alpha, theta, objective, order, chunk, read):
     b, h, t, dk = q.shape
     m = q.new_zeros(b, h, v.shape[-1], dk)
     s = torch.zeros_like(m)
@@ -21,7 +21,7 @@ def _linear_reference(q, k, v, eta, alpha, theta, objective, order, chunk, read)
     for i in range(t):
         if i % chunk == 0:
             anchor, since = m, torch.ones(b, h, 1, 1, dtype=q.dtype)
-        a = alpha[:, :, i, None, None] if alpha is not None else torch.ones(b, h, 1, 1, dtype=q.dtype)
+        a = log_alpha[:, :, i, None, None].exp() if log_alpha is not None else torch.ones(b, h, 1, 1, dtype=q.dtype)
         since = since * a
         at = since * anchor if order == "before_step" else anchor
         kt, vt = k[:, :, i, :, None], v[:, :, i, :, None]                       # column vectors
@@ -57,7 +57,7 @@ def _mlp(ws, x, residual, act):
     return hid + x if residual else hid
 
 
-def _mlp_reference(q, k, v, eta, alpha, theta, ws, objective, chunk, read, residual, act):
+def _mlp_reference(q, k, v, eta, log_alpha, theta, ws, objective, chunk, read, residual, act):
     ws = [w.clone() for w in ws]
     s = [torch.zeros_like(w) for w in ws]
     ys = []
@@ -67,7 +67,7 @@ def _mlp_reference(q, k, v, eta, alpha, theta, ws, objective, chunk, read, resid
         out = _mlp(anchor, k[:, :, i], residual, act)
         loss = 0.5 * (out - v[:, :, i]).square().sum() if objective == "l2" else -(out * v[:, :, i]).sum()
         grads = torch.autograd.grad(loss, anchor, create_graph=True)
-        a = alpha[:, :, i, None, None] if alpha is not None else 1.0
+        a = log_alpha[:, :, i, None, None].exp() if log_alpha is not None else 1.0
         steps = [-eta[:, :, i, None, None] * g for g in grads]
         if theta is not None:
             s = [theta[:, :, i, None, None] * si + st for si, st in zip(s, steps)]

@@ -63,13 +63,13 @@ def make_step(rule_name: str, impl: str, cfg: OpsBenchConfig, t: int, device: to
     def step():
         g = torch.sigmoid(gates)
         eta = g[0] * (1.0 if rule.memory == "linear" else 0.1)
-        alpha = g[1] if rule.decay else None
+        log_alpha = F.logsigmoid(gates[1]) if rule.decay else None
         theta = g[2] if rule.optimizer == "momentum" else None
         state = None
         if init:
             ws = tuple(w.expand(b, *w.shape) for w in init)
             state = MemoryState(ws, tuple(torch.zeros_like(w) for w in ws) if theta is not None else None)
-        y, _ = apply_memory(rule, q, k, v, eta, alpha, theta, state, impl=impl)
+        y, _ = apply_memory(rule, q, k, v, eta, log_alpha, theta, state, impl=impl)
         return y.square().mean()
 
     return step

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.profile import Level
+from nlsearch.ops.precision import autocast_off
 from nlsearch.ops.ssm import selective_scan, selective_scan_naive
 from nlsearch.optim.adamw import no_weight_decay
 from nlsearch.registry import MIXERS
@@ -99,18 +100,20 @@ class MambaLayer(nn.Module):
         return self.out_proj(y.to(z.dtype) * F.silu(z)), MambaState(h, conv_state)
 
     def _scan(self, x, delta, b, c, h0) -> Tuple[Tensor, Tensor]:
-        """The scan runs in float32 at least (float64 stays float64); so does the carried state."""
+        """The scan runs in float32 at least (float64 stays float64), autocast off, every input in
+        that one dtype (the fused kernel too); so does the carried state (:mod:`nlsearch.ops.precision`)."""
         work = torch.promote_types(x.dtype, torch.float32)
-        a = -torch.exp(self.A_log.to(work))                                 # (Dch, N)
-        d = self.D.to(work)
-        kernel = _kernel() if self.cfg.use_kernel and x.is_cuda and h0 is None else None
-        if kernel is not None:
-            y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d, return_last_state=True)
-            return y.mT, h.to(work)                                         # the kernel takes no h0
-        x, delta, b, c = (t.to(work) for t in (x, delta, b, c))
-        if self.cfg.impl == "naive":
-            return selective_scan_naive(x, delta, a, b, c, d, h0)
-        return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
+        with autocast_off(x):
+            a = -torch.exp(self.A_log.to(work))                             # (Dch, N)
+            d = self.D.to(work)
+            x, delta, b, c = (t.to(work) for t in (x, delta, b, c))
+            kernel = _kernel() if self.cfg.use_kernel and x.is_cuda and h0 is None else None
+            if kernel is not None:
+                y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d, return_last_state=True)
+                return y.mT, h.to(work)                                     # the kernel takes no h0
+            if self.cfg.impl == "naive":
+                return selective_scan_naive(x, delta, a, b, c, d, h0)
+            return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
 
     def flops_per_token(self, seq_len: int) -> float:
         """The scan: decay, input and read of the (channels x state) h_t per token, ~6 FLOPs each."""

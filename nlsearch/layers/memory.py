@@ -1,7 +1,8 @@
 """A memory mixer: projections of ``x`` into ``q, k, v, η, α, θ``, then one memory rule from ``ops``.
 
 Normalisation the layer applies (the ops apply none): q and k are L2-normalised per head when
-``qk_norm`` is on; η = ``eta_scale`` · sigmoid(·), α = sigmoid(·) (retention), θ = sigmoid(·); the
+``qk_norm`` is on; η = ``eta_scale`` · sigmoid(·), retention α = sigmoid(·) handed to the rule as
+log α = logsigmoid(·) (exact down to α = 0), θ = sigmoid(·); gates are computed in float32; the
 memory read is RMS-normalised per head before the output projection. Gate biases start at η = 0.5,
 θ ≈ 0.95 and α ≈ 0.95 for every head, or, with ``retention_init: [low, high]``, α spread over the heads
 from ``low`` to ``high`` (a decay rule only; no preset uses it: for gated-deltanet on recall_small at
@@ -24,6 +25,7 @@ from nlsearch.profile import Level
 from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, mlp_forward, preset
 from nlsearch.ops.blocks import aligned_block
 from nlsearch.ops.linear import DEFAULT_BLOCK
+from nlsearch.ops.precision import autocast_off, up
 from nlsearch.registry import MIXERS
 
 
@@ -73,6 +75,8 @@ class MemoryLayerConfig(Strict):
         named = next((n for n, p in PRESETS.items() if p == r), "custom rule")
         what = f"{r.memory} fast weights ({named}), gd" if r.optimizer == "gd" else \
             f"{r.memory} fast weights ({named}), momentum"
+        if r.decay:
+            what += f", log-retention log α_t = logsigmoid(w_α·x_t) ({r.decay_order})"
         out = [Level(f"memory ({named})", what, "tokens", r.chunk, r.objective, r.memory)]
         if r.optimizer == "momentum":
             out.append(Level("memory momentum", "inner momentum S_t of the memory's gradients", "tokens",
@@ -132,10 +136,12 @@ class MemoryLayer(nn.Module):
         return eta if theta is None else eta * (1 - theta)
 
     def initial_state(self, batch: int, like: Tensor) -> LayerState:
+        """Fresh fast weights, in float32 at least (the precision policy, :mod:`nlsearch.ops.precision`)."""
+        dtype = up(like.new_empty(())).dtype
         if self.rule.memory == "linear":
-            weights = (like.new_zeros(batch, self.h, self.dh, self.dh),)
+            weights = (like.new_zeros(batch, self.h, self.dh, self.dh, dtype=dtype),)
         else:
-            weights = tuple(w.to(like.dtype).expand(batch, *w.shape) for w in self.init_weights)
+            weights = tuple(w.to(dtype).expand(batch, *w.shape) for w in self.init_weights)
         momentum = tuple(torch.zeros_like(w) for w in weights) if self.rule.optimizer == "momentum" else None
         return LayerState(MemoryState(weights, momentum), None)
 
@@ -151,11 +157,12 @@ class MemoryLayer(nn.Module):
         q, k, v = qkv.view(b, t, 3, self.h, self.dh).permute(2, 0, 3, 1, 4)     # 3 x (B, H, T, Dh)
         if self.cfg.qk_norm:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        gates = torch.sigmoid(self.gates(x)).view(b, t, -1, self.h).permute(2, 0, 3, 1)  # (G, B, H, T)
-        alpha = gates[1] if self.rule.decay else None
+        pre = up(self.gates(x)).view(b, t, -1, self.h).permute(2, 0, 3, 1)     # (G, B, H, T), float32
+        gates = torch.sigmoid(pre)
+        log_alpha = F.logsigmoid(pre[1]) if self.rule.decay else None
         theta = gates[-1] if self.rule.optimizer == "momentum" else None
         eta = self._step_size(gates[0], theta)
-        y, mem = apply_memory(self.rule, q, k, v, eta, alpha, theta, state.memory, impl=self.cfg.impl)
+        y, mem = apply_memory(self.rule, q, k, v, eta, log_alpha, theta, state.memory, impl=self.cfg.impl)
         return self._project_out(y), LayerState(mem, conv_state)
 
     def _project_out(self, y: Tensor) -> Tensor:
@@ -173,10 +180,12 @@ class MemoryLayer(nn.Module):
         q = F.linear(x, self.qkv.weight[:hd]).view(b, t, self.h, self.dh).transpose(1, 2)   # (B, H, T, Dh)
         if self.cfg.qk_norm:
             q = F.normalize(q, dim=-1)
-        if self.rule.memory == "linear":
-            y = q @ weights[0].mT                                               # M q, M (B, H, Dv, Dk)
-        else:
-            y = mlp_forward(weights, q, self.rule.activation, residual=True)
+        with autocast_off(q):                                   # a memory read: float32, as the ops
+            q = up(q)
+            if self.rule.memory == "linear":
+                y = q @ weights[0].mT                                           # M q, M (B, H, Dv, Dk)
+            else:
+                y = mlp_forward(weights, q, self.rule.activation, residual=True)
         return self._project_out(y)
 
     def flops_per_token(self, seq_len: int) -> float:

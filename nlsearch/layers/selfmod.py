@@ -6,7 +6,7 @@ Per head, five residual 2-layer MLP memories ``M_□(a) = a + W_□,2 σ(W_□,1
 
     u_t = x_t W_u (head_input: project) or x_t's head slice (split);   q_t = x_t W_q (fixed)
     k_t = M_k,t−1(u_t)    v_t = M_v,t−1(u_t)
-    η_t = eta_scale σ(g_η(M_η,t−1(u_t))) / C    α_t = σ(g_α(M_α,t−1(u_t)))
+    η_t = eta_scale σ(g_η(M_η,t−1(u_t))) / C    α_t = σ(g_α(M_α,t−1(u_t)))  (to the op as log σ(·))
     v̂_□,t = M_□,t−1(v_t)
     M_□,t = α_t M_□,t−1 − η_t ∇_M ½‖M_□,t−1(k_t) − v̂_□,t‖²      (the same k_t, η_t, α_t for every □)
     y_t = W_o rms(M_memory,t(q_t))
@@ -60,6 +60,7 @@ from nlsearch.layers.memory import LayerState, open_block
 from nlsearch.ops import MemoryState, mlp_forward, mlp_memory, mlp_memory_naive
 from nlsearch.optim.adamw import no_weight_decay
 from nlsearch.ops.blocks import plan_segments
+from nlsearch.ops.precision import autocast_off, up
 from nlsearch.profile import Level
 from nlsearch.registry import MIXERS
 from nlsearch.runtime import step_function
@@ -98,7 +99,8 @@ class SelfModConfig(Strict):
 
     def levels(self) -> List[Level]:
         return [
-            Level("self-modifying memory", "MLP output memory M_memory (in-context, DGD with retention)",
+            Level("self-modifying memory", "MLP output memory M_memory (in-context, DGD with log-retention "
+                  "log α_t = logsigmoid(g_α(M_α(u_t))))",
                   "tokens", self.chunk,
                   "l2 (self-generated targets)" if self.memory_target == "self" else "l2 (values)", "mlp"),
             Level("self-modifying projections", "MLP memories M_k, M_v, M_η, M_α: keys, values, learning "
@@ -125,7 +127,9 @@ class SelfModLayer(nn.Module):
         self.out = nn.Linear(h * dh, d_model, bias=False)
 
     def initial_state(self, batch: int, like: Tensor) -> LayerState:
-        weights = tuple(w.to(like.dtype).flatten(0, 1).expand(batch, -1, -1, -1) for w in (self.w1, self.w2))
+        """The meta-learned weights, in float32 at least (:mod:`nlsearch.ops.precision`)."""
+        dtype = up(like.new_empty(())).dtype
+        weights = tuple(w.to(dtype).flatten(0, 1).expand(batch, -1, -1, -1) for w in (self.w1, self.w2))
         return LayerState(MemoryState(weights), None)                         # (B, 5H, out, in) each
 
     def _inputs(self, x: Tensor, conv_state: Optional[Tensor]) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
@@ -156,14 +160,14 @@ class SelfModLayer(nn.Module):
         if self.cfg.v_norm:
             v = F.normalize(v, dim=-1)
         eta = self.cfg.eta_scale * torch.sigmoid(self._gate(s_eta, ETA)) / self.cfg.chunk  # (B, H, L)
-        alpha = torch.sigmoid(self._gate(s_alpha, ALPHA))
+        log_alpha = F.logsigmoid(self._gate(s_alpha, ALPHA))
         n_self = N_MEMORIES if self.cfg.memory_target == "self" else N_MEMORIES - 1
         targets = mlp_forward([w[:, :n_self * h] for w in anchor], v.repeat(1, n_self, 1, 1), act, True)
         if n_self < N_MEMORIES:
             targets = torch.cat([targets, v], dim=1)                          # (B, 5H, L, Dh)
         op = mlp_memory if self.cfg.impl == "fast" else mlp_memory_naive
         y, mem = op(q, k.repeat(1, N_MEMORIES, 1, 1), targets, eta.repeat(1, N_MEMORIES, 1),
-                    alpha.repeat(1, N_MEMORIES, 1), None, mem, objective="l2", chunk=self.cfg.chunk,
+                    log_alpha.repeat(1, N_MEMORIES, 1), None, mem, objective="l2", chunk=self.cfg.chunk,
                     read=self.cfg.read, activation=act, residual=True, read_from=4 * h)   # read M_memory only
         return y, mem
 
@@ -177,10 +181,11 @@ class SelfModLayer(nn.Module):
         seg = plan_segments(t, mem.offset, c, c)
         lengths = [n for n in [seg.prefix] + [c] * seg.n_blocks + [seg.tail] if n]
         ys, step = [], step_function(SelfModLayer._chunk)
-        for uc, qc in zip(u.split(lengths, dim=2), q.split(lengths, dim=2)):
-            y, mem = step(self, uc, qc, mem)
-            ys.append(y)
-        y = torch.cat(ys, dim=2) if ys else q.new_zeros(q.shape)              # (B, H, T, Dh)
+        with autocast_off(u):                     # every chunk is memory work: float32 throughout
+            for uc, qc in zip(up(u).split(lengths, dim=2), up(q).split(lengths, dim=2)):
+                y, mem = step(self, uc, qc, mem)
+                ys.append(y)
+        y = torch.cat(ys, dim=2) if ys else up(q).new_zeros(q.shape)          # (B, H, T, Dh)
         y = F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh)
         return self.out(y), LayerState(mem, conv_state)
 

@@ -10,6 +10,12 @@ with ``γ_t = Π_{r≤t} α_r``, ``Θ_t = Π_{r≤t} θ_r``, ``b_t = Σ_{r≤t} 
 ``c_{t,s} = η_s Σ_{r=s..t} (γ_t/γ_r)(Θ_r/Θ_s)``. Without momentum ``b = 0`` and
 ``c_{t,s} = η_s γ_t/γ_s``. Rows are indexed ``t = 0..L`` (row 0 is the block start, all zero), so
 ``read=before_write`` simply uses rows ``0..L-1``.
+
+Decay enters as ``log α ≤ 0`` (``-inf``: a full reset) and ``log θ``. Every factor is ``exp`` of a
+*segment sum* ``Σ_{s<r≤t} log α_r`` taken directly over the segment (:func:`decay_matrix`), masked to
+``-inf`` where the segment is empty before the ``exp``: no factor exceeds 1, no ``exp(+cumsum)``
+meets an ``exp(-cumsum)``, and no segment's sum is the difference of two large cumulative sums (in
+float32 that difference loses the digits of a short segment after one strongly decaying token).
 """
 from __future__ import annotations
 
@@ -17,7 +23,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 @dataclass
@@ -31,6 +39,7 @@ class BlockCoefficients:
     b: Optional[Tensor] = None   # (..., L+1), momentum only
     e: Optional[Tensor] = None   # (..., L)  η_s Θ_L/Θ_s, momentum only
     theta_end: Optional[Tensor] = None  # (...)   Θ_L, momentum only
+    log_alpha: Optional[Tensor] = None  # (..., L)  the block's log-retention; None: γ ≡ 1
 
     def read_rows(self, after_write: bool) -> slice:
         """Rows of the weights each token reads: M_t (after the write) or M_{t-1}."""
@@ -57,39 +66,87 @@ class BlockCoefficients:
     def map(self, fn) -> "BlockCoefficients":
         """Apply ``fn`` to every tensor field (e.g. select one block of a batch of blocks)."""
         return BlockCoefficients(*(None if x is None else fn(x) for x in
-                                   (self.log_gamma, self.ratio, self.eta, self.b, self.e, self.theta_end)))
+                                   (self.log_gamma, self.ratio, self.eta, self.b, self.e, self.theta_end,
+                                    self.log_alpha)))
+
+    def decay_in_minibatch(self, chunk: int) -> Tensor:
+        """``γ_s/γ_g(s)`` for every token ``s = 1..L``, ``g(s)`` the start of its mini-batch of ``chunk``
+        tokens (counted from the block start): ``exp`` of the log-retention summed within the
+        mini-batch up to ``s``, ``(..., L)``."""
+        la, length = self.log_alpha, self.log_alpha.shape[-1]
+        if chunk == 1:
+            return la.exp()
+        pad = -length % chunk
+        grouped = F.pad(la, (0, pad)).unflatten(-1, (-1, chunk)).cumsum(-1)
+        return grouped.flatten(-2)[..., :length].exp()
+
+    def decay_over_last(self, n: int) -> Tensor:
+        """``γ_L/γ_{L−n}``: ``exp`` of the last ``n`` tokens' log-retention summed, ``(...)``."""
+        if self.log_alpha is None:
+            return torch.ones_like(self.log_gamma[..., 0])
+        return self.log_alpha[..., self.log_alpha.shape[-1] - n:].sum(-1).exp()
 
 
-def _ratio_matrix(log_cum_rows: Tensor, log_cum_cols: Tensor, diagonal: int) -> Tensor:
-    """``exp(rows_i − cols_j)`` where ``j − i <= diagonal`` (a lower triangle), else exactly 0.
+def decay_matrix(log_x: Tensor) -> Tensor:
+    """``R[..., t, s−1] = exp(Σ_{s<r≤t} x_r)`` for ``0 ≤ t ≤ L``, ``1 ≤ s ≤ L`` (``x_r = log_x[..., r−1]``,
+    entries in ``[-inf, 0]``): 1 on the diagonal ``s = t``, exactly 0 above it. ``(..., L+1, L)``.
 
-    Masking happens before ``exp`` so the unused upper triangle can never overflow."""
-    diff = log_cum_rows[..., :, None] - log_cum_cols[..., None, :]
-    n_rows, n_cols = diff.shape[-2:]
-    keep = torch.ones(n_rows, n_cols, dtype=torch.bool, device=diff.device).tril(diagonal)
-    return diff.masked_fill(~keep, float("-inf")).exp()
+    Each exponent is the sum over its own segment, a cumulative sum down a column masked to the
+    segment, so it is as exact as the segment is short; the mask is applied before the ``exp`` and no
+    two ``-inf`` ever meet in a subtraction. One autograd node: the backward is the sum of
+    ``∂R ⊙ R`` over every segment that holds ``x_r`` (a prefix sum along ``s``, a suffix sum along ``t``)."""
+    return _DecayMatrix.apply(log_x)
+
+
+def _masks(length: int, device) -> "tuple[Tensor, Tensor]":
+    """(inside, empty) of the ``(L+1, L)`` layout: x_t is in segment (s, t'] of column s−1 = j when
+    t ≥ j + 2; the segment (s, t] is empty (s > t) when j ≥ t."""
+    ones = torch.ones(length + 1, length, dtype=torch.bool, device=device)
+    return ones.tril(-2), ones.triu(0)
+
+
+class _DecayMatrix(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, log_x):
+        length = log_x.shape[-1]
+        inside, empty = _masks(length, log_x.device)
+        col = F.pad(log_x, (1, 0))[..., :, None].expand(*log_x.shape[:-1], length + 1, length)  # x_t
+        r = col.masked_fill(~inside, 0.0).cumsum_(-2).masked_fill_(empty, float("-inf")).exp_()
+        ctx.save_for_backward(r)
+        return r
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (r,) = ctx.saved_tensors
+        length = r.shape[-1]
+        g = (grad * r).cumsum_(-1)                    # P[t, j] = Σ_{j' ≤ j} ∂R ⊙ R
+        suffix = g.flip(-2).cumsum_(-2)               # row i: Σ over t ≥ L − i
+        rows = torch.arange(length - 1, device=r.device)                   # x_r, r = 2..L: t ≥ r, j ≤ r − 2
+        d = suffix[..., length - 2 - rows, rows]                            # (..., L − 1)
+        return F.pad(d, (1, 0))                                             # x_1 is in no segment of R
 
 
 def block_coefficients(log_alpha: Optional[Tensor], log_theta: Optional[Tensor], eta: Tensor) -> BlockCoefficients:
-    """Coefficients of one block (or a batch of blocks): inputs ``(..., L)``; ``None`` = factor 1."""
+    """Coefficients of one block (or a batch of blocks): inputs ``(..., L)``, log-factors in
+    ``[-inf, 0]``; ``None`` = factor 1."""
     length = eta.shape[-1]
     if log_alpha is None:                                                   # γ ≡ 1
         log_gamma = torch.zeros_like(eta[..., :1]).expand(*eta.shape[:-1], length + 1)
         gamma_ratio = None
     else:
-        zero = torch.zeros_like(log_alpha[..., :1])
-        log_gamma = torch.cat([zero, log_alpha.cumsum(-1)], dim=-1)            # (..., L+1)
-        gamma_ratio = _ratio_matrix(log_gamma, log_gamma[..., 1:], diagonal=-1)  # (..., L+1, L): s ≤ t
+        log_gamma = F.pad(log_alpha.cumsum(-1), (1, 0))                    # (..., L+1), from the start
+        gamma_ratio = decay_matrix(log_alpha)                               # (..., L+1, L): 0 for s > t
     if log_theta is None:
-        return BlockCoefficients(log_gamma, gamma_ratio, eta)
+        return BlockCoefficients(log_gamma, gamma_ratio, eta, log_alpha=log_alpha)
     if gamma_ratio is None:
         gamma_ratio = torch.ones(length + 1, length, dtype=eta.dtype, device=eta.device).tril(-1)
-    log_big_theta = log_theta.cumsum(-1)                                    # (..., L)
-    theta_ratio = _ratio_matrix(log_big_theta, log_big_theta, diagonal=0)   # (..., L, L): s ≤ r
+    theta_ratio = decay_matrix(log_theta)[..., 1:, :]                       # (..., L, L): Θ_r/Θ_s, s ≤ r
+    big_theta = log_theta.cumsum(-1).exp()                                  # (..., L): Θ_r
     ratio = gamma_ratio @ theta_ratio
-    b = (gamma_ratio @ log_big_theta.exp()[..., None]).squeeze(-1)
+    b = (gamma_ratio @ big_theta[..., None]).squeeze(-1)
     e = theta_ratio[..., -1, :] * eta
-    return BlockCoefficients(log_gamma, ratio, eta, b, e, log_big_theta[..., -1].exp())
+    return BlockCoefficients(log_gamma, ratio, eta, b, e, big_theta[..., -1], log_alpha)
 
 
 def log_or_none(x: Optional[Tensor]) -> Optional[Tensor]:

@@ -7,6 +7,10 @@ of the mini-batch start (the *anchor*):
     S_t = θ_t S_{t-1} − η_t G_t   (momentum; plain GD: S_t = −η_t G_t)
     M_t = α_t M_{t-1} + S_t
 
+Retention enters as ``log_alpha = log α_t ∈ [-inf, 0]`` (``-inf``: a full reset of the memory at
+that token); the layers produce it directly (``logsigmoid`` of a gate, ``Δ_t a`` for Mamba-2).
+Momentum ``theta = θ_t ∈ (0, 1]`` enters as the factor itself.
+
 ``decay_order`` names where the gradient is read: ``with_step`` at the anchor itself (decay acts like
 weight decay: ``M(αI − ηkkᵀ) + ηvkᵀ`` per token), ``before_step`` at the anchor decayed up to t
 (Gated DeltaNet: ``αM(I − ηkkᵀ) + ηvkᵀ``). No normalisation of q or k happens here.
@@ -19,6 +23,7 @@ import torch
 from torch import Tensor
 
 from nlsearch.ops.blocks import BlockCoefficients, aligned_block, block_coefficients, log_or_none, plan_segments
+from nlsearch.ops.precision import float32_boundary
 from nlsearch.ops.scan import block_scan
 from nlsearch.ops.state import MemoryState, zeros_linear_state
 from nlsearch.ops.validate import DECAY_ORDERS, OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
@@ -27,8 +32,8 @@ from nlsearch.ops.validate import DECAY_ORDERS, OBJECTIVES, READS, check_choice,
 DEFAULT_BLOCK = 32          # tokens per block of the fast form (a compute setting; results never depend on it)
 
 
-def _prepare(q, k, v, eta, alpha, theta, state, objective, decay_order, chunk, read):
-    b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
+def _prepare(q, k, v, eta, log_alpha, theta, state, objective, decay_order, chunk, read):
+    b, h, _, dk, dv = check_inputs(q, k, v, eta, log_alpha, theta)
     check_choice("objective", objective, OBJECTIVES)
     check_choice("decay_order", decay_order, DECAY_ORDERS)
     check_choice("read", read, READS)
@@ -41,13 +46,14 @@ def _prepare(q, k, v, eta, alpha, theta, state, objective, decay_order, chunk, r
     return state
 
 
+@float32_boundary
 def linear_memory_naive(
-    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     decay_order: str = "with_step", chunk: int = 1, read: str = "after_write",
 ) -> Tuple[Tensor, MemoryState]:
     """Reference: a per-token loop over the update equations above."""
-    state = _prepare(q, k, v, eta, alpha, theta, state, objective, decay_order, chunk, read)
+    state = _prepare(q, k, v, eta, log_alpha, theta, state, objective, decay_order, chunk, read)
     m = state.weights[0]                                        # (B, H, Dv, Dk)
     s = state.momentum[0] if theta is not None else None
     anchor = state.anchor[0] if state.offset else None
@@ -57,7 +63,7 @@ def linear_memory_naive(
     for t in range(q.shape[2]):
         if offset == 0:
             anchor, anchor_decay = m, torch.ones_like(eta[:, :, t])
-        a = torch.ones_like(eta[:, :, t]) if alpha is None else alpha[:, :, t]
+        a = torch.ones_like(eta[:, :, t]) if log_alpha is None else log_alpha[:, :, t].exp()
         anchor_decay = anchor_decay * a
         grad_point = anchor_decay[..., None, None] * anchor if decay_order == "before_step" else anchor
         kt, vt = k[:, :, t], v[:, :, t]
@@ -81,8 +87,9 @@ def linear_memory_naive(
     )
 
 
+@float32_boundary
 def linear_memory(
-    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     decay_order: str = "with_step", chunk: int = 1, read: str = "after_write", block: int = DEFAULT_BLOCK,
 ) -> Tuple[Tensor, MemoryState]:
@@ -93,11 +100,11 @@ def linear_memory(
     on earlier writes is a unit lower-triangular system solved at once (the WY/UT transform); only a
     matrix product per block runs sequentially.
     """
-    state = _prepare(q, k, v, eta, alpha, theta, state, objective, decay_order, chunk, read)
+    state = _prepare(q, k, v, eta, log_alpha, theta, state, objective, decay_order, chunk, read)
     if not isinstance(block, int) or block < 1:
         raise ValueError(f"block={block!r} must be a positive integer")
     seg = plan_segments(q.shape[2], state.offset, chunk, aligned_block(chunk, block))
-    la, lt = log_or_none(alpha), log_or_none(theta)
+    la, lt = log_alpha, log_or_none(theta)
     run = _Runner(objective, decay_order, chunk, read == "after_write")
     sizes = [seg.prefix, seg.block * seg.n_blocks, seg.tail]
     inputs = (q, k, v, eta, la, lt)
@@ -147,10 +154,9 @@ class _Runner:
         if momentum:
             qz, kz = torch.cat([qz, b[..., None] * q], -1), torch.cat([kz, k * co.e[..., None]], -1)
         y, z_all, u = block_scan(q, k, ke, co.weights(rows), t_w, w0, v, kz, qz, self._transition(co, la, k), z0)
-        y, u = y.to(q.dtype), u.to(q.dtype)                                 # float32 under CUDA autocast
         dk = k.shape[-1]
         # after the last block, and at its start: copies, so a carried state does not hold every block's
-        z_end, z_last = (z_all[:, :, i].to(q.dtype, copy=True) for i in (-1, -2))
+        z_end, z_last = (z_all[:, :, i].clone() for i in (-1, -2))
         m_end, s_end = z_end[..., :dk], (z_end[..., dk:] if momentum else None)
         last_s = z_last[..., dk:] if momentum else None
         return y.flatten(2, 3), self._next_state(state, m_end, s_end, z_last[..., :dk], last_s, u, k, co)
@@ -170,7 +176,8 @@ class _Runner:
         else:
             g = torch.arange(length, device=k.device) // self.chunk * self.chunk
         lg = co.log_gamma
-        rho = (lg[..., 1:] - lg[..., g]).exp() if self.before_step else None
+        decays = self.before_step and co.log_alpha is not None
+        rho = co.decay_in_minibatch(self.chunk) if decays else None           # γ_s/γ_g(s)
         if co.ratio is None:                                                  # γ ≡ 1, no momentum
             w0 = k
         else:
@@ -220,12 +227,13 @@ class _Runner:
         if open_tokens == 0:
             return MemoryState((m,), _opt(s))
         g = length - open_tokens
-        lg = co.log_gamma[:, :, -1]
-        cg = co.map(lambda x: x[:, :, -1]).row(g)[..., None]
+        last = co.map(lambda x: x[:, :, -1])
+        lg = last.log_gamma
+        cg = last.row(g)[..., None]
         anchor = lg[..., g].exp()[..., None, None] * m0 + (u[:, :, -1] * cg).mT @ k[:, :, -1]
         if s0 is not None:
             anchor = anchor + co.b[:, :, -1, g, None, None] * s0
-        return MemoryState((m,), _opt(s), (anchor,), (lg[..., -1] - lg[..., g]).exp(), open_tokens)
+        return MemoryState((m,), _opt(s), (anchor,), last.decay_over_last(open_tokens), open_tokens)
 
 
 def _opt(s: Optional[Tensor]) -> Optional[Tuple[Tensor]]:

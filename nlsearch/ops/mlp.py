@@ -4,6 +4,7 @@ The update equations are those of :mod:`nlsearch.ops.linear` with ``G_t = ∇_W 
 through the MLP: the Titans rule (l2, momentum, decay) and the TTT-MLP mini-batch rule (l2, GD) are
 points of this grid. Gradients of a mini-batch are all read at its start weights, so the fast form
 computes a whole mini-batch at once; ``chunk=1`` is exact per-token learning but sequential.
+Retention enters as ``log_alpha = log α_t ∈ [-inf, 0]`` (as in :mod:`nlsearch.ops.linear`).
 Only ``decay_order="with_step"`` exists here: reading gradients at decayed weights would give each
 token of a mini-batch its own weights.
 """
@@ -17,6 +18,7 @@ from torch import Tensor
 
 from nlsearch.ops.blocks import BlockCoefficients, block_coefficients, log_or_none, plan_segments
 from nlsearch.ops.mlp_chunk import ACTIVATION_DERIVS, ChunkSpec, mlp_chunk
+from nlsearch.ops.precision import float32_boundary
 from nlsearch.ops.state import MemoryState
 from nlsearch.ops.validate import OBJECTIVES, READS, check_choice, check_chunk, check_inputs, check_state
 from nlsearch.runtime import step_function
@@ -25,11 +27,11 @@ from nlsearch.runtime import step_function
 ACTIVATIONS: Dict[str, Callable[[Tensor], Tensor]] = {name: fns[0] for name, fns in ACTIVATION_DERIVS.items()}
 
 
-def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from):
+def _prepare(q, k, v, eta, log_alpha, theta, state, objective, chunk, read, activation, residual, read_from):
     if isinstance(read_from, bool) or not isinstance(read_from, int) or read_from < 0:
         raise ValueError(f"read_from={read_from!r} must be a non-negative integer (the first head read)")
     if read_from:                   # q holds the read heads only: everything else is checked against k
-        b, h, _, dk, dv = check_inputs(k, k, v, eta, alpha, theta)
+        b, h, _, dk, dv = check_inputs(k, k, v, eta, log_alpha, theta)
         if read_from >= h:
             raise ValueError(f"read_from={read_from} must be below the number of heads H={h}")
         if not isinstance(q, Tensor) or q.dim() != 4 or q.shape[1] != h - read_from:
@@ -38,7 +40,7 @@ def _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activati
                              f"heads, got shape {shape}")
         check_inputs(q, k[:, read_from:], v[:, read_from:], eta[:, read_from:], None, None)
     else:
-        b, h, _, dk, dv = check_inputs(q, k, v, eta, alpha, theta)
+        b, h, _, dk, dv = check_inputs(q, k, v, eta, log_alpha, theta)
     check_choice("objective", objective, OBJECTIVES)
     check_choice("read", read, READS)
     check_choice("activation", activation, ACTIVATIONS)
@@ -63,14 +65,15 @@ def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual:
     return h + x if residual else h
 
 
+@float32_boundary
 def mlp_memory_naive(
-    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
     read_from: int = 0,
 ) -> Tuple[Tensor, MemoryState]:
     """Reference: per-token loop, gradients by ``torch.func.grad`` of the inner loss."""
-    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from)
+    _prepare(q, k, v, eta, log_alpha, theta, state, objective, chunk, read, activation, residual, read_from)
 
     def inner_loss(weights, kt, vt):
         out = mlp_forward(weights, kt, activation, residual)
@@ -85,7 +88,7 @@ def mlp_memory_naive(
     for t in range(q.shape[2]):
         if offset == 0:
             anchor, anchor_decay = m, torch.ones_like(eta[:, :, t])
-        a = torch.ones_like(eta[:, :, t]) if alpha is None else alpha[:, :, t]
+        a = torch.ones_like(eta[:, :, t]) if log_alpha is None else log_alpha[:, :, t].exp()
         anchor_decay = anchor_decay * a
         grads = grad_fn(anchor, k[:, :, t], v[:, :, t])
         steps = tuple(-eta[:, :, t, None, None] * g for g in grads)
@@ -101,8 +104,9 @@ def mlp_memory_naive(
     return y, MemoryState(m, s, anchor if offset else None, anchor_decay if offset else None, offset)
 
 
+@float32_boundary
 def mlp_memory(
-    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, objective: str = "l2",
     chunk: int = 1, read: str = "after_write", activation: str = "silu", residual: bool = True,
     read_from: int = 0,
@@ -118,12 +122,11 @@ def mlp_memory(
     the self-modifying layer's projection memories); ``q`` then has ``H − read_from`` heads, and so
     has ``y``.
     """
-    _prepare(q, k, v, eta, alpha, theta, state, objective, chunk, read, activation, residual, read_from)
+    _prepare(q, k, v, eta, log_alpha, theta, state, objective, chunk, read, activation, residual, read_from)
     seg = plan_segments(q.shape[2], state.offset, chunk, chunk)
     lengths = ([seg.prefix] if seg.prefix else []) + [chunk] * seg.n_blocks + ([seg.tail] if seg.tail else [])
-    la, lt = log_or_none(alpha), log_or_none(theta)
-    coefs = _chunk_coefficients(la, lt, eta, seg)
-    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from, alpha is not None)
+    coefs = _chunk_coefficients(log_alpha, log_or_none(theta), eta, seg)
+    chunk_fn = _ChunkStep(objective, read == "after_write", activation, residual, read_from, log_alpha is not None)
     pieces = [x.split(lengths, dim=2) for x in (q, k, v)]      # split once: one concat in backward
     ys, step = [], step_function(_ChunkStep.__call__)
     for qc, kc, vc, co in zip(*pieces, coefs):
@@ -174,9 +177,6 @@ class _ChunkStep:
                          has_anchor=bool(state.offset), momentum=mom is not None)
         y, new_w, new_s = mlp_chunk(spec, q, k, v, c, co.row(length), g, g_end, b, b_end, e, theta_end,
                                     weights, state.anchor if state.offset else None, mom)
-        y = y.to(q.dtype)                                      # float32 under CUDA autocast: back to the input's
-        new_w = tuple(w.to(old.dtype) for w, old in zip(new_w, weights))
-        new_s = None if new_s is None else tuple(s.to(old.dtype) for s, old in zip(new_s, mom))
         anchor = state.anchor if state.offset else weights
         offset = state.offset + length
         if offset >= chunk:

@@ -17,7 +17,7 @@ class MemoryRule(BaseModel):
     memory:      ``linear`` (a matrix per head) or ``mlp`` (``mlp_depth`` layers, residual).
     objective:   inner loss ``dot`` (−⟨M(k), v⟩) or ``l2`` (½‖M(k) − v‖²).
     optimizer:   inner update ``gd`` or ``momentum`` (needs ``theta``).
-    decay:       data-dependent retention ``alpha`` in (0, 1].
+    decay:       data-dependent retention α_t in [0, 1], passed as ``log_alpha`` in [-inf, 0]
     decay_order: ``with_step`` (gradient at M_{t-1}, decay as weight decay) or ``before_step``
                  (Gated DeltaNet: gradient at α_t M_{t-1}); linear memories only.
     chunk:       tokens per inner update (mini-batch); gradients at the mini-batch's start weights.
@@ -63,7 +63,7 @@ def preset(name: str) -> MemoryRule:
 
 
 def apply_memory(
-    rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, alpha: Optional[Tensor] = None,
+    rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, eta: Tensor, log_alpha: Optional[Tensor] = None,
     theta: Optional[Tensor] = None, state: Optional[MemoryState] = None, *, impl: str = "fast",
 ) -> Tuple[Tensor, MemoryState]:
     """Run ``rule`` on ``(B, H, T, D)`` inputs; ``impl`` is ``fast`` or ``naive`` (same results)."""
@@ -71,14 +71,14 @@ def apply_memory(
         raise TypeError(f"rule must be a MemoryRule, got {type(rule).__name__}")
     if impl not in ("fast", "naive"):
         raise ValueError(f"impl={impl!r} is not one of ['fast', 'naive']")
-    if rule.decay != (alpha is not None):
-        raise ValueError(f"rule.decay={rule.decay} but alpha was {'not ' if alpha is None else ''}given")
+    if rule.decay != (log_alpha is not None):
+        raise ValueError(f"rule.decay={rule.decay} but log_alpha was {'not ' if log_alpha is None else ''}given")
     if (rule.optimizer == "momentum") != (theta is not None):
         raise ValueError(f"rule.optimizer={rule.optimizer!r} but theta was "
                          f"{'not ' if theta is None else ''}given")
     kw = dict(objective=rule.objective, chunk=rule.chunk, read=rule.read)
     if rule.memory == "linear":
         fn = linear_memory if impl == "fast" else linear_memory_naive
-        return fn(q, k, v, eta, alpha, theta, state, decay_order=rule.decay_order, **kw)
+        return fn(q, k, v, eta, log_alpha, theta, state, decay_order=rule.decay_order, **kw)
     fn = mlp_memory if impl == "fast" else mlp_memory_naive
-    return fn(q, k, v, eta, alpha, theta, state, activation=rule.activation, residual=True, **kw)
+    return fn(q, k, v, eta, log_alpha, theta, state, activation=rule.activation, residual=True, **kw)

@@ -37,7 +37,7 @@ def check_inputs(
     k: Tensor,
     v: Tensor,
     eta: Tensor,
-    alpha: Optional[Tensor],
+    log_alpha: Optional[Tensor],
     theta: Optional[Tensor],
 ) -> tuple[int, int, int, int, int]:
     """Check the ``(B, H, T, D)`` layout; return ``(B, H, T, Dk, Dv)``."""
@@ -55,7 +55,7 @@ def check_inputs(
             raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
     if k.shape[-1] != dk:
         raise ValueError(f"k has key dim {k.shape[-1]} but q has {dk}; they must match")
-    for name, x in (("eta", eta), ("alpha", alpha), ("theta", theta)):
+    for name, x in (("eta", eta), ("log_alpha", log_alpha), ("theta", theta)):
         if x is None:
             if name == "eta":
                 raise ValueError("eta (per-token learning rate, shape (B, H, T)) is required")
