@@ -127,3 +127,49 @@ def test_scan_matches_the_s6_equations_written_out():
         y, h_end = fn(x, delta, a, bb, cc, dd)
         torch.testing.assert_close(y, want, atol=1e-12, rtol=1e-12)
         torch.testing.assert_close(h_end[0], torch.tensor(h, dtype=torch.float64), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("t", [1, 7, 65, 300])
+@pytest.mark.parametrize("chunk", [1, 8, 32])
+def test_hand_written_backward_matches_autograd_through_the_naive_scan(t, chunk):
+    """Outputs, final state and the gradient of every input (h0 included) at odd lengths, several
+    chunk lengths (1: every token its own chunk; 32 > 7: one padded chunk)."""
+    inp = scan_inputs(t=t, requires_grad=True, seed=t)
+    y, h, grads = _grads(lambda **kw: selective_scan(**kw, chunk=chunk), inp)
+    y_ref, h_ref, grads_ref = _grads(selective_scan_naive, inp)
+    torch.testing.assert_close(y, y_ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(h, h_ref, atol=1e-10, rtol=1e-10)
+    for name, gr, gr_ref in zip(NAMES, grads, grads_ref):
+        torch.testing.assert_close(gr, gr_ref, atol=1e-9, rtol=1e-9, msg=lambda m: f"d{name}: {m}")
+
+
+@pytest.mark.parametrize("cuts", [(1,), (5, 40), (64, 65)])
+def test_gradients_through_pieces_with_carried_state(cuts):
+    """The state handed from piece to piece carries gradients back into earlier pieces and into h0."""
+    inp = scan_inputs(t=100, requires_grad=True, seed=3)
+    leaves = [v for v in inp.values() if v is not None]
+    g = torch.Generator().manual_seed(5)
+    weights = torch.randn(2, 100, 5, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (lambda **kw: selective_scan(**kw, chunk=16), selective_scan_naive):
+        bounds = [0, *cuts, 100]
+        state, loss = inp["h0"], 0.0
+        for a, b in zip(bounds, bounds[1:]):
+            piece = {k: inp[k][:, a:b] for k in ("x", "delta", "B", "C")}
+            y, state = fn(**piece, A=inp["A"], D=inp["D"], h0=state)
+            loss = loss + (y * weights[:, a:b]).sum()
+        loss = loss + state.square().sum()
+        grads.append(torch.autograd.grad(loss, leaves))
+    for name, a, b in zip(NAMES, *grads):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-9, msg=lambda m: f"d{name}: {m}")
+
+
+def test_gradcheck_of_the_chunked_scan():
+    """Finite differences, independent of both forms: three chunks and a padded tail."""
+    inp = scan_inputs(b=1, t=11, dch=2, n=3, requires_grad=True, seed=9)
+    names = [k for k, v in inp.items() if v is not None]
+
+    def f(*xs):
+        return selective_scan(**dict(zip(names, xs)), chunk=4)
+
+    assert torch.autograd.gradcheck(f, [inp[k] for k in names], eps=1e-6, atol=1e-7)
