@@ -58,7 +58,7 @@ from typing import Dict, Literal, Optional, Tuple, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt
 
-from nlsearch.config import Strict, canonical_json, is_file_ref, load_config
+from nlsearch.config import Strict, added, canonical_json, is_file_ref, load_config
 
 Kind = Literal["lm", "recall", "longctx", "continual"]
 KINDS: Tuple[str, ...] = ("lm", "recall", "longctx", "continual")
@@ -98,6 +98,8 @@ class Budget(Strict):
     eval_piece: Optional[PositiveInt] = None               # tokens per forward; state carried between
     eval_seed: int = 0                                     # the eval set is the same for every run
     threads: Optional[PositiveInt] = None                  # torch.set_num_threads on CPU; None: as is
+    gpus_per_run: Optional[float] = added(None, "GPUs one leaderboard run asks for (a fraction shares one); "
+                                          "None: 0 for a profile that fixes its CPU threads, else 1")
 
     @property
     def ref(self) -> str:
@@ -105,6 +107,14 @@ class Budget(Strict):
 
     def sha256(self) -> str:
         return hashlib.sha256(canonical_json(self).encode()).hexdigest()
+
+    def gpu_share(self) -> float:
+        """GPUs per leaderboard run. 0 is a CPU track: its runs train on the CPU in float32 even on a
+        machine with GPUs, so their numbers stay those of the track (a run's precision is part of its
+        identity)."""
+        if self.gpus_per_run is not None:
+            return self.gpus_per_run
+        return 0.0 if self.threads is not None else 1.0
 
     def for_kind(self, kind: str) -> KindBudget:
         if kind not in KINDS:

@@ -22,9 +22,16 @@ def pick_device(name: Optional[str] = None) -> torch.device:
     return torch.device(name)
 
 
+def precision(device: torch.device) -> str:
+    """The precision a run on ``device`` trains and evaluates in (part of a run's identity):
+    ``bf16-autocast`` on CUDA, ``fp32`` elsewhere."""
+    return "bf16-autocast" if device.type == "cuda" else "fp32"
+
+
 def autocast(device: torch.device) -> ContextManager:
-    """bf16 autocast on CUDA; nothing on CPU (float32 there, so CPU runs are bitwise reproducible)."""
-    if device.type == "cuda":
+    """bf16 autocast on CUDA; nothing on CPU (float32 there, so CPU runs are bitwise reproducible).
+    Memory ops compute in float32 inside either way (:mod:`nlsearch.ops.precision`)."""
+    if precision(device) == "bf16-autocast":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 

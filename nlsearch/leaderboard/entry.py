@@ -41,6 +41,9 @@ class RunInfo(Record):
     git_commit: str
     python: str
     run_dir: str
+    reused: bool = False                # a finished run found and checked, not trained by this call
+    precision: str = "fp32"
+    files: Dict[str, str] = {}          # sha256 of the run's metrics files (its record's digests)
 
 
 class SeedResult(Record):

@@ -1,8 +1,11 @@
 """Training runs for the leaderboard: one ``Job`` = (model config, task, seed, lr factor) under a budget.
 
 A job trains with ``nlsearch.train.train`` into the run layout of ``run-suite``
-(``<runs>/<task>@v/<model>-<sha12>/<budget>@v-seed<seed>``), so a finished run is reused (its
-``record.json`` exists) and a killed one resumes. Jobs run one after another, in ``workers`` spawned
+(``<runs>/<task>@v/<model>-<sha12>/<budget>@v-seed<seed>``), so a killed one resumes and a finished
+one is reused, but only through :func:`nlsearch.train.record.finished_record`: its record must be this
+job's run (config, task, budget, seed, precision) and its metrics files must match the digests in its
+record. A folder that fails the check is set aside (renamed ``<folder>.rejected-<n>``, nothing deleted)
+and the job retrains; the result's ``note`` says why. Jobs run one after another, in ``workers`` spawned
 processes, or as Ray tasks on the cluster at ``address``. A job that raises becomes a failed result,
 never the end of a submission. Jobs carry only plain data (a config mapping, names, paths), so they
 cross process boundaries; a worker resolves the config's plugin mixer itself, from the entry points
@@ -13,7 +16,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -32,6 +35,7 @@ class Job:
     runs_dir: str
     tasks_dir: Optional[str] = None
     threads: Optional[int] = None
+    device: str = "auto"               # "cuda:<i>" when the runner places jobs on GPUs
 
     def label(self) -> str:
         return f"{self.model.get('name') or 'model'} on {self.task} seed {self.seed} lr x{self.lr_factor:g}"
@@ -44,6 +48,7 @@ class JobResult:
     reused: bool
     record: Optional[Dict[str, Any]]   # the RunRecord as JSON data
     run_dir: Optional[str]
+    note: str = ""                     # e.g. why a finished run found there was not reused
 
 
 def scale_lr(model: Dict[str, Any], factor: float) -> Dict[str, Any]:
@@ -63,26 +68,42 @@ def scale_lr(model: Dict[str, Any], factor: float) -> Dict[str, Any]:
 
 def run_job(job: Job) -> JobResult:
     """Trains (or reuses) one run; never raises for a failing run: its status says why."""
-    from nlsearch.train import default_run_dir, plan_run, read_record, train
-    from nlsearch.train.plan import RECORD
+    from nlsearch.train import default_run_dir, plan_run, train
+    from nlsearch.train.record import finished_record
 
-    run_dir = None
+    run_dir, note = None, ""
     try:
         resolve_plugins(job.model, job.model.get("name") or "model")
         cfg = scale_lr(job.model, job.lr_factor)
         tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
-        plan = plan_run(cfg, job.task, job.budget, job.seed, "auto", job.threads, tasks_dir)
+        plan = plan_run(cfg, job.task, job.budget, job.seed, job.device, job.threads, tasks_dir)
         run_dir = default_run_dir(job.runs_dir, plan)
-        if (run_dir / RECORD).is_file():
-            return JobResult(job, "completed", True, read_record(run_dir).model_dump(mode="json"), str(run_dir))
+        try:
+            record = finished_record(run_dir, plan.identity())
+        except ValueError as err:
+            aside = set_aside(run_dir)
+            note = f"not reused ({' '.join(str(err).split())[:300]}); set aside as {aside.name}, retrained"
+            record = None
+        if record is not None:
+            return JobResult(job, "completed", True, record.model_dump(mode="json"), str(run_dir))
         result = train(plan.cfg, plan.task, plan.budget, job.seed, run_dir=run_dir, resume=True,
-                       threads=job.threads, tasks_dir=tasks_dir)
+                       device=job.device, threads=job.threads, tasks_dir=tasks_dir)
     except Exception as err:                      # noqa: BLE001 - a failed run is a result, not the end
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        return JobResult(job, f"failed: {reason}", False, None, str(run_dir) if run_dir else None)
+        return JobResult(job, f"failed: {reason}", False, None, str(run_dir) if run_dir else None, note)
     if result.record is None:
-        return JobResult(job, f"failed: run ended {result.status} at step {result.steps}", False, None, str(run_dir))
-    return JobResult(job, "completed", False, result.record.model_dump(mode="json"), str(run_dir))
+        return JobResult(job, f"failed: run ended {result.status} at step {result.steps}", False, None,
+                         str(run_dir), note)
+    return JobResult(job, "completed", False, result.record.model_dump(mode="json"), str(run_dir), note)
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Renames a run folder that must not be reused to ``<name>.rejected-<n>`` (the first free n)."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.rejected-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    return aside
 
 
 def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
@@ -90,24 +111,48 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def _on_ray(jobs: Sequence[Job], address: str) -> List[JobResult]:
+def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Callable = None) -> List[Any]:
+    """Each job as a Ray task on the cluster at ``address``, asking for ``gpus_per_job`` GPUs where the
+    cluster has any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(run_job)
+    has_gpus = ray.cluster_resources().get("GPU", 0.0) > 0
+    options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus_per_job and has_gpus else {"num_cpus": 1}
+    remote = ray.remote(fn or run_job).options(**options)
     return list(ray.get([remote.remote(job) for job in jobs]))
 
 
+def place(jobs: Sequence[Job], gpus_per_job: float, visible_gpus: int) -> List[Job]:
+    """The device of every job: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on the CPU even
+    where GPUs exist), else the visible GPUs in turn (``cuda:0``, ``cuda:1``, ...), else ``auto``."""
+    if not gpus_per_job:
+        return [replace(job, device="cpu") for job in jobs]
+    if visible_gpus <= 0:
+        return list(jobs)
+    return [replace(job, device=f"cuda:{i % visible_gpus}") for i, job in enumerate(jobs)]
+
+
 def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
-             budget_threads: Optional[int] = None) -> List[JobResult]:
+             budget_threads: Optional[int] = None, gpus_per_job: float = 0.0) -> List[JobResult]:
     """Runs ``jobs``; returns their results in the same order. ``workers > 1``: that many spawned
-    processes, each with ``budget_threads // workers`` CPU threads (at least 1); ``address``: Ray."""
+    processes, each with ``budget_threads // workers`` CPU threads (at least 1), spread over the
+    visible GPUs on a GPU track; ``address``: Ray, asking for ``gpus_per_job`` GPUs per job."""
     log = log or (lambda _msg: None)
     if not jobs:
         return []
     if address:
-        results = _on_ray(jobs, address)
+        if not gpus_per_job:
+            jobs = [replace(job, device="cpu") for job in jobs]
+        results = _on_ray(jobs, address, gpus_per_job)
+    elif workers <= 1:
+        jobs = place(jobs, gpus_per_job, _visible_gpus())
+        results = []
+        for job in jobs:
+            results.append(run_job(job))
+            _log_result(log, results[-1])
+        return results
     elif workers <= 1:
         results = []
         for job in jobs:
@@ -116,10 +161,21 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = Non
         return results
     else:
         each = _threads_each(workers, budget_threads)
-        jobs = [Job(**{**job.__dict__, "threads": job.threads or each}) for job in jobs]
+        jobs = [replace(job, threads=job.threads or each) for job in place(jobs, gpus_per_job, _visible_gpus())]
         context = multiprocessing.get_context("spawn")
         with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             results = list(pool.map(run_job, jobs))
     for result in results:
-        log(f"{result.job.label()}: {result.status}{' (reused)' if result.reused else ''}")
+        _log_result(log, result)
     return results
+
+
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _log_result(log: Log, result: JobResult) -> None:
+    log(f"{result.job.label()}: {result.status}{' (reused)' if result.reused else ''}"
+        f"{f' [{result.note}]' if result.note else ''}")

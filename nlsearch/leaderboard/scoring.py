@@ -37,7 +37,7 @@ def seed_result(result: JobResult, source: str = "measured") -> SeedResult:
         return SeedResult(seed=result.job.seed, status=result.status, source=source,
                           lr_factor=result.job.lr_factor, metrics={})
     run = {k: record[k] for k in RUN_FIELDS if k in record}
-    run["run_dir"] = result.run_dir or ""
+    run.update(run_dir=result.run_dir or "", reused=result.reused)
     metrics = {k: v for k, v in record["metrics"].items() if "[" not in k}
     return SeedResult(seed=result.job.seed, status="completed", source=source, lr_factor=result.job.lr_factor,
                       metrics=metrics, run=RunInfo(**run))
@@ -99,7 +99,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     factors = tuple(protocol.lr_sweep.factors)
     sweeping = [r for r in protocol.tasks if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
     sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
-    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads)
+    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share())
 
     chosen: Dict[str, float] = {}
     sweeps: Dict[str, Dict[float, JobResult]] = {}
@@ -115,7 +115,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
             chosen[rule.task] = factors[0] if len(factors) == 1 else 1.0
     rest = [Job(model, r.task, s, chosen[r.task], **common) for r in protocol.tasks for s in seeds
             if not (r.task in sweeps and s == sweep_seed)]
-    results = run_jobs(rest, workers, address, log, budget.threads)
+    results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share())
     return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
             for rule in protocol.tasks}
 

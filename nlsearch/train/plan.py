@@ -16,7 +16,7 @@ import torch
 
 from nlsearch.budgets import Budget, KindBudget, load_budget, run_lengths, task_kind
 from nlsearch.config import config_hash, parse_config
-from nlsearch.eval.forward import pick_device
+from nlsearch.eval.forward import pick_device, precision
 from nlsearch.eval.scores import check_metrics
 from nlsearch.models import ModelConfig, load_model_config
 from nlsearch.tasks import Task, load_task
@@ -52,10 +52,17 @@ class RunPlan:
     def total_steps(self) -> int:
         return self.kb.steps * self.n_phases
 
+    @property
+    def precision(self) -> str:
+        return precision(self.device)
+
     def identity(self) -> Dict[str, Any]:
-        """What a checkpoint must match to be resumed by this plan."""
+        """What a checkpoint must match to be resumed, and a finished run to be reused, by this plan:
+        config, task, budget (by their hashes), seed and precision (a bf16 GPU run never stands in
+        for the fp32 CPU run of the same config)."""
         return {"config_sha256": config_hash(self.cfg), "task": self.task.ref, "task_sha256": self.task.spec.sha256(),
-                "budget": self.budget.ref, "budget_sha256": self.budget.sha256(), "seed": self.seed}
+                "budget": self.budget.ref, "budget_sha256": self.budget.sha256(), "seed": self.seed,
+                "precision": self.precision}
 
 
 def with_task_vocab(cfg: ModelConfig, task: Task) -> ModelConfig:

@@ -3,7 +3,7 @@
 A run directory holds, once the run completed (``record.json`` is written last, so its presence
 marks a finished run):
 
-- ``record.json``: a ``RunRecord`` (format 1);
+- ``record.json``: a ``RunRecord`` (format 1), with the sha256 of the two Parquet files (``files``);
 - ``metrics.parquet``: one row per metric row (name, metric, length, group, value,
   higher_is_better) with the run's identity columns (config_sha256, model, task, budget, seed);
 - ``history.parquet``: one row per intermediate evaluation (step, train_loss, lr, metrics);
@@ -11,6 +11,7 @@ marks a finished run):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from datetime import datetime, timezone
@@ -73,6 +74,10 @@ class RunRecord(BaseModel):
     compiled_steps: Optional[str] = None
     sessions: List[Dict[str, Any]] = []
     trained_as: Optional[Dict[str, Any]] = None
+    # added with reuse checks: the precision trained in (older records: all fp32 CPU runs) and the sha256
+    # of every file written beside the record (older records have none and are never reused)
+    precision: str = "fp32"
+    files: Dict[str, str] = {}
 
 
 def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
@@ -110,7 +115,8 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         device=str(plan.device), threads=torch.get_num_threads(), hardware=prov["hardware"],
         cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
         git_commit=prov["git_commit"], python=prov["python"], allocator=prov["allocator"],
-        compiled_steps=prov["compiled_steps"], sessions=list(sessions), trained_as=trained_as)
+        compiled_steps=prov["compiled_steps"], sessions=list(sessions), trained_as=trained_as,
+        precision=plan.precision)
 
 
 def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:
@@ -125,15 +131,34 @@ def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:
     return frame
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def write_run(folder: Path, record: RunRecord, rows: Sequence[MetricRow],
               history: Sequence[Dict[str, Any]] = ()) -> Path:
     """Writes ``metrics.parquet``, ``history.parquet`` (when there is history) and then
-    ``record.json``, each atomically; returns the record's path."""
+    ``record.json`` holding their sha256, each atomically; returns the record's path."""
     folder = Path(folder)
-    write_parquet(metrics_frame(record, rows), folder / "metrics.parquet")
+    written = [write_parquet(metrics_frame(record, rows), folder / "metrics.parquet")]
     if history:
-        write_parquet(pd.DataFrame(list(history)), folder / "history.parquet")
+        written.append(write_parquet(pd.DataFrame(list(history)), folder / "history.parquet"))
+    record = record.model_copy(update={"files": {p.name: file_sha256(p) for p in written}})
     return write_text(record.model_dump_json(indent=2) + "\n", folder / RECORD)
+
+
+def check_files(run_dir: Path, record: RunRecord) -> None:
+    """Raises ValueError unless every file the record lists is in ``run_dir`` with the sha256 the
+    record holds (a record without digests, written before they existed, cannot be checked)."""
+    if not record.files:
+        raise ValueError(f"{Path(run_dir) / RECORD} holds no digests of its metrics files (written before "
+                         f"nlsearch recorded them), so its numbers cannot be checked")
+    for name, digest in record.files.items():
+        path = Path(run_dir) / name
+        if not path.is_file():
+            raise ValueError(f"{path} is missing (its record lists it)")
+        if file_sha256(path) != digest:
+            raise ValueError(f"{path} does not match the sha256 its record holds (edited or replaced)")
 
 
 def read_record(path: Path) -> RunRecord:
@@ -150,10 +175,11 @@ def read_record(path: Path) -> RunRecord:
 
 def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[str] = ()) -> Optional[RunRecord]:
     """The finished run in ``run_dir`` when it is the run ``identity`` describes (a run plan's
-    :meth:`~nlsearch.train.plan.RunPlan.identity`, fields in ``ignore`` left out); None when the folder
-    holds no record. Raises ValueError naming the fields that differ when it holds another run (an
-    edited budget or task file under the same name@version, another study's trial folder): its numbers
-    are never reused for this one."""
+    :meth:`~nlsearch.train.plan.RunPlan.identity`, fields in ``ignore`` left out) and its metrics
+    files match the digests in its record; None when the folder holds no record. Raises ValueError
+    naming what differs when it holds another run (an edited budget or task file under the same
+    name@version, another study's trial folder, another precision) or files that do not match: its
+    numbers are never reused for this one. This is the one gate every reuse goes through."""
     if not (Path(run_dir) / RECORD).is_file():
         return None
     record = read_record(run_dir)
@@ -163,4 +189,5 @@ def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[st
         shown = ", ".join(f"{key} {getattr(record, key)!r} there, {identity[key]!r} here" for key in differ)
         raise ValueError(f"run directory {run_dir} holds a finished run of something else ({shown}): "
                          f"remove it, or write to another directory")
+    check_files(run_dir, record)
     return record

@@ -1,0 +1,116 @@
+"""A finished run is reused only when it is this run (identity, precision) and its metrics files match
+the digests written into its record (nlsearch.train.record.finished_record); the leaderboard runner
+sets anything else aside and retrains. GPU placement of leaderboard jobs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from nlsearch.leaderboard.runner import Job, place, run_job
+from nlsearch.train import read_record
+from nlsearch.train.record import RECORD, finished_record
+from leaderboard_fixtures import write_protocol
+from train_fixtures import TINY_MODEL
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny leaderboard job trained once: (job, result)."""
+    root = tmp_path_factory.mktemp("reuse")
+    write_protocol(root / "proto")
+    job = Job(dict(TINY_MODEL), "tiny_recall@1", 0, 1.0, str(root / "proto" / "tiny_budget.yaml"),
+              str(root / "runs"), str(root / "proto" / "tasks"), threads=1, device="cpu")
+    result = run_job(job)
+    assert result.status == "completed" and not result.reused
+    return job, result
+
+
+def _rerun(job, result):
+    """Runs the job again; returns its result and the folders beside the run folder afterwards."""
+    again = run_job(job)
+    siblings = sorted(p.name for p in Path(result.run_dir).parent.iterdir())
+    return again, siblings
+
+
+def test_an_intact_finished_run_is_reused_with_its_digests(finished):
+    job, result = finished
+    record = read_record(Path(result.run_dir))
+    assert "metrics.parquet" in record.files and record.precision == "fp32"
+    again = run_job(job)
+    assert again.reused and again.status == "completed" and again.note == ""
+    assert again.record["metrics"] == result.record["metrics"]
+
+
+def _plant(run_dir: Path, **changes) -> None:
+    data = json.loads((run_dir / RECORD).read_text())
+    data.update(changes)
+    (run_dir / RECORD).write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(metrics={"accuracy": 0.999}, config_sha256="f" * 64), "config_sha256"),     # a planted foreign record
+    (dict(precision="bf16-autocast"), "precision"),                                    # a GPU run for the cpu track
+    (dict(files={}), "holds no digests"),                                              # a record from before digests
+])
+def test_a_record_that_is_not_this_run_is_set_aside_and_retrained(tmp_path, finished, change, reason):
+    job, result = finished
+    job = Job(**{**job.__dict__, "runs_dir": str(tmp_path / "runs")})
+    first = run_job(job)
+    run_dir = Path(first.run_dir)
+    _plant(run_dir, **change)
+    again, siblings = _rerun(job, first)
+    assert not again.reused and again.status == "completed"
+    assert reason in again.note and "set aside" in again.note
+    assert any(name.endswith(".rejected-1") for name in siblings)
+    assert again.record["metrics"] == first.record["metrics"]                         # retrained: same numbers
+    assert read_record(run_dir).files                                                  # a fresh record
+
+
+def test_edited_metrics_file_is_caught_by_its_digest(tmp_path, finished):
+    job, _ = finished
+    job = Job(**{**job.__dict__, "runs_dir": str(tmp_path / "runs")})
+    first = run_job(job)
+    run_dir = Path(first.run_dir)
+    with open(run_dir / "metrics.parquet", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="metrics.parquet does not match the sha256"):
+        finished_record(run_dir, {"seed": 0})
+    again = run_job(job)
+    assert not again.reused and "does not match" in again.note
+
+
+def _job(i):
+    return Job({}, "t@1", i, 1.0, "cpu", "/runs")
+
+
+def test_cpu_track_jobs_run_on_the_cpu_and_gpu_track_jobs_spread_over_gpus():
+    jobs = [_job(i) for i in range(5)]
+    assert {j.device for j in place(jobs, 0.0, visible_gpus=4)} == {"cpu"}
+    assert [j.device for j in place(jobs, 1.0, visible_gpus=2)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert {j.device for j in place(jobs, 1.0, visible_gpus=0)} == {"auto"}
+
+
+def _visible(job):
+    return job.seed, os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@pytest.mark.slow
+def test_ray_gives_each_gpu_job_its_own_gpu_with_fake_gpus():
+    """Ray with two fake GPUs: two jobs asking for one GPU each see different CUDA_VISIBLE_DEVICES;
+    a CPU-track job (0 GPUs) sees none."""
+    import ray
+
+    from nlsearch.leaderboard.runner import _on_ray
+    here = str(Path(__file__).resolve().parent)                   # the workers import this module
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": here}})
+    try:
+        seen = dict(_on_ray([_job(0), _job(1)], "", 1.0, fn=_visible))
+        assert sorted(seen.values()) == ["0", "1"]
+        cpu = dict(_on_ray([_job(2)], "", 0.0, fn=_visible))
+        assert cpu[2] in (None, "")
+    finally:
+        ray.shutdown()
