@@ -3,6 +3,7 @@
 from nlsearch.layers.attention import AttentionLayer, AttentionLayerConfig, KVCache
 from nlsearch.layers.cms import CMS, CMSConfig
 from nlsearch.layers.mamba import MambaLayer, MambaLayerConfig, MambaState
+from nlsearch.layers.mamba2 import Mamba2Layer, Mamba2LayerConfig, Mamba2State
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
 from nlsearch.layers.mlp import SwiGLU, SwiGLUConfig
 from nlsearch.layers.selfmod import SelfModConfig, SelfModLayer
@@ -11,7 +12,8 @@ from nlsearch.layers.titans import (
 )
 
 __all__ = [
-    "AttentionLayer", "AttentionLayerConfig", "CMS", "CMSConfig", "KVCache", "LayerState", "MambaLayer",
+    "AttentionLayer", "AttentionLayerConfig", "CMS", "CMSConfig", "KVCache", "LayerState", "Mamba2Layer",
+    "Mamba2LayerConfig", "Mamba2State", "MambaLayer",
     "MambaLayerConfig", "MambaState", "MemoryLayer", "MemoryLayerConfig", "SelfModConfig", "SelfModLayer",
     "SwiGLU", "SwiGLUConfig", "TitansMAC", "TitansMACConfig", "TitansMAG", "TitansMAGConfig", "TitansMAL",
     "TitansMALConfig",

@@ -26,7 +26,7 @@ from nlsearch.leaderboard.submit import DEFAULT_RUNS, build_entry, load_submissi
 from nlsearch.leaderboard.table import display, mean_std
 from nlsearch.provenance import git_commit
 
-BASELINES = ("transformer", "mamba", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
+BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "hope")
 AUTHOR = "nlsearch reproduce"
 ModelSpec = Union[str, Dict[str, Any]]
