@@ -171,6 +171,13 @@ def _run_suite(args: argparse.Namespace) -> int:
     from nlsearch.train.suite import DEFAULT_TASKS, run_suite, suite_pivot
 
     out = Path(args.out)
+    if args.dry_run:
+        from nlsearch.bench.estimate import print_estimate
+        from nlsearch.train.suite import suite_runs
+
+        print_estimate(console, suite_runs(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget,
+                                           args.seeds, out, device=args.device), "run-suite")
+        return 0
     frame = run_suite(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget, args.seeds, out,
                       log=lambda msg: console.print(escape(msg)), device=args.device, progress=not args.quiet)
     presets = list(dict.fromkeys(p for p in frame.preset if p != "bigram"))
@@ -197,6 +204,8 @@ def _add_suite_command(sub) -> None:
     su.add_argument("--out", default="results/suite", help="OUT/suite.parquet, OUT/suite.md, OUT/runs/...")
     su.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     su.add_argument("--quiet", action="store_true", help="no progress bars")
+    su.add_argument("--dry-run", action="store_true", help="print the runs it would do (how many are finished) "
+                    "and their estimated core-hours (from results/bench/models-cpu.parquet); train nothing")
     su.set_defaults(func=_run_suite)
 
 

@@ -79,7 +79,7 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
             rows.append(dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,
                              seconds=res["seconds"], tokens_per_s=tokens / res["seconds"],
                              saved_bytes=res["saved_bytes"], saved_bytes_per_token=res["saved_bytes"] / tokens,
-                             peak_bytes=res["peak_bytes"], device=device.type, **prov))
+                             peak_bytes=res["peak_bytes"], device=device.type, threads=torch.get_num_threads(), **prov))
             if log:
                 log(f"{name:>16} T={t:>5} {res['seconds'] * 1e3:9.1f} ms {tokens / res['seconds']:>9.0f} tok/s "
                     f"{res['saved_bytes'] / 2**20:7.1f} MiB")
@@ -98,7 +98,14 @@ def model_floor_checks(df: pd.DataFrame) -> pd.DataFrame:
         ratio = (_get(df, name, hi) / hi) / (_get(df, name, lo) / lo)
         checks.append(dict(check=f"{name} time per token, T={hi} / T={lo}", value=ratio, floor="<= 2",
                            ok=None if math.isnan(ratio) else bool(ratio <= 2)))
-    ratio = _get(df, "transformer", lo, "tokens_per_s") / _get(df, "hope", lo, "tokens_per_s")
-    checks.append(dict(check=f"transformer tokens/s / hope tokens/s, T={lo}", value=ratio, floor="<= 3",
-                       ok=None if math.isnan(ratio) else bool(ratio <= 3)))
+    for name, t, most in RATIO_FLOORS:             # the baseline-speed floors: step time / the Transformer's
+        ratio = _get(df, name, t) / _get(df, "transformer", t)
+        checks.append(dict(check=f"{name} step / transformer step, T={t}", value=ratio,
+                           floor=f"< {most}" if most == 1.0 else f"<= {most}",
+                           ok=None if math.isnan(ratio) else bool(ratio < most if most == 1.0 else ratio <= most)))
     return pd.DataFrame(checks)
+
+
+RATIO_FLOORS = (("mamba", 512, 3.0), ("mamba", 4096, 2.5), ("mamba2", 512, 1.5), ("mamba2", 4096, 1.0),
+                ("hope", 512, 4.0))
+"""(preset, T, largest step-time ratio to the Transformer); 1.0 reads "faster than it"."""

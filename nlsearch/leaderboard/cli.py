@@ -56,9 +56,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from nlsearch.leaderboard.reproduce import reproduce
+    from nlsearch.leaderboard.reproduce import reproduce, reproduce_runs
 
     console = _console()
+    if args.dry_run:
+        from nlsearch.bench.estimate import print_estimate
+
+        print_estimate(console, reproduce_runs(args.budget, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
+                                               baselines=args.presets or None), "reproduce")
+        return 0
     report = reproduce(args.budget, args.workers, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
                        out_dir=args.out, baselines=args.presets or None, address=args.address,
                        log=lambda msg: console.print(escape(msg)))
@@ -102,6 +108,8 @@ def add_commands(sub) -> None:
     rp = sub.add_parser("reproduce", help="score the baselines under the protocol; results/reproduce/report.md")
     rp.add_argument("--presets", nargs="+", default=[], metavar="NAME", help="baselines (default: all of them)")
     rp.add_argument("--out", default="results/reproduce", help="OUT/report.md and OUT/report.json")
+    rp.add_argument("--dry-run", action="store_true", help="print the runs it would do (how many are finished) "
+                    "and their estimated core-hours (from results/bench/models-cpu.parquet); train nothing")
     _common(rp, "cpu or gpu (default: the protocol's first track)")
     _run_options(rp)
     rp.set_defaults(func=_reproduce)

@@ -103,6 +103,28 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     return "\n".join(lines)
 
 
+def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, str, Path, None] = None,
+                   root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = DEFAULT_RUNS,
+                   baselines: Optional[Sequence[ModelSpec]] = None) -> list:
+    """The runs :func:`reproduce` would do (``PlannedRun`` each; a baseline already on the leaderboard
+    counts as finished), for ``--dry-run``. Writes nothing."""
+    from nlsearch.bench.estimate import PlannedRun
+    from nlsearch.leaderboard.scoring import planned_runs
+
+    protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    track = protocol.load_budget(budget)
+    store = Store(root)
+    out: List[PlannedRun] = []
+    for spec in list(BASELINES if baselines is None else baselines):
+        sub = load_submission(spec, protocol)
+        preset = spec if isinstance(spec, str) and not is_file_ref(spec) else None
+        runs = planned_runs(sub.data, _name(spec), preset, protocol, track, Path(runs_dir))
+        if store.find(sub.sha256, protocol.ref, track.ref) is not None:
+            runs = [PlannedRun(r.model, r.preset, r.tokens, r.length, True) for r in runs]
+        out.extend(runs)
+    return out
+
+
 def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union[Protocol, str, Path, None] = None,
               root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = DEFAULT_RUNS,
               out_dir: Union[str, Path] = "results/reproduce", baselines: Optional[Sequence[ModelSpec]] = None,

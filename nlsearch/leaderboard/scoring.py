@@ -135,3 +135,33 @@ def _task_result(rule: ProtocolTask, factor: float, sweep: Mapping[float, JobRes
 
 def _finite(x: Optional[float]) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
+
+
+def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], protocol: Protocol, budget: Budget,
+                 runs_dir: Path) -> List["PlannedRun"]:
+    """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
+    passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
+    (at the factor the sweep will choose: finished when a run of any factor is there)."""
+    from nlsearch.bench.estimate import PlannedRun
+    from nlsearch.leaderboard.runner import scale_lr
+    from nlsearch.train import default_run_dir, plan_run
+    from nlsearch.train.record import finished_record
+
+    tasks_dir = protocol.resolve_tasks_dir()
+    factors = tuple(protocol.lr_sweep.factors)
+    out: List[PlannedRun] = []
+    for rule in protocol.tasks:
+        for seed in protocol.seeds:
+            sweep = seed == protocol.seeds[0] and len(factors) > 1
+            done = []
+            for factor in factors:
+                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, "cpu", None, tasks_dir)
+                try:
+                    done.append(finished_record(default_run_dir(runs_dir, plan), plan.identity()) is not None)
+                except ValueError:
+                    done.append(False)
+                if sweep:
+                    out.append(PlannedRun.of(label, preset, plan, done[-1]))
+            if not sweep:
+                out.append(PlannedRun.of(label, preset, plan, any(done)))
+    return out

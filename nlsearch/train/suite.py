@@ -263,6 +263,28 @@ def plan_suite(presets: Sequence[ModelSpec], tasks: Sequence[Union[str, Path]], 
     return plans
 
 
+def suite_runs(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Sequence[Union[str, Path]]] = None,
+               budget: Union[str, Path, Budget] = DEFAULT_BUDGET, seeds: Sequence[int] = (0,),
+               out_dir: Union[str, Path] = "results/suite", *, device: Optional[str] = None,
+               tasks_dir: Optional[Path] = None) -> list:
+    """The runs :func:`run_suite` would do (``PlannedRun`` each, finished where a reusable run is there),
+    for ``--dry-run``. Writes nothing."""
+    from nlsearch.bench.estimate import PlannedRun
+
+    presets = list(list_presets() if presets is None else presets)
+    tasks = list(dict.fromkeys(str(t) for t in (DEFAULT_TASKS if tasks is None else tasks)))
+    out = []
+    for label, spec, plan in plan_suite(presets, tasks, budget, list(dict.fromkeys(seeds)),
+                                        device, tasks_dir):
+        try:
+            finished = _equivalent_run(default_run_dir(Path(out_dir) / "runs", plan), plan) is not None
+        except ValueError:
+            finished = False
+        preset = str(spec) if isinstance(spec, (str, Path)) and str(spec) in list_presets() else None
+        out.append(PlannedRun.of(label, preset, plan, finished))
+    return out
+
+
 def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Sequence[Union[str, Path]]] = None,
               budget: Union[str, Path, Budget] = DEFAULT_BUDGET, seeds: Sequence[int] = (0,),
               out_dir: Union[str, Path] = "results/suite", log: Optional[Log] = None, *,

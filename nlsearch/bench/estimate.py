@@ -1,0 +1,95 @@
+"""What a batch of runs costs before it starts (``run-suite --dry-run``, ``reproduce --dry-run``).
+
+Each run's training tokens (steps x batch x mean train length, per phase) times its preset's measured
+core-seconds per training token at that length (``results/bench/models-cpu.parquet`` from ``nlsearch
+bench models``: seconds x threads / (B x T), linear in T between the measured lengths, the nearest one
+outside them). Evaluation is not counted (a few percent of a run at the ``cpu`` budget), nor the
+difference between one and two threads per run; a preset the table lacks is reported without an
+estimate. Finished runs (found and checked as the real command would) cost nothing.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+DEFAULT_TABLE = Path(__file__).resolve().parents[2] / "results" / "bench" / "models-cpu.parquet"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    model: str                  # the label shown (a preset's name looks up its timing)
+    preset: Optional[str]       # the timing table's key; None: no estimate
+    tokens: int                 # training tokens
+    length: float               # mean training length
+    finished: bool
+
+    @classmethod
+    def of(cls, model: str, preset: Optional[str], plan, finished: bool) -> "PlannedRun":
+        """From a :class:`~nlsearch.train.plan.RunPlan`: its steps (every phase) x batch x mean length."""
+        lengths = plan.train_lengths
+        mean = sum(lengths) / len(lengths)
+        return cls(model, preset, int(plan.total_steps * plan.kb.batch_size * mean), mean, finished)
+
+
+def load_timing(path: Optional[Path] = None) -> Optional[pd.DataFrame]:
+    """The bench table, or None where there is none."""
+    path = Path(path) if path is not None else DEFAULT_TABLE
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def _threads(row: pd.Series) -> float:
+    if "threads" in row and not pd.isna(row["threads"]):
+        return float(row["threads"])
+    found = re.search(r"(\d+) threads?", str(row.get("hardware", "")))
+    return float(found.group(1)) if found else 1.0
+
+
+def core_seconds_per_token(table: Optional[pd.DataFrame], preset: Optional[str], length: float) -> float:
+    """Measured core-seconds per training token of ``preset`` at ``length`` (NaN when unmeasured)."""
+    if table is None or preset is None:
+        return math.nan
+    rows = table[table.preset == preset].sort_values("T")
+    if rows.empty:
+        return math.nan
+    per_token = [r.seconds * _threads(r) / (r.B * r["T"]) for _, r in rows.iterrows()]
+    return float(np.interp(length, rows["T"].to_numpy(dtype=float), per_token))
+
+
+def estimate(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> pd.DataFrame:
+    """One row per model: runs, finished, to run, and core-hours left (NaN without a timing)."""
+    rows = {}
+    for run in runs:
+        row = rows.setdefault(run.model, {"model": run.model, "runs": 0, "finished": 0, "to_run": 0,
+                                          "core_hours": 0.0})
+        row["runs"] += 1
+        if run.finished:
+            row["finished"] += 1
+            continue
+        row["to_run"] += 1
+        row["core_hours"] += run.tokens * core_seconds_per_token(table, run.preset, run.length) / 3600
+    return pd.DataFrame(list(rows.values()), columns=["model", "runs", "finished", "to_run", "core_hours"])
+
+
+def summary_line(frame: pd.DataFrame) -> str:
+    known = frame[~frame.core_hours.isna()]
+    missing = frame[frame.core_hours.isna() & (frame.to_run > 0)]
+    text = (f"{int(frame.runs.sum())} runs, {int(frame.finished.sum())} finished, {int(frame.to_run.sum())} to run: "
+            f"about {known.core_hours.sum():.1f} core-hours")
+    if len(missing):
+        text += f" (no timing for {', '.join(missing.model)}: run nlsearch bench models)"
+    return text
+
+
+def print_estimate(console, runs: Sequence[PlannedRun], command: str, table: Optional[pd.DataFrame] = None) -> None:
+    """The dry run's table (per model) and its summary line, on a rich console."""
+    from nlsearch.bench.report import rich_table
+
+    frame = estimate(runs, load_timing() if table is None else table)
+    console.print(rich_table(frame, f"{command} --dry-run: runs and estimated core-hours left", floatfmt="{:.2f}"))
+    console.print(summary_line(frame))

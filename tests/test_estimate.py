@@ -1,0 +1,50 @@
+"""The dry run's cost arithmetic on a hand-made timing table, and run-suite --dry-run end to end."""
+import math
+
+import pandas as pd
+import pytest
+
+from nlsearch.bench.estimate import PlannedRun, core_seconds_per_token, estimate, summary_line
+
+TABLE = pd.DataFrame({
+    "preset": ["a", "a", "b"], "T": [512, 4096, 512], "B": [8, 8, 8],
+    "seconds": [0.4096, 8.192, 1.0], "hardware": ["cpu, 2 threads", "cpu, 2 threads", "cpu, 1 threads"]})
+
+
+def test_core_seconds_per_token_interpolates_in_length_and_counts_threads():
+    # a: 0.4096 s x 2 threads / (8 x 512) = 2e-4 core-s per token at 512; 8.192 x 2 / (8 x 4096) = 5e-4 at 4096
+    assert core_seconds_per_token(TABLE, "a", 512) == pytest.approx(2e-4)
+    assert core_seconds_per_token(TABLE, "a", 4096) == pytest.approx(5e-4)
+    assert core_seconds_per_token(TABLE, "a", 2304) == pytest.approx(3.5e-4)     # halfway
+    assert core_seconds_per_token(TABLE, "a", 128) == pytest.approx(2e-4)       # nearest outside
+    assert core_seconds_per_token(TABLE, "b", 1000) == pytest.approx(1.0 / 4096)
+    assert math.isnan(core_seconds_per_token(TABLE, "c", 512))
+    assert math.isnan(core_seconds_per_token(None, "a", 512))
+
+
+def test_estimate_sums_unfinished_runs_per_model():
+    runs = [PlannedRun("a", "a", 18_000_000, 512, False),       # 18e6 x 2e-4 = 3600 core-s = 1 core-hour
+            PlannedRun("a", "a", 18_000_000, 512, True),        # finished: free
+            PlannedRun("a", "a", 7_200_000, 4096, False),       # 7.2e6 x 5e-4 = 3600 core-s
+            PlannedRun("mine", None, 1000, 512, False)]
+    frame = estimate(runs, TABLE).set_index("model")
+    assert frame.loc["a", "runs"] == 3 and frame.loc["a", "finished"] == 1 and frame.loc["a", "to_run"] == 2
+    assert frame.loc["a", "core_hours"] == pytest.approx(2.0)
+    assert math.isnan(frame.loc["mine", "core_hours"])
+    line = summary_line(estimate(runs, TABLE))
+    assert "4 runs, 1 finished, 3 to run: about 2.0 core-hours" in line and "no timing for mine" in line
+
+
+def test_run_suite_dry_run_counts_a_finished_run_and_trains_nothing(tmp_path):
+    from nlsearch.train.suite import run_suite, suite_runs
+    from train_fixtures import TINY_MODEL, write_tasks
+
+    tasks_dir = write_tasks(tmp_path / "tasks")
+    task = str(tasks_dir / "tiny_recall.yaml")
+    before = suite_runs([TINY_MODEL], [task], "smoke", [0, 1], tmp_path / "suite")
+    assert [r.finished for r in before] == [False, False]
+    assert not (tmp_path / "suite").exists()                                      # nothing written
+    run_suite([TINY_MODEL], [task], "smoke", [0], tmp_path / "suite")
+    after = suite_runs([TINY_MODEL], [task], "smoke", [0, 1], tmp_path / "suite")
+    assert [r.finished for r in after] == [True, False]
+    assert after[0].tokens == 20 * 4 * 256 and after[0].length == 256                # smoke recall: 20 steps x 4 x 256
