@@ -39,6 +39,16 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     console = _console()
     store = Store(args.dir)
+    if args.action == "verify":
+        from nlsearch.leaderboard.audit import audit
+
+        checked, problems = audit(args.dir, args.entries)
+        for problem in problems:
+            console.print(f"[red]{escape(problem)}[/red]")
+        console.print(f"verified {checked} entries: {len(problems) or 'no'} problem(s)")
+        return 1 if problems else 0
+    if args.entries:
+        raise ValueError(f"entries {args.entries} are read by 'verify' only, not by {args.action!r}")
     if args.action == "index":
         frame = store.rebuild_index()
         console.print(f"indexed {frame.id.nunique()} entries into {escape(str(store.index_path))}")
@@ -97,9 +107,11 @@ def add_commands(sub) -> None:
     sm.set_defaults(func=_submit)
 
     lb = sub.add_parser("leaderboard", help="print the leaderboard; 'render' writes README.md and index.html")
-    lb.add_argument("action", nargs="?", default="show", choices=["show", "render", "index"],
+    lb.add_argument("action", nargs="?", default="show", choices=["show", "render", "index", "verify"],
                     help="show (default): print the table; render: README.md, index.html, plots; index: rebuild "
-                         "index.parquet from the entries")
+                         "index.parquet from the entries; verify: check offline that every entry's numbers "
+                         "follow from its runs (records, digests, metrics)")
+    lb.add_argument("entries", nargs="*", metavar="ENTRY", help="verify: these entry ids (default: every entry)")
     lb.add_argument("--task", default=None, help="only this task's column, ranked by it")
     lb.add_argument("--sort", default=None, help="order by a column (params, state, depth, tokens/s, name, a task)")
     _common(lb, "the budget track to show (default: the protocol's first)")

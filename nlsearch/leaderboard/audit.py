@@ -1,0 +1,63 @@
+"""``nlsearch leaderboard verify [ENTRY...]``: offline, check that every entry's numbers follow from its
+runs. For each measured seed: the run folder the entry names holds a record of the same config, task
+and budget (by sha256) and precision, its metrics files match the digests in that record and in the
+entry, and every number the entry shows is the record's. Cheap (no training); ``.ci/run`` runs it on
+every entry. What it cannot show, a retrained seed can: see PROTOCOL.md, "Trust".
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from nlsearch.leaderboard.entry import Entry
+from nlsearch.leaderboard.store import Store, read_entry
+
+
+def audit_entry(entry: Entry, base: Path = Path(".")) -> List[str]:
+    """The problems found in ``entry`` (empty: its numbers follow from its runs). Run folders are
+    resolved against ``base`` when relative."""
+    from nlsearch.train.record import check_files, read_record
+
+    problems = []
+    for ref, task in entry.tasks.items():
+        for seed in task.seeds:
+            if seed.source != "measured" or seed.status != "completed":
+                continue
+            where = f"{entry.id}: {ref} seed {seed.seed}"
+            if seed.run is None:
+                problems.append(f"{where}: measured but names no run")
+                continue
+            run_dir = Path(seed.run.run_dir)
+            run_dir = run_dir if run_dir.is_absolute() else base / run_dir
+            try:
+                record = read_record(run_dir)
+                check_files(run_dir, record)
+            except (FileNotFoundError, ValueError) as err:
+                problems.append(f"{where}: {' '.join(str(err).split())}")
+                continue
+            mine = {"config_sha256": seed.run.config_sha256, "task_sha256": seed.run.task_sha256,
+                    "budget_sha256": seed.run.budget_sha256, "precision": seed.run.precision}
+            differ = [k for k, v in mine.items() if getattr(record, k) != v]
+            if seed.run.files and seed.run.files != record.files:
+                differ.append("files")
+            differ += [f"metric {k}" for k, v in seed.metrics.items() if record.metrics.get(k, "missing") != v]
+            if differ:
+                problems.append(f"{where}: the entry and its run's record differ in {', '.join(differ)}")
+    return problems
+
+
+def audit(root: Path, ids: Sequence[str] = (), base: Optional[Path] = None) -> Tuple[int, List[str]]:
+    """(entries checked, problems) over the entries of the leaderboard at ``root`` (or those ``ids``)."""
+    store = Store(root)
+    paths = store.entry_files()
+    if ids:
+        wanted = set(ids)
+        paths = [p for p in paths if read_entry(p).id in wanted or p.stem in wanted]
+        found = {read_entry(p).id for p in paths} | {p.stem for p in paths}
+        missing = sorted(wanted - found)
+        if missing:
+            raise ValueError(f"no leaderboard entry {missing[0]!r} under {store.root}")
+    problems: List[str] = []
+    for path in paths:
+        problems += audit_entry(read_entry(path), base if base is not None else Path("."))
+    return len(paths), problems
