@@ -1,4 +1,4 @@
-"""The nesting profile: every level of a model, fastest first (DESIGN.md, "Nesting profile").
+"""The nesting profile: every level of a model, fastest first (README.md, "Models").
 
 A level is one optimisation problem with its own context flow and update clock: in-context memories
 update every ``period`` tokens; parameters and optimizer states every ``period`` outer steps. The

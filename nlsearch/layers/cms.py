@@ -5,7 +5,7 @@
 As a channel mixer the module returns ``h_k − x``, accumulated as the sum of the blocks' outputs
 (never as a subtraction), because the backbone adds ``x`` back: with k = 1 the output is ``f_1(x)``
 bit for bit. Block ℓ is updated every ``periods[ℓ]`` = C_ℓ ticks of one of two named clocks
-(DESIGN.md, "CMS"), always with the SUM of the updates over its window (no step's gradient is dropped):
+(README.md, "Models"), always with the SUM of the updates over its window (no step's gradient is dropped):
 
 ``clock: tokens`` (in context). ``f_ℓ`` is an in-context memory (by default an MLP memory; the
 per-block ``memory``/``objective`` lists pick linear and/or ``dot`` instead, so a search can vary the

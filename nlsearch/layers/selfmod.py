@@ -1,4 +1,4 @@
-"""Self-modifying Titans (NL full paper, §8.1–8.2, Eqs. 83–93; DESIGN.md): the projections are
+"""Self-modifying Titans (NL full paper, §8.1–8.2, Eqs. 83–93): the projections are
 themselves in-context memories, and every memory writes targets it generates itself.
 
 Per head, five residual 2-layer MLP memories ``M_□(a) = a + W_□,2 σ(W_□,1 a)``,
@@ -25,7 +25,7 @@ chunk keeps its anchor, so pieces of a sequence give the outputs of the whole.
 
 Named readings where the paper leaves room (both of each are tested):
 
-- ``read``: ``after_write`` (DESIGN.md: y_t = M_memory,t(q_t)) or ``before_write`` (the paper's
+- ``read``: ``after_write`` (y_t = M_memory,t(q_t), as the other memories read) or ``before_write`` (the paper's
   output equation reads ``M_memory,t−1(q_t)``).
 - ``memory_target``: ``self`` (Eq. 86 lets □ range over the output memory too: v̂_memory,t =
   M_memory,t−1(v_t)) or ``value`` (Titans: the output memory learns k_t → v_t; only the projection

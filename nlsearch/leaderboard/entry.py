@@ -1,5 +1,5 @@
 """A leaderboard entry: one model scored under one protocol version and budget track, with the
-provenance of every run behind its numbers (DESIGN.md, "Results and provenance").
+provenance of every run behind its numbers (docs/architecture.md, "Leaderboard").
 
 An entry is a JSON file of its own (``leaderboard/entries/<protocol>/<budget>/<sha12>-<name>.json``),
 written once and never edited: two branches that each add entries merge without conflicts. Numbers

@@ -12,7 +12,7 @@ from nlsearch.ops.state import MemoryState
 
 
 class MemoryRule(BaseModel):
-    """What a memory level writes and how (DESIGN.md, "The NL design space").
+    """What a memory level writes and how (docs/architecture.md, "The memory-rule grid").
 
     memory:      ``linear`` (a matrix per head) or ``mlp`` (``mlp_depth`` layers, residual).
     objective:   inner loss ``dot`` (−⟨M(k), v⟩) or ``l2`` (½‖M(k) − v‖²).

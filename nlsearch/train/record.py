@@ -1,4 +1,4 @@
-"""The result record of a run (DESIGN.md, "Results and provenance") and its files.
+"""The result record of a run (docs/architecture.md, "From a config to a number") and its files.
 
 A run directory holds, once the run completed (``record.json`` is written last, so its presence
 marks a finished run):
