@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import signal
 import time
 from pathlib import Path
@@ -90,18 +91,63 @@ class TestRay(ExecutorContract):
         assert outcome.number == 3 and outcome.status == "failed" and "worker died" in outcome.reason
 
 
+def _parent(pid: int) -> int:
+    """The parent pid of ``pid`` (0 when it is gone): field 4 of /proc/<pid>/stat, after the command."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _is_descendant(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _own_process(title: str) -> "int | None":
+    """A process titled ``title`` that this test process started (its descendant: the workers of the
+    Ray instance this test's executor started), never another one on the machine."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith(title) and _is_descendant(int(pid), os.getpid()):
+            return int(pid)
+    return None
+
+
 def _wait_for_process(title: str, timeout: float = 120) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if cmd.startswith(title):
-                return int(pid)
+        pid = _own_process(title)
+        if pid is not None:
+            return pid
         time.sleep(0.1)
-    pytest.fail(f"no process titled {title!r} appeared")
+    pytest.fail(f"no process titled {title!r} of this test appeared")
+
+
+def test_the_victim_is_only_ever_a_process_this_test_started():
+    """A process with a trial's title that this test did not start (re-parented away from it, as a
+    user's running search is) is never picked; one the test started is."""
+    title = "ray::nlsearch_trial"
+    foreign = int(subprocess.run(["sh", "-c", f"exec -a '{title}' sleep 120 > /dev/null 2>&1 & echo $!"],
+                                 capture_output=True, text=True, check=True).stdout)
+    own = subprocess.Popen([title, "120"], executable="/bin/sleep")
+    try:
+        assert not _is_descendant(foreign, os.getpid())
+        assert _wait_for_process(title, timeout=10) == own.pid         # once it has exec'd
+        own.kill()
+        own.wait()
+        assert _own_process(title) is None
+        assert _parent(foreign) != 0                                    # the foreign one is alive
+    finally:
+        own.kill()
+        os.kill(foreign, signal.SIGKILL)                                # the test started it: its to end
 
 
 @pytest.mark.parametrize("cores, cpus_per_trial, expected", [(2, 1, 2), (16, 4, 4), (3, 2, 1), (1, 4, 1)])
