@@ -184,3 +184,34 @@ def test_a_submission_of_a_baselines_config_is_not_taken_as_that_baseline(reprod
     with pytest.raises(LeaderboardError, match="as submission 'my-transformer'.*not as a baseline"):
         add_baseline(spec, protocol, track, store, tmp_path / "runs", 1, None, lambda m: None)
     assert not (tmp_path / "runs").exists() and [e.name for e in store.entries()] == ["my-transformer"]
+
+
+def test_claims_first_orders_baselines_by_their_cheapest_claim(monkeypatch):
+    """Baselines named by the cheapest claim (measured step times of its models) come first, then the
+    next claim's, then the rest in the given order; an unmeasured model's claim goes last."""
+    import pandas as pd
+
+    from nlsearch.bench import estimate
+    from nlsearch.leaderboard.claims import Claim
+    from nlsearch.leaderboard.reproduce import claims_first
+
+    table = pd.DataFrame({"preset": ["fast", "slow", "mid"], "T": [512] * 3, "B": [8] * 3,
+                          "seconds": [1.0, 9.0, 3.0], "hardware": ["x, 1 threads"] * 3})
+    monkeypatch.setattr(estimate, "load_timing", lambda path=None: table)
+    claims = [Claim(id="a", claim="a", source="s", budgets=["cpu"],
+                    check={"kind": "beats", "winners": ["slow"], "losers": ["fast"], "roles": ["recall"]}),
+              Claim(id="b", claim="b", source="s", budgets=["cpu"],
+                    check={"kind": "order", "role": "lm", "models": ["mid", "fast"]}),
+              Claim(id="c", claim="c", source="s", budgets=["cpu"],
+                    check={"kind": "at_least", "model": "unmeasured", "role": "lm", "value": 1.0})]
+    specs = ["other", "unmeasured", "slow", "mid", "fast"]
+    assert claims_first(specs, claims) == ["mid", "fast", "slow", "unmeasured", "other"]
+
+
+def test_a_claim_reading_a_baseline_still_to_score_is_pending():
+    from nlsearch.leaderboard.claims import Claim, judge
+
+    claim = Claim(id="a", claim="a", source="s", budgets=["cpu"],
+                  check={"kind": "beats", "winners": ["x"], "losers": ["y"], "roles": ["recall"]})
+    verdict = judge(claim, [], None, "cpu", pending=["y", "z"])
+    assert verdict.outcome == "pending" and verdict.reason == "runs missing for y"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 from pydantic import Field, TypeAdapter
 
@@ -52,6 +52,12 @@ class Claim(Strict):
     budgets: Tuple[str, ...] = Field(min_length=1)      # budget names at which the claim is testable
     check: Check
 
+    def models(self) -> Tuple[str, ...]:
+        """The baselines the check reads, in the order it names them."""
+        c = self.check
+        named = [c.model, *c.winners, *c.losers, c.reference, *c.models]
+        return tuple(dict.fromkeys(m for m in named if m))
+
 
 class ClaimsFile(Strict):
     claims: Tuple[Claim, ...]
@@ -60,7 +66,7 @@ class ClaimsFile(Strict):
 @dataclass
 class Verdict:
     claim: Claim
-    outcome: str                                         # reproduced | not reproduced | not testable
+    outcome: str                                         # reproduced | not reproduced | not testable | pending
     reason: str
     numbers: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)   # label -> mean, std, n
 
@@ -126,8 +132,13 @@ def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
     return ok, f"{check.reference}'s lead over {', '.join(check.models)} grows from {easy} to {hard}"
 
 
-def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str) -> Verdict:
-    """The verdict on ``claim`` from ``entries`` (one protocol version and track)."""
+def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str,
+          pending: Sequence[str] = ()) -> Verdict:
+    """The verdict on ``claim`` from ``entries`` (one protocol version and track). ``pending``: baselines
+    a reproduction has still to score; a claim that reads one of them is ``pending``, naming them."""
+    waiting = [m for m in claim.models() if m in pending]
+    if waiting:
+        return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
     look = _Lookup(entries, protocol, claim.check.length)
     try:
         ok, what = _judge(claim.check, look)

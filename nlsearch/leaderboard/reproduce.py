@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.io import markdown_table, write_text
-from nlsearch.leaderboard.claims import Verdict, judge, load_claims
+from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.runner import Log
 from nlsearch.leaderboard.scoring import score_model
@@ -78,7 +78,7 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
     lines = ["| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
     for v in verdicts:
         numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
-        why = v.reason if v.outcome == "not testable" else f"tested: {v.reason}"
+        why = v.reason if v.outcome in ("not testable", "pending") else f"tested: {v.reason}"
         lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** ({why}) | {numbers} |")
     return lines
 
@@ -88,7 +88,8 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
-    counts = {o: sum(v.outcome == o for v in verdicts) for o in ("reproduced", "not reproduced", "not testable")}
+    counts = {o: sum(v.outcome == o for v in verdicts)
+              for o in ("reproduced", "not reproduced", "not testable", "pending")}
     lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
              f"Written by `nlsearch reproduce` on {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
              f"commit {git_commit()}. Seeds {list(protocol.seeds)}; lr sweep x{list(protocol.lr_sweep.factors)} "
@@ -97,9 +98,10 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     if bigram is not None:
         lines += [f"Reference: an add-one-smoothed byte bigram fitted on the same train batches scores "
                   f"{mean_std(bigram['mean'], bigram['std'])} bits per byte on {bigram['task']}.", ""]
+    pending = f", {counts['pending']} pending (baselines still to score)" if counts["pending"] else ""
     lines += ["## Published claims", "",
               f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
-              f"{counts['not testable']} not testable at this budget.", ""] + _verdict_lines(verdicts) + [""]
+              f"{counts['not testable']} not testable at this budget{pending}.", ""] + _verdict_lines(verdicts) + [""]
     return "\n".join(lines)
 
 
@@ -140,17 +142,48 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     claims = load_claims(claims_path).claims if claims_path is not None else ()
     for spec in specs:                         # validate every config before the first run
         load_submission(spec, protocol)
+    specs = claims_first(specs, claims)
     store = Store(root)
-    for spec in specs:
+    bigram = bigram_reference(protocol, track)
+    names = [_name(s) for s in specs]
+    for i, spec in enumerate(specs):
         try:
             add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log)
         except LeaderboardError as err:
             raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
+        report = _write_report(protocol, track, store, claims, bigram, names, names[i + 1:], Path(out_dir))
+    if not specs:
+        report = _write_report(protocol, track, store, claims, bigram, names, [], Path(out_dir))
+    return report
+
+
+def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[ModelSpec]:
+    """The baselines in the order that decides claims soonest: the cheapest claim's models first (cost:
+    the dry-run estimate of their runs at this track, from the measured step times), then the next
+    claim's, then every other baseline in the given order."""
+    from nlsearch.bench.estimate import core_seconds_per_token, load_timing
+
+    by_name = {_name(s): s for s in specs}
+    table = load_timing()
+
+    def cost(claim: Claim) -> float:              # every baseline trains the same runs: its step time decides
+        times = [core_seconds_per_token(table, m, 512) for m in claim.models()]
+        return sum(t if t == t else math.inf for t in times)            # an unmeasured model: last
+
+    order: List[str] = []
+    for claim in sorted(claims, key=cost):
+        order += [m for m in claim.models() if m in by_name and m not in order]
+    order += [n for n in by_name if n not in order]
+    return [by_name[n] for n in order]
+
+
+def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram, names: Sequence[str],
+                  pending: Sequence[str], out: Path) -> Path:
+    """``out/report.md`` and ``report.json`` from the entries so far; claims that read a baseline still
+    to score are ``pending``."""
     entries = store.entries(protocol.ref, track.ref)
-    verdicts = [judge(c, entries, protocol, track.name) for c in claims]
-    names = [_name(s) for s in specs]
-    text = report_text(protocol, track, store, verdicts, bigram_reference(protocol, track), names)
-    out = Path(out_dir)
+    verdicts = [judge(c, entries, protocol, track.name, pending) for c in claims]
+    text = report_text(protocol, track, store, verdicts, bigram, names)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
                                              for k, xs in v.numbers.items()}} for v in verdicts]
