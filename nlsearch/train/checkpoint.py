@@ -1,7 +1,8 @@
 """Checkpoints: safetensors for every tensor, JSON for everything else.
 
-Layout of ``<run_dir>/checkpoints/step-<8 digits>/`` (written to a temporary folder, then renamed;
-``checkpoints/latest`` names the newest, older ones are removed):
+Layout of ``<run_dir>/checkpoints/step-<8 digits>/`` (written to a temporary folder, read back in
+full, renamed; only then does ``checkpoints/latest`` name it and are older ones removed, so an intact
+checkpoint is never deleted before a newer one is complete and verified):
 
 - ``model.safetensors``: the weights (``safetensors.torch.save_model``: tied weights stored once);
 - ``model.yaml``: the model config (with the task's vocabulary), enough to rebuild the model;
@@ -20,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
@@ -33,6 +35,9 @@ from nlsearch.config import to_yaml
 from nlsearch.io import write_text
 
 LATEST = "latest"
+FILES = ("model.safetensors", "model.yaml", "optimizer.safetensors", "optimizer.json", "rng.safetensors",
+         "grads.safetensors", "trainer.json")
+STEP = re.compile(r"step-\d{8}")
 
 
 def flatten(obj: Any, tensors: Dict[str, Tensor], path: str) -> Any:
@@ -96,6 +101,9 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         grads = {n: p.grad.detach().cpu().contiguous() for n, p in model.named_parameters() if p.grad is not None}
         _save_tensors(grads, tmp / "grads.safetensors")
         (tmp / "trainer.json").write_text(json.dumps(trainer, sort_keys=True))
+        problem = check_checkpoint(tmp)
+        if problem is not None:
+            raise OSError(f"checkpoint {final} did not read back after writing: {problem}")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -109,21 +117,64 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
     return final
 
 
+def check_checkpoint(folder: Path) -> Optional[str]:
+    """None when every file of the checkpoint is there and reads back; else what is wrong, naming
+    the file."""
+    folder = Path(folder)
+    for name in FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            if name.endswith(".safetensors"):
+                load_file(str(path))
+            elif name.endswith(".json"):
+                json.loads(path.read_text())
+        except Exception as err:                      # noqa: BLE001 - any unreadable file is reported
+            return f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
+    return None
+
+
+def resume_point(run_dir: Path) -> Tuple[Optional[Path], List[str]]:
+    """The checkpoint a run resumes from, and notes on every one passed over: the folder ``latest``
+    names when it is intact, else the newest intact ``step-*`` folder, else None (a fresh start)."""
+    root = Path(run_dir) / "checkpoints"
+    candidates, notes = [], []
+    pointer = root / LATEST
+    if pointer.is_file():
+        name = pointer.read_text(errors="replace").strip()
+        if STEP.fullmatch(name):
+            candidates.append(root / name)
+        else:
+            notes.append(f"{pointer} names no checkpoint ({name[:40]!r})")
+    candidates += sorted((p for p in root.glob("step-*") if STEP.fullmatch(p.name)), reverse=True)
+    for folder in dict.fromkeys(candidates):
+        problem = check_checkpoint(folder) if folder.is_dir() else f"{folder} does not exist"
+        if problem is None:
+            if notes:
+                notes.append(f"resuming from {folder}")
+            return folder, notes
+        notes.append(f"checkpoint passed over: {problem}")
+    if notes:
+        notes.append("no intact checkpoint: starting from step 0")
+    return None, notes
+
+
 def latest_checkpoint(path: Path) -> Optional[Path]:
-    """Returns the checkpoint folder of a run directory (``latest``) or ``path`` itself when it is a
-    checkpoint folder; None when there is none."""
+    """Returns the checkpoint to read of a run directory (:func:`resume_point`) or ``path`` itself when
+    it is a checkpoint folder; None when there is none."""
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return path
-    pointer = path / "checkpoints" / LATEST
-    if not pointer.is_file():
-        return None
-    folder = path / "checkpoints" / pointer.read_text().strip()
-    return folder if (folder / "model.safetensors").is_file() else None
+    return resume_point(path)[0]
 
 
 def read_trainer(folder: Path) -> Dict[str, Any]:
-    return json.loads((Path(folder) / "trainer.json").read_text())
+    path = Path(folder) / "trainer.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable trainer state ({type(err).__name__}: {err})") from None
 
 
 def load_weights(folder: Path, model: nn.Module, device: torch.device) -> None:

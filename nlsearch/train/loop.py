@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
@@ -35,7 +36,7 @@ from nlsearch.eval.forward import autocast
 from nlsearch.eval.scores import MetricRow
 from nlsearch.optim.periodic import PeriodicOptimizer, parameter_periods
 from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
-from nlsearch.train.checkpoint import latest_checkpoint, load_checkpoint, read_trainer, restore_rng, save_checkpoint
+from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
 from nlsearch.train.plan import RunPlan, check_run_dir, plan_run
 from nlsearch.train.record import RunRecord, build_record, session_info, write_run
 from nlsearch.runtime import tune_allocator
@@ -141,7 +142,9 @@ def _report(plan: RunPlan, model: torch.nn.Module, state: TrainerState, phase: i
 
 def _start(plan: RunPlan, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_dir: Optional[Path],
            resume: bool) -> TrainerState:
-    folder = latest_checkpoint(run_dir) if (run_dir is not None and resume) else None
+    folder, notes = resume_point(run_dir) if (run_dir is not None and resume) else (None, [])
+    if notes:                                     # a bad pointer or a corrupt checkpoint: said, never silent
+        warnings.warn(f"{run_dir}: {'; '.join(notes)}", stacklevel=3)
     if folder is None:
         torch.manual_seed(derive_seed("train", plan.seed))
         state = TrainerState(sessions=[session_info(plan.device, 0)])
