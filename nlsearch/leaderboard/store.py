@@ -12,7 +12,7 @@ Layout of a leaderboard folder (default ``leaderboard/``):
   submitter could try again until the randomly drawn verification seeds miss the invented ones;
 - ``.lock``: the lock every writer holds.
 
-Concurrency: ``add`` takes an exclusive ``fcntl.flock`` on ``.lock``, re-checks for a duplicate under
+Concurrency: ``add`` takes an exclusive OS lock on ``.lock`` (``filelock``), re-checks for a duplicate under
 the lock, writes the entry to a temporary file and renames it into place, then rebuilds the index the
 same way. Two processes adding at once are serialised; a reader sees the old index or the new one,
 never half of one; a crash leaves at most a stray temporary file, which readers ignore.
@@ -20,13 +20,13 @@ never half of one; a crash leaves at most a stray temporary file, which readers 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
 import pandas as pd
+from filelock import FileLock
 from pydantic import ValidationError
 
 from nlsearch.io import write_parquet, write_text
@@ -60,12 +60,8 @@ class Store:
     def lock(self) -> Iterator[None]:
         """Exclusive lock over the whole leaderboard folder (blocks until it is free)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with FileLock(self.lock_path):
+            yield
 
     def rejection(self, config_sha256: str, protocol: str, budget: str) -> Optional[Path]:
         """The record of claimed results for this config that failed verification, if one exists."""

@@ -11,14 +11,14 @@ whose last line was cut by a crash is truncated to its last complete line first.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import warnings
 from pathlib import Path
-from typing import IO, Any, Dict, Optional
+from typing import Any, Dict, Optional
 
 import optuna
+from filelock import FileLock, Timeout
 from optuna.trial import TrialState
 
 from nlsearch.config import canonical_json, is_file_ref
@@ -31,27 +31,23 @@ MUTABLE = ("trials", "timeout_minutes", "description", "resources")
 
 
 class DriverLock:
-    """An exclusive ``flock`` on ``<run dir>/driver.lock``: a second driver is refused, and the lock
-    goes away with its process, however it dies."""
+    """An exclusive OS lock (``filelock``: flock on POSIX, msvcrt on Windows) on ``<run dir>/driver.lock``:
+    a second driver is refused at once, and the lock goes away with its process, however it dies."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "driver.lock"
-        self.handle: Optional[IO] = None
+        self.lock = FileLock(self.path, timeout=0)
 
     def __enter__(self) -> "DriverLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "a+")
         try:
-            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.handle.close()
+            self.lock.acquire()
+        except Timeout:
             raise ValueError(f"another search is running in {self.path.parent} (it holds {self.path})") from None
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.handle is not None:
-            fcntl.flock(self.handle, fcntl.LOCK_UN)
-            self.handle.close()
+        self.lock.release()
 
 
 def repair_journal(path: Path) -> None:
