@@ -148,3 +148,16 @@ def test_the_page_in_headless_chromium(rendered, browser):
     assert [s[0] for s in sizes] == ["state", "length", "continual", "depth"]
     assert all(w > 200 and h > 100 and marks > 10 for _, w, h, marks in sizes), sizes
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_plotting_leaves_matplotlib_global_state_alone():
+    """A notebook user's backend and style survive the search and leaderboard plots."""
+    import matplotlib
+
+    backend, salt = matplotlib.get_backend(), matplotlib.rcParams["svg.hashsalt"]
+    import nlsearch.search.plots  # noqa: F401
+    from nlsearch.leaderboard.plots import _figure, _svg
+    fig, ax = _figure()
+    ax.plot([0, 1], [1, 0])
+    assert "<svg" in _svg(fig)
+    assert matplotlib.get_backend() == backend and matplotlib.rcParams["svg.hashsalt"] == salt

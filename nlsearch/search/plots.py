@@ -1,4 +1,6 @@
-"""The figures of a search (matplotlib, Agg): each returns the sentence summary.md puts under it."""
+"""The figures of a search (matplotlib ``Figure`` objects: no pyplot, no backend switched, no global
+style touched, so importing this in a notebook changes nothing): each returns the sentence summary.md
+puts under it."""
 from __future__ import annotations
 
 import math
@@ -6,14 +8,16 @@ import warnings
 from pathlib import Path
 from typing import Dict
 
-import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from nlsearch.search.results import objective_columns, save_figure
+from nlsearch.search.space import SearchSpace
 
-from nlsearch.search.results import objective_columns, save_figure  # noqa: E402
-from nlsearch.search.space import SearchSpace  # noqa: E402
+
+def _figure(figsize):
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots()
 
 
 def _complete(frame: pd.DataFrame) -> pd.DataFrame:
@@ -23,7 +27,7 @@ def _complete(frame: pd.DataFrame) -> pd.DataFrame:
 def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
     col, obj = objective_columns(space)[0], space.objectives[0]
     done = _complete(frame).dropna(subset=[col, "nesting_depth"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _figure((5.5, 3.8))
     ax.scatter(done.nesting_depth, done[col], alpha=0.5, label="trials")
     stats = done.groupby("nesting_depth")[col].agg(["mean", "std", "count"]).reset_index()
     ax.errorbar(stats.nesting_depth, stats["mean"], yerr=stats["std"].fillna(0), color="C3", marker="o",
@@ -31,7 +35,6 @@ def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
     ax.set(xlabel="nesting depth (levels)", ylabel=obj.metric, title=f"{space.name}: {obj.metric} vs nesting depth")
     ax.legend()
     save_figure(fig, out / "depth.png")
-    plt.close(fig)
     if stats.empty:
         return "No trial completed, so no depth can be compared yet."
     best = stats.loc[stats["mean"].idxmax() if obj.direction == "maximize" else stats["mean"].idxmin()]
@@ -41,7 +44,7 @@ def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
 
 def history_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
     col, obj = objective_columns(space)[0], space.objectives[0]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _figure((5.5, 3.8))
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         part = frame[(frame.state == state)]
         if state == "PRUNED":
@@ -53,7 +56,6 @@ def history_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
     ax.set(xlabel="trial", ylabel=obj.metric, title=f"{space.name}: optimisation history")
     ax.legend()
     save_figure(fig, out / "history.png")
-    plt.close(fig)
     if done.empty:
         return "No trial completed yet."
     first_best = int(done.number[best == best.iloc[-1]].iloc[0])
@@ -65,14 +67,13 @@ def pareto_plot(study, space: SearchSpace, frame: pd.DataFrame, out: Path) -> st
     cols = objective_columns(space)[:2]
     done = _complete(frame)
     front = frame[frame.number.isin([t.number for t in study.best_trials])]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = _figure((5.5, 3.8))
     ax.scatter(done[cols[0]], done[cols[1]], alpha=0.4, label="trials")
     front = front.sort_values(cols[0])
     ax.plot(front[cols[0]], front[cols[1]], "o-", color="C3", label="Pareto front")
     ax.set(xlabel=space.objectives[0].metric, ylabel=space.objectives[1].metric, title=f"{space.name}: Pareto front")
     ax.legend()
     save_figure(fig, out / "pareto.png")
-    plt.close(fig)
     return (f"{len(front)} of {len(done)} complete trials are Pareto-optimal in "
             f"({space.objectives[0].metric}, {space.objectives[1].metric}).")
 
@@ -89,12 +90,11 @@ def importance_plot(study, space: SearchSpace, out: Path) -> str:
         imp, reason = {}, str(err)
     else:
         reason = "fewer than two complete trials with varied parameters"
-    fig, ax = plt.subplots(figsize=(5.5, 0.4 * max(len(imp), 2) + 1.2))
+    fig, ax = _figure((5.5, 0.4 * max(len(imp), 2) + 1.2))
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names])
     ax.set(xlabel="importance (fANOVA)", title=f"{space.name}: parameter importance")
     save_figure(fig, out / "importance.png")
-    plt.close(fig)
     if not imp or any(math.isnan(v) for v in imp.values()):
         return f"Parameter importance could not be computed: {reason}."
     top = next(iter(imp))
