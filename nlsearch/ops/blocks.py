@@ -98,20 +98,14 @@ def decay_matrix(log_x: Tensor) -> Tensor:
     return _DecayMatrix.apply(log_x)
 
 
-def _masks(length: int, device) -> "tuple[Tensor, Tensor]":
-    """(inside, empty) of the ``(L+1, L)`` layout: x_t is in segment (s, t'] of column s−1 = j when
-    t ≥ j + 2; the segment (s, t] is empty (s > t) when j ≥ t."""
-    ones = torch.ones(length + 1, length, dtype=torch.bool, device=device)
-    return ones.tril(-2), ones.triu(0)
-
-
 class _DecayMatrix(torch.autograd.Function):
     @staticmethod
     def forward(ctx, log_x):
         length = log_x.shape[-1]
-        inside, empty = _masks(length, log_x.device)
         col = F.pad(log_x, (1, 0))[..., :, None].expand(*log_x.shape[:-1], length + 1, length)  # x_t
-        r = col.masked_fill(~inside, 0.0).cumsum_(-2).masked_fill_(empty, float("-inf")).exp_()
+        # x_t lies in the segment (s, t'] of column j = s − 1 when t ≥ j + 2: keep that triangle, sum it
+        # down the column, exp, and zero the empty segments (j ≥ t; their sums are 0 there, exp 1)
+        r = col.tril(-2).cumsum_(-2).exp_().tril_(-1)
         ctx.save_for_backward(r)
         return r
 
@@ -121,9 +115,10 @@ class _DecayMatrix(torch.autograd.Function):
         (r,) = ctx.saved_tensors
         length = r.shape[-1]
         g = (grad * r).cumsum_(-1)                    # P[t, j] = Σ_{j' ≤ j} ∂R ⊙ R
-        suffix = g.flip(-2).cumsum_(-2)               # row i: Σ over t ≥ L − i
-        rows = torch.arange(length - 1, device=r.device)                   # x_r, r = 2..L: t ≥ r, j ≤ r − 2
-        d = suffix[..., length - 2 - rows, rows]                            # (..., L − 1)
+        total = g.sum(-2)                             # Σ over every t
+        before = g.cumsum_(-2)                        # Σ over t' ≤ t
+        cols = torch.arange(length - 1, device=r.device)                   # x_r, r = 2..L: t ≥ r, j ≤ r − 2
+        d = total[..., cols] - before[..., cols + 1, cols]
         return F.pad(d, (1, 0))                                             # x_1 is in no segment of R
 
 
