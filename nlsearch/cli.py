@@ -256,7 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_commands(sub, lambda: console)
     from nlsearch.leaderboard.cli import add_commands as add_leaderboard_commands
     add_leaderboard_commands(sub)
+    _no_abbreviations(parser)
     return parser
+
+
+def _no_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command takes its flags spelled out: ``--worker 2`` is an error, not ``--workers 2``."""
+    parser.allow_abbrev = False
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

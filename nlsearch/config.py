@@ -5,18 +5,41 @@ import hashlib
 import json
 import reprlib
 from pathlib import Path
-from typing import Any, Type, TypeVar, Union
+from types import UnionType
+from typing import Annotated, Any, Type, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 C = TypeVar("C", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base of every config: unknown keys are errors, instances are immutable."""
+    """Base of every config: unknown keys are errors, instances are immutable, and a boolean is never
+    taken for a number (``trials: true`` is refused, not read as 1)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and _takes_number_not_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"{value!r} is a boolean where a number is expected")
+        return value
+
+
+def _takes_number_not_bool(annotation: Any) -> bool:
+    """Whether a field's type accepts an int or float but not a bool (Optional and Annotated looked into)."""
+    if annotation is bool:
+        return False
+    if annotation in (int, float):
+        return True
+    args = get_args(annotation)
+    if get_origin(annotation) is Annotated:
+        return _takes_number_not_bool(args[0])
+    if get_origin(annotation) in (Union, UnionType) and bool not in args:
+        return any(_takes_number_not_bool(a) for a in args)
+    return False
 
 
 class ConfigError(ValueError):
@@ -50,7 +73,24 @@ def parse_config(cls: Type[C], data: Any, source: str = "<config>") -> C:
         raise ConfigError(_format(err, source)) from None
 
 
-class _NoAliasLoader(yaml.SafeLoader):
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (YAML's default keeps the last one,
+    silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue                                         # an unhashable key: YAML refuses it itself
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+class _NoAliasLoader(_UniqueKeyLoader):
     """Safe YAML that also refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
     gigabytes ("billion laughs"), so files from outside (submissions, result files) may not use them."""
 
@@ -65,7 +105,7 @@ class _NoAliasLoader(yaml.SafeLoader):
 def safe_yaml(text: Union[str, bytes], aliases: bool = True) -> Any:
     """Plain data from YAML/JSON text: no tags, nothing constructed or executed; ``aliases=False`` for
     untrusted files."""
-    return yaml.load(text, Loader=yaml.SafeLoader if aliases else _NoAliasLoader)
+    return yaml.load(text, Loader=_UniqueKeyLoader if aliases else _NoAliasLoader)
 
 
 def is_file_ref(ref: Any) -> bool:

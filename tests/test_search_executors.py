@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import signal
 import time
 from pathlib import Path
@@ -108,46 +109,51 @@ def _is_descendant(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _own_process(title: str) -> "int | None":
-    """A process titled ``title`` that this test process started (its descendant: the workers of the
+def _own_process(title: str, ancestor: "int | None" = None) -> "int | None":
+    """A process titled ``title`` under ``ancestor`` (default: this test process, so the workers of the
     Ray instance this test's executor started), never another one on the machine."""
+    ancestor = os.getpid() if ancestor is None else ancestor
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if cmd.startswith(title) and _is_descendant(int(pid), os.getpid()):
+        if cmd.startswith(title) and _is_descendant(int(pid), ancestor):
             return int(pid)
     return None
 
 
-def _wait_for_process(title: str, timeout: float = 120) -> int:
+def _wait_for_process(title: str, timeout: float = 120, ancestor: "int | None" = None) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pid = _own_process(title)
+        pid = _own_process(title, ancestor)
         if pid is not None:
             return pid
         time.sleep(0.1)
     pytest.fail(f"no process titled {title!r} of this test appeared")
 
 
-def test_the_victim_is_only_ever_a_process_this_test_started():
-    """A process with a trial's title that this test did not start (re-parented away from it, as a
-    user's running search is) is never picked; one the test started is."""
+def test_the_victim_is_only_ever_a_process_under_the_session_that_started_it():
+    """Two process trees, each with a process titled like a trial (as this test's Ray session and a
+    user's running search would be): the one under the other tree is never picked."""
     title = "ray::nlsearch_trial"
-    foreign = int(subprocess.run(["sh", "-c", f"exec -a '{title}' sleep 120 > /dev/null 2>&1 & echo $!"],
-                                 capture_output=True, text=True, check=True).stdout)
-    own = subprocess.Popen([title, "120"], executable="/bin/sleep")
+    script = f"import subprocess; subprocess.Popen([{title!r}, '120'], executable='/bin/sleep').wait()"
+    mine = subprocess.Popen([sys.executable, "-c", script])
+    theirs = subprocess.Popen([sys.executable, "-c", script])
     try:
-        assert not _is_descendant(foreign, os.getpid())
-        assert _wait_for_process(title, timeout=10) == own.pid         # once it has exec'd
-        own.kill()
-        own.wait()
-        assert _own_process(title) is None
-        assert _parent(foreign) != 0                                    # the foreign one is alive
+        victim = _wait_for_process(title, timeout=10, ancestor=mine.pid)
+        other = _wait_for_process(title, timeout=10, ancestor=theirs.pid)
+        assert victim != other
+        assert _is_descendant(victim, mine.pid) and not _is_descendant(other, mine.pid)
+        for _ in range(20):                                  # whatever the order /proc lists them in
+            assert _own_process(title, ancestor=mine.pid) == victim
     finally:
-        own.kill()
-        os.kill(foreign, signal.SIGKILL)                                # the test started it: its to end
+        for tree in (mine, theirs):                          # the test started both trees: it ends them
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                if _parent(int(pid)) == tree.pid:
+                    os.kill(int(pid), signal.SIGKILL)
+            tree.kill()
+            tree.wait()
 
 
 @pytest.mark.parametrize("cores, cpus_per_trial, expected", [(2, 1, 2), (16, 4, 4), (3, 2, 1), (1, 4, 1)])
