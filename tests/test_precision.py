@@ -3,8 +3,6 @@
 CPU bfloat16 autocast runs the same code path as the CUDA one: projections in bfloat16, every memory
 op in float32 with its state kept in float32.
 """
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,6 +29,16 @@ def _memory_tensors(state, field=None):
             yield from _memory_tensors(value, field)
 
 
+def _finite_step(name, model, opt, loss, step):
+    """One optimizer step, asserting a finite loss and finite gradients first."""
+    assert torch.isfinite(loss), f"{name}: loss {loss.item()} at step {step}"
+    opt.zero_grad()
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is None or torch.isfinite(p.grad).all(), f"{name}: non-finite gradient of {pname}"
+    opt.step()
+
+
 @pytest.mark.parametrize("name", list_presets())
 def test_every_preset_trains_under_bf16_autocast_with_float32_memory_state(name):
     torch.manual_seed(0)
@@ -45,12 +53,7 @@ def test_every_preset_trains_under_bf16_autocast_with_float32_memory_state(name)
             logits, state = model(tokens[:, :24])
             logits2, state = model(tokens[:, 24:], state)             # a second call on the carried state
             loss = F.cross_entropy(torch.cat([logits, logits2], 1).float().flatten(0, 1), tokens.flatten())
-        assert torch.isfinite(loss), f"{name}: loss {loss.item()} at step {step}"
-        opt.zero_grad()
-        loss.backward()
-        for pname, p in model.named_parameters():
-            assert p.grad is None or torch.isfinite(p.grad).all(), f"{name}: non-finite gradient of {pname}"
-        opt.step()
+        _finite_step(name, model, opt, loss, step)
         for field, t in _memory_tensors(state):
             found += 1
             assert t.dtype == torch.float32, f"{name}: state {field} is {t.dtype}"
@@ -134,11 +137,4 @@ def test_retention_that_underflows_in_float32_trains_with_finite_loss_and_gradie
     for step in range(3):
         tokens = torch.randint(0, 64, (2, 40), generator=gen)
         logits, _ = model(tokens)
-        loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
-        assert torch.isfinite(loss), f"{name}: loss {loss.item()} at step {step}"
-        opt.zero_grad()
-        loss.backward()
-        for pname, p in model.named_parameters():
-            assert p.grad is None or torch.isfinite(p.grad).all(), f"{name}: non-finite gradient of {pname}"
-        opt.step()
-    assert not math.isnan(loss.item())
+        _finite_step(name, model, opt, F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), step)

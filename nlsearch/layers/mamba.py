@@ -42,11 +42,7 @@ class MambaLayerConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "MambaLayerConfig":
-        if self.dt_min >= self.dt_max:
-            raise ValueError(f"dt_min={self.dt_min} must be below dt_max={self.dt_max}")
-        if self.conv_size < 0:
-            raise ValueError(f"conv_size={self.conv_size} must be >= 0")
-        return self
+        return check_dt_and_conv(self)
 
     def build(self, d_model: int) -> "MambaLayer":
         return MambaLayer(d_model, self)
@@ -54,6 +50,15 @@ class MambaLayerConfig(Strict):
     def levels(self) -> "list[Level]":
         return [Level("selective ssm", f"diagonal state h_t (N={self.d_state}) with input-dependent decay",
                       "tokens", 1, "dot", "linear (diagonal)")]
+
+
+def check_dt_and_conv(cfg):
+    """The checks every SSM config shares: a Δ range with dt_min < dt_max, and conv_size >= 0."""
+    if cfg.dt_min >= cfg.dt_max:
+        raise ValueError(f"dt_min={cfg.dt_min} must be below dt_max={cfg.dt_max}")
+    if cfg.conv_size < 0:
+        raise ValueError(f"conv_size={cfg.conv_size} must be >= 0")
+    return cfg
 
 
 class MambaState(NamedTuple):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
+from nlsearch.layers.mamba import check_dt_and_conv
 from nlsearch.ops import MemoryState, linear_memory, linear_memory_naive
 from nlsearch.ops.linear import DEFAULT_BLOCK
 from nlsearch.ops.precision import up
@@ -46,11 +47,7 @@ class Mamba2LayerConfig(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Mamba2LayerConfig":
-        if self.dt_min >= self.dt_max:
-            raise ValueError(f"dt_min={self.dt_min} must be below dt_max={self.dt_max}")
-        if self.conv_size < 0:
-            raise ValueError(f"conv_size={self.conv_size} must be >= 0")
-        return self
+        return check_dt_and_conv(self)
 
     def check(self, d_model: int, path: str = "mixer") -> None:
         inner = self.expand * d_model
