@@ -50,7 +50,8 @@ def test_fast_memory_ops_under_cuda_autocast(kind):
 def test_selective_scan_on_cuda_matches_the_cpu_reference():
     g = torch.Generator().manual_seed(0)
     x, delta = torch.randn(2, 130, 8, generator=g), 0.01 + 0.5 * torch.rand(2, 130, 8, generator=g)
-    a, b, c = -torch.rand(8, 4, generator=g).exp(), torch.randn(2, 130, 4, generator=g), torch.randn(2, 130, 4, generator=g)
+    a = -torch.rand(8, 4, generator=g).exp()
+    b, c = torch.randn(2, 130, 4, generator=g), torch.randn(2, 130, 4, generator=g)
     y_ref, h_ref = selective_scan_naive(*(t.double() for t in (x, delta, a, b, c)))
     y, h = selective_scan(*(t.to(CUDA) for t in (x, delta, a, b, c)))
     torch.testing.assert_close(y.double().cpu(), y_ref, atol=1e-4, rtol=1e-4)

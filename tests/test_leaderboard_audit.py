@@ -2,7 +2,6 @@
 digests; a tampered metrics file, record or entry is named."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 

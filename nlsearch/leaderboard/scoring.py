@@ -138,7 +138,7 @@ def _finite(x: Optional[float]) -> Optional[float]:
 
 
 def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], protocol: Protocol, budget: Budget,
-                 runs_dir: Path) -> List["PlannedRun"]:
+                 runs_dir: Path) -> list:
     """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
     passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
     (at the factor the sweep will choose: finished when a run of any factor is there)."""

@@ -134,14 +134,14 @@ def _scan_slabs(h: Tensor, d: Tensor, A: Tensor, xd: Tensor, bt: Tensor, out: Op
     """``h ← exp(Δ_l A) ⊙ h + (Δx)_l ⊗ B_l`` for l = 0..L−1 over all chunks at once, in place on the
     slab ``h`` (B, n_c, Dch, N). ``out`` (L, B, n_c, Dch, N): keep every state; ``ct``, ``y``: read
     ``y_l = h_l C_l`` into ``y`` (L, B, n_c, Dch)."""
-    for l in range(d.shape[0]):
+    for i in range(d.shape[0]):
         if out is not None:
-            h = torch.mul(h, _decay(d[l], A), out=out[l])
+            h = torch.mul(h, _decay(d[i], A), out=out[i])
         else:
-            h.mul_(_decay(d[l], A))
-        h.addcmul_(xd[l, ..., None], bt[l, ..., None, :])
+            h.mul_(_decay(d[i], A))
+        h.addcmul_(xd[i, ..., None], bt[i, ..., None, :])
         if y is not None:
-            torch.matmul(h, ct[l, ..., None], out=y[l, ..., None])
+            torch.matmul(h, ct[i, ..., None], out=y[i, ..., None])
     return h
 
 
@@ -175,25 +175,25 @@ class _ChunkedScan(torch.autograd.Function):
         states = x.new_empty(length, *starts[:, 1:].shape)                    # h_t, (L, B, n_c, Dch, N)
         _scan_slabs(starts[:, :-1], d, A, xd, bt, out=states)
         g = torch.zeros_like(states[0])
-        for l in reversed(range(length)):                                     # the adjoint from zero
-            if l < length - 1:
-                g.mul_(_decay(d[l + 1], A))
-            g.addcmul_(dy[l, ..., None], ct[l, ..., None, :])
+        for i in reversed(range(length)):                                     # the adjoint from zero
+            if i < length - 1:
+                g.mul_(_decay(d[i + 1], A))
+            g.addcmul_(dy[i, ..., None], ct[i, ..., None, :])
         chunk_decay = torch.exp(d.sum(0)[..., None] * A)
         last = torch.zeros_like(starts[:, 0]) if dh_end is None else dh_end
         carries = _carry(last, chunk_decay, _decay(d[0], A).mul_(g), reverse=True)   # G_c = ∂L/∂H_c
         g = carries[:, 1:].clone()
         gb, d_b, d_delta = torch.empty_like(x), torch.empty_like(bt), torch.empty_like(x)
         wd = torch.zeros_like(g)                                              # Σ_l w_l Δ_l, for ∂A
-        for l in reversed(range(length)):
-            if l < length - 1:
-                g.mul_(_decay(d[l + 1], A))
-            g.addcmul_(dy[l, ..., None], ct[l, ..., None, :])
-            torch.matmul(g, bt[l, ..., None], out=gb[l, ..., None])
-            torch.matmul(xd[l, ..., None, :], g, out=d_b[l, ..., None, :])
-            w = torch.addcmul(states[l], xd[l, ..., None], bt[l, ..., None, :], value=-1.0).mul_(g)
-            wd.addcmul_(w, d[l, ..., None])
-            torch.sum(w.mul_(A), -1, out=d_delta[l])                          # Σ_n w A
+        for i in reversed(range(length)):
+            if i < length - 1:
+                g.mul_(_decay(d[i + 1], A))
+            g.addcmul_(dy[i, ..., None], ct[i, ..., None, :])
+            torch.matmul(g, bt[i, ..., None], out=gb[i, ..., None])
+            torch.matmul(xd[i, ..., None, :], g, out=d_b[i, ..., None, :])
+            w = torch.addcmul(states[i], xd[i, ..., None], bt[i, ..., None, :], value=-1.0).mul_(g)
+            wd.addcmul_(w, d[i, ..., None])
+            torch.sum(w.mul_(A), -1, out=d_delta[i])                          # Σ_n w A
         d_c = (dy[..., None, :] @ states).squeeze(-2)                         # Σ_d ∂y h, (L, B, n_c, N)
         d_delta.addcmul_(x, gb)
         d_a = wd.sum((0, 1))
