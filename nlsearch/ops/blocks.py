@@ -92,9 +92,10 @@ def decay_matrix(log_x: Tensor) -> Tensor:
     entries in ``[-inf, 0]``): 1 on the diagonal ``s = t``, exactly 0 above it. ``(..., L+1, L)``.
 
     Each exponent is the sum over its own segment, a cumulative sum down a column masked to the
-    segment, so it is as exact as the segment is short; the mask is applied before the ``exp`` and no
-    two ``-inf`` ever meet in a subtraction. One autograd node: the backward is the sum of
-    ``∂R ⊙ R`` over every segment that holds ``x_r`` (a prefix sum along ``s``, a suffix sum along ``t``)."""
+    segment before it is summed, so it is as exact as the segment is short, never positive, and no two
+    ``-inf`` ever meet in a subtraction. One autograd node: the backward is the sum of ``∂R ⊙ R`` over
+    every segment that holds ``x_r`` (a prefix sum along ``s``, then over ``t ≥ r`` as the column's
+    total less its prefix: gradients, not exponents, are subtracted)."""
     return _DecayMatrix.apply(log_x)
 
 
