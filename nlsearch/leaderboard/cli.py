@@ -89,8 +89,9 @@ def _common(p: argparse.ArgumentParser, budget_help: str) -> None:
     p.add_argument("--dir", default="leaderboard", help="the leaderboard folder (entries/, index.parquet)")
 
 
-def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--runs", default="results/runs/leaderboard", help="where training runs go (reused if there)")
+def _run_options(p: argparse.ArgumentParser, runs: str = "results/runs/leaderboard") -> None:
+    p.add_argument("--runs", default=runs, help=f"where training runs go (reused if there and checked; "
+                   f"default {runs})")
     p.add_argument("--workers", type=int, default=1, help="training runs in parallel processes")
     p.add_argument("--address", default=None, help="a Ray cluster address: run the training there")
 
@@ -123,5 +124,5 @@ def add_commands(sub) -> None:
     rp.add_argument("--dry-run", action="store_true", help="print the runs it would do (how many are finished) "
                     "and their estimated core-hours (from results/bench/models-cpu.parquet); train nothing")
     _common(rp, "cpu or gpu (default: the protocol's first track)")
-    _run_options(rp)
+    _run_options(rp, "results/reproduce/runs")
     rp.set_defaults(func=_reproduce)

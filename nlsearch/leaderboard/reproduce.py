@@ -22,13 +22,14 @@ from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.runner import Log
 from nlsearch.leaderboard.scoring import score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
-from nlsearch.leaderboard.submit import DEFAULT_RUNS, build_entry, load_submission
+from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import display, mean_std
 from nlsearch.provenance import git_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "hope")
 AUTHOR = "nlsearch reproduce"
+RUNS = Path("results/reproduce/runs")     # committed: a reproduction grows across machines and sittings
 ModelSpec = Union[str, Dict[str, Any]]
 
 
@@ -106,7 +107,7 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
 
 
 def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, str, Path, None] = None,
-                   root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = DEFAULT_RUNS,
+                   root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = RUNS,
                    baselines: Optional[Sequence[ModelSpec]] = None) -> list:
     """The runs :func:`reproduce` would do (``PlannedRun`` each; a baseline already on the leaderboard
     counts as finished), for ``--dry-run``. Writes nothing."""
@@ -128,7 +129,7 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
 
 
 def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union[Protocol, str, Path, None] = None,
-              root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = DEFAULT_RUNS,
+              root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = RUNS,
               out_dir: Union[str, Path] = "results/reproduce", baselines: Optional[Sequence[ModelSpec]] = None,
               address: Optional[str] = None, log: Optional[Log] = None) -> Path:
     """Scores every baseline (default ``BASELINES``; preset names or config mappings), adds them to the
