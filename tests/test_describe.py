@@ -81,3 +81,24 @@ def test_flops_count_every_application_of_looped_blocks():
              for n, r in ((4, 1), (2, 2), (1, 4))]
     assert flops[0] == flops[1] == flops[2]               # four block applications per token each
     assert describe(base.model_copy(update={"n_layers": 1}))["flops_per_token"] < flops[0]
+
+
+def test_describe_never_allocates_the_model(tmp_path):
+    """A 24-layer model of width 16384 (about 80 billion parameters, 300 GB in float32) is described in a
+    subprocess whose peak memory stays that of an idle torch process: the model is built on the meta device."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    path = tmp_path / "huge.yaml"
+    path.write_text(yaml.safe_dump({"name": "huge", "d_model": 16384, "n_layers": 24,
+                                    "mixer": {"kind": "attention", "n_heads": 128}}))
+    script = ("import resource, sys; from nlsearch.cli import main; rc = main(['describe', sys.argv[1]]); "
+              "print('maxrss_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(rc)")
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    params = int(proc.stdout.split("parameters", 1)[1].split()[0].replace(",", ""))
+    assert params > 7e10, params                                        # counted from the shapes
+    maxrss_gb = int(proc.stdout.rsplit("maxrss_kb", 1)[1].split()[0]) / 2**20
+    assert maxrss_gb < 2.0, maxrss_gb

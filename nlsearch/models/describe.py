@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
+import torch
 from torch import nn
 
 from nlsearch.config import config_hash
@@ -33,7 +34,10 @@ def flops_per_token(cfg: ModelConfig, model: nn.Module, seq_len: int) -> float:
 
 
 def describe(cfg: ModelConfig, seq_len: int = 512) -> Dict[str, Any]:
-    model = cfg.build()
+    """Size, state, FLOPs per token and levels of ``cfg``, from the model built on the meta device:
+    shapes only, no memory allocated, so describing a model that could never fit is instant."""
+    with torch.device("meta"):
+        model = cfg.build()
     levels = nesting_levels(cfg)
     embedding = model.embed.weight.numel()
     params = sum(p.numel() for p in model.parameters())
