@@ -36,3 +36,13 @@ def test_booleans_and_numbers_keep_working_where_they_belong(tmp_path):
     path = write_space(tmp_path, tiny_space(name="ok"))
     assert load_space(path).trials == 3
     assert yaml.safe_load("a: yes")["a"] is True            # plain PyYAML is untouched
+
+
+def test_a_search_whose_constraints_no_candidate_meets_ends_with_an_error(tmp_path, capsys):
+    space = tiny_space(name="impossible", trials=2, constraints={"params": {"max": 10}})
+    path = write_space(tmp_path, space)
+    rc = main(["search", str(path), "--workers", "1", "--out", str(tmp_path / "out"), "--quiet", "--no-plots"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "no candidate satisfied the space's constraints" in " ".join(out.split())
+    assert not (tmp_path / "out" / "best.yaml").exists()

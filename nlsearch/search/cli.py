@@ -100,11 +100,26 @@ def _search(args: argparse.Namespace, console: Console) -> int:
             live.stop()
     from nlsearch.search.space import load_space
     space = load_space(args.file)
-    if (frame.state == "COMPLETE").any():
-        console.print(rich_table(top_table(study, space, frame), f"search {space.name}: best trials"))
+    if not len(frame) or not (frame.state == "COMPLETE").any():
+        console.print(f"[red]error:[/red] {escape(_no_result(frame))}; no best.yaml was written")
+        return 1
+    console.print(rich_table(top_table(study, space, frame), f"search {space.name}: best trials"))
     console.print(f"results in {escape(str(out))}: trials.parquet, best.yaml, summary.md, plots"
                   f"{', pareto.parquet' if space.multi_objective else ''}")
     return 0
+
+
+def _no_result(frame) -> str:
+    """Why a search ended without a completed trial: every candidate broke the constraints, or how
+    the trials ended."""
+    if not len(frame):
+        return "no trial ran"
+    reasons = frame["reason"].fillna("") if "reason" in frame else None
+    if reasons is not None and reasons.str.startswith("infeasible").all():
+        return (f"no candidate satisfied the space's constraints: all {len(frame)} sampled were infeasible "
+                f"(e.g. {reasons.iloc[0].removeprefix('infeasible (not trained): ')})")
+    states = ", ".join(f"{n} {s.lower()}" for s, n in frame.state.value_counts().items())
+    return f"no trial completed ({states})"
 
 
 def _workers(text: str):
