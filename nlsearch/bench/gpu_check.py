@@ -14,6 +14,7 @@ Prints one summary table (check, status, seconds, detail) and writes it to
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tempfile
@@ -95,9 +96,7 @@ def _search(work: Path) -> str:
                           cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError((proc.stderr.strip().splitlines() or ["no output"])[-1])
-    devices = sorted({line.split('"device": "')[1].split('"')[0]
-                      for rec in (work / "search").rglob("record.json") for line in rec.read_text().splitlines()
-                      if '"device": "' in line})
+    devices = sorted({json.loads(rec.read_text())["device"] for rec in (work / "search").rglob("record.json")})
     return f"2 trials, devices {devices}"
 
 

@@ -160,8 +160,8 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
 
 def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[ModelSpec]:
     """The baselines in the order that decides claims soonest: the cheapest claim's models first (cost:
-    the dry-run estimate of their runs at this track, from the measured step times), then the next
-    claim's, then every other baseline in the given order."""
+    the sum of its models' measured core-seconds per training token at T=512; every baseline trains
+    the same runs), then the next claim's, then every other baseline in the given order."""
     from nlsearch.bench.estimate import core_seconds_per_token, load_timing
 
     by_name = {_name(s): s for s in specs}

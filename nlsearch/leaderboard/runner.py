@@ -111,7 +111,8 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Callable = None) -> List[Any]:
+def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None
+            ) -> List[Any]:
     """Each job as a Ray task on the cluster at ``address``, asking for ``gpus_per_job`` GPUs where the
     cluster has any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise."""
     import ray

@@ -149,13 +149,14 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
 
     tasks_dir = protocol.resolve_tasks_dir()
     factors = tuple(protocol.lr_sweep.factors)
+    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
     out: List[PlannedRun] = []
     for rule in protocol.tasks:
         for seed in protocol.seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
             done = []
             for factor in factors:
-                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, "cpu", None, tasks_dir)
+                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
                 try:
                     done.append(finished_record(default_run_dir(runs_dir, plan), plan.identity()) is not None)
                 except ValueError:

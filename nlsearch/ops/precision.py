@@ -1,4 +1,4 @@
-"""The mixed-precision policy of the memory ops (docs/architecture.md, "Precision").
+"""The mixed-precision policy of the memory ops (docs/architecture.md, "The memory-rule grid").
 
 Projections and MLPs may run under autocast (bfloat16 on a GPU); every memory op and scan computes
 in float32 whatever its caller's dtype: half-precision inputs are cast up at the op boundary,
