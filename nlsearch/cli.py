@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from nlsearch.bench.report import rich_table
-from nlsearch.runtime import tune_allocator
+from nlsearch.runtime import tune_process
 
 console = Console()
 
@@ -273,7 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     global console
     console = Console()                       # created per call: honours COLUMNS and redirection
     args = build_parser().parse_args(argv)
-    tune_allocator()
+    tune_process()
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:

@@ -11,7 +11,7 @@ from typing import Dict
 
 import torch
 
-from nlsearch.runtime import allocator_tuned, compile_steps
+from nlsearch.runtime import allocator_tuned, compile_steps, denormals_flushed
 
 
 def _cpu_model() -> str:
@@ -61,4 +61,5 @@ def provenance(device: torch.device) -> Dict[str, str]:
         "python": platform.python_version(),
         "allocator": "tuned" if allocator_tuned() else "default",
         "compiled_steps": "on" if compile_steps() else "off",
+        "denormals": "flushed" if denormals_flushed() else "kept",
     }

@@ -17,3 +17,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """The process settings every entry point applies (``nlsearch.runtime.tune_process``), before any
+    test makes the thread pool: the suite runs what training runs, at its speed."""
+    from nlsearch.runtime import tune_process
+    tune_process()

@@ -64,3 +64,41 @@ def test_compiled_steps_match_eager_hope(monkeypatch):
     torch.testing.assert_close(out[1][0], out[0][0], atol=1e-5, rtol=1e-5)
     for g0, g1 in zip(out[0][1], out[1][1]):
         torch.testing.assert_close(g1, g0, atol=1e-4, rtol=1e-3)
+
+
+def _python(code: str, **env) -> str:
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "NLSEARCH_DENORMALS": "flush", **env})
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+SUBNORMAL = """
+import torch
+torch.set_num_threads(2)
+{before}
+from nlsearch import runtime
+from nlsearch.provenance import provenance
+ok = runtime.flush_denormals()
+a = torch.full((256, 64), 1e-20)
+print(ok, bool((a @ a.T).eq(0).all()), bool((torch.full((1 << 18,), 1e-20) * 1e-20).eq(0).all()),
+      provenance(torch.device("cpu"))["denormals"])
+"""
+
+
+def test_subnormals_are_flushed_on_every_thread_when_set_first():
+    assert _python(SUBNORMAL.format(before="")) == "True True True flushed"
+
+
+def test_kept_when_switched_off():
+    assert _python(SUBNORMAL.format(before=""), NLSEARCH_DENORMALS="keep") == "False False False kept"
+
+
+def test_a_pool_made_before_the_flag_is_reported_not_flushed():
+    """The flag is per thread: workers made earlier keep subnormals, and the process says so."""
+    made_first = "torch.full((1 << 18,), 1.0).mul(2).sum(); torch.randn(256, 256) @ torch.randn(256, 256)"
+    flushed, *_, recorded = _python(SUBNORMAL.format(before=made_first)).split()
+    assert (flushed, recorded) == ("False", "kept")

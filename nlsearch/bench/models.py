@@ -13,7 +13,7 @@ from nlsearch.bench.ops import pick_device
 from nlsearch.bench.timing import measure_many
 from nlsearch.models import list_presets, load_model_config
 from nlsearch.provenance import provenance
-from nlsearch.runtime import tune_allocator
+from nlsearch.runtime import tune_process
 
 
 
@@ -60,7 +60,7 @@ def make_train_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.dev
 
 
 def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
-    tune_allocator()
+    tune_process()
     device = pick_device(cfg.device)
     prov = provenance(device)
     names = list(cfg.presets) or list_presets()

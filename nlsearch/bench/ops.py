@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from nlsearch.bench.timing import measure_many
 from nlsearch.ops import PRESETS, MemoryState, apply_memory, causal_attention
 from nlsearch.provenance import provenance
-from nlsearch.runtime import tune_allocator
+from nlsearch.runtime import tune_process
 
 DEFAULT_T = (256, 512, 1024, 4096, 16384)
 RECURRENT = tuple(PRESETS)
@@ -76,7 +76,7 @@ def make_step(rule_name: str, impl: str, cfg: OpsBenchConfig, t: int, device: to
 
 
 def run_ops_bench(cfg: OpsBenchConfig, log: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
-    tune_allocator()
+    tune_process()
     device = pick_device(cfg.device)
     prov = provenance(device)
     rows: List[Dict] = []

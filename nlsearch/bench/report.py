@@ -30,6 +30,8 @@ def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List
     allocator = f", {df['allocator'].iloc[0]} allocator" if "allocator" in df else ""
     if "compiled_steps" in df and df["compiled_steps"].iloc[0] == "on":
         allocator += ", compiled layer steps (NLSEARCH_COMPILE=1)"
+    if "denormals" in df:
+        allocator += f", subnormals {df['denormals'].iloc[0]}"
     head = (f"# nlsearch {title} ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}{allocator}, "
             f"commit {df['git_commit'].iloc[0]})")
     md_path = write_text("\n\n".join([head, markdown_table(view), "## Floors", markdown_table(floors)]) + "\n",

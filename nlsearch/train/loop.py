@@ -39,7 +39,7 @@ from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
 from nlsearch.train.plan import RunPlan, check_run_dir, plan_run
 from nlsearch.train.record import RunRecord, build_record, session_info, write_run
-from nlsearch.runtime import tune_allocator
+from nlsearch.runtime import tune_process
 
 Reporter = Callable[[int, Dict[str, float]], bool]
 
@@ -256,8 +256,8 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
     steps as if killed (status ``interrupted``; no extra checkpoint, no record). Every input is
     validated before anything is written; raises NonFiniteLossError when the loss is NaN or infinite.
     """
+    tune_process()                            # first: before anything makes the thread pool
     plan = plan_run(model_config, task, budget, seed, device, threads, tasks_dir)
-    tune_allocator()
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         check_run_dir(run_dir, resume)

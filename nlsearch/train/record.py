@@ -85,7 +85,7 @@ def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
     prov = provenance(device)
     return {"from_step": from_step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "threads": torch.get_num_threads(),
-            **{k: prov[k] for k in ("hardware", "torch", "git_commit", "allocator", "compiled_steps")}}
+            **{k: prov[k] for k in ("hardware", "torch", "git_commit", "allocator", "compiled_steps", "denormals")}}
 
 
 def _number(x: float) -> Optional[float]:
