@@ -12,6 +12,7 @@ from nlsearch.leaderboard.entry import Entry, RunInfo, SeedResult, TaskResult, e
 from train_fixtures import write_tasks
 
 ROLES = {"tiny_recall": "recall", "tiny_lm": "lm", "tiny_needle": "needle", "tiny_continual": "continual"}
+SETTING = {"task": {"n_pairs": 8}, "metric": "accuracy", "models": ["attention"]}   # a claim's source setting
 METRIC = {"tiny_recall": "accuracy", "tiny_lm": "bits_per_byte", "tiny_needle": "accuracy", "tiny_continual": "acc"}
 
 

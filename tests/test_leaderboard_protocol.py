@@ -17,8 +17,8 @@ from leaderboard_fixtures import write_protocol
 
 def test_the_shipped_protocol_names_real_tasks_metrics_budgets_and_claims():
     protocol = load_protocol()
-    assert protocol.ref == "standard@2" and len(protocol.seeds) >= 3
-    for rule in protocol.tasks:
+    assert protocol.ref == "standard@3" and len(protocol.seeds) >= 3
+    for rule in protocol.tasks + protocol.claim_tasks:
         task = load_task(rule.task, protocol.resolve_tasks_dir())
         assert rule.metric in {m.name for m in task.spec.metrics}, rule
     assert [protocol.load_budget(b).ref for b in ("cpu", "gpu")] == ["cpu@3", "gpu@1"]
@@ -26,7 +26,7 @@ def test_the_shipped_protocol_names_real_tasks_metrics_budgets_and_claims():
     assert protocol.load_budget() is load_budget("cpu@3") is load_budget("cpu")
     assert protocol.load_budget("gpu") is load_budget("gpu")
     assert set(BASELINES) <= set(list_presets())
-    claims = load_claims(protocol.claims_path()).claims
+    claims = load_claims(protocol.claims_path(), protocol).claims     # held to the protocol's roles and tasks
     roles = set(protocol.by_role())
     for claim in claims:
         check = claim.check

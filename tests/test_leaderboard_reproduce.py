@@ -14,12 +14,13 @@ from nlsearch.leaderboard.claims import Claim, judge
 from nlsearch.leaderboard.protocol import load_protocol
 from nlsearch.leaderboard.scoring import score_model
 from nlsearch.leaderboard.store import LeaderboardError, Store
-from leaderboard_fixtures import make_entry, task_result, write_protocol
+from leaderboard_fixtures import SETTING, make_entry, task_result, write_protocol
 from train_fixtures import TINY_MEMORY, TINY_MODEL
 
 
 def _claim(check, budgets=("tiny",)):
-    return Claim(id="c", claim="a claim", source="a paper, Table 1", budgets=budgets, check=check)
+    return Claim(id="c", claim="a claim", source="a paper, Table 1", budgets=budgets, source_setting=SETTING,
+                 check=check)
 
 
 @pytest.fixture()
@@ -83,12 +84,16 @@ def test_a_claim_outside_its_budgets_is_not_testable_but_shows_the_numbers(synth
 
 CLAIMS = [
     {"id": "delta-beats-dot", "claim": "delta beats dot", "source": "DeltaNet paper", "budgets": ["tiny"],
+     "source_setting": SETTING,
      "check": {"kind": "beats", "winners": ["deltanet"], "losers": ["linear-attention"], "roles": ["recall"]}},
     {"id": "lm-order", "claim": "lm order", "source": "NL Table 1", "budgets": ["tiny"],
+     "source_setting": SETTING,
      "check": {"kind": "order", "role": "lm", "models": ["deltanet", "transformer"]}},
     {"id": "big-only", "claim": "at scale", "source": "Zoology Figure 2", "budgets": ["cpu", "gpu"],
+     "source_setting": SETTING,
      "check": {"kind": "at_least", "model": "transformer", "role": "recall", "value": 0.9}},
     {"id": "needle", "claim": "needle", "source": "Titans S-NIAH table", "budgets": ["tiny"],
+     "source_setting": SETTING,            # reads a claim task: scored for these two baselines only
      "check": {"kind": "beats", "winners": ["deltanet"], "losers": ["transformer"], "roles": ["needle"]}},
 ]
 
@@ -96,7 +101,8 @@ CLAIMS = [
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     root = tmp_path_factory.mktemp("reproduce")
-    protocol = write_protocol(root / "p", tasks=("tiny_recall", "tiny_lm"), claims=CLAIMS)
+    protocol = write_protocol(root / "p", tasks=("tiny_recall", "tiny_lm"), claims=CLAIMS,
+                              claim_tasks=[{"task": "tiny_needle@1", "metric": "accuracy", "role": "needle"}])
     dot = {"kind": "memory", "n_heads": 2, "rule": "linear-attention"}
     models = {"transformer": TINY_MODEL, "deltanet": TINY_MEMORY, "linear-attention": {**TINY_MEMORY, "mixer": dot}}
     files = []
@@ -117,12 +123,18 @@ def test_baselines_are_entries_and_the_report_judges_every_claim(reproduced):
     report = (root / "out" / "report.md").read_text()
     data = {c["id"]: c for c in json.loads((root / "out" / "report.json").read_text())["claims"]}
     assert data["big-only"]["outcome"] == "not testable" and "tiny" in data["big-only"]["reason"]
-    assert data["needle"]["outcome"] == "not testable" and "needle" in data["needle"]["reason"]
     recall = {n: entries[n].tasks["tiny_recall@1"].aggregate()[0] for n in entries}
     expected = "reproduced" if recall["deltanet"] > recall["linear-attention"] else "not reproduced"
     assert data["delta-beats-dot"]["outcome"] == expected
     numbers = data["delta-beats-dot"]["numbers"]["deltanet tiny_recall@1 accuracy"]
     assert numbers[0] == pytest.approx(recall["deltanet"]) and numbers[2] == 3
+    # the claim task: in no entry (never ranked), trained for the claim's two baselines, judged from them
+    assert all("tiny_needle@1" not in e.tasks for e in entries.values())
+    needle = data["needle"]["claim_tasks"]
+    assert set(needle) == {"deltanet", "transformer"} and all(v["tiny_needle@1"][2] == 3 for v in needle.values())
+    assert data["needle"]["outcome"] == ("reproduced" if needle["deltanet"]["tiny_needle@1"][0] >
+                                         needle["transformer"]["tiny_needle@1"][0] else "not reproduced")
+    assert not list((root / "runs").glob("tiny_needle@1/linear-attention*"))
     lm = {n: entries[n].tasks["tiny_lm@1"].aggregate()[0] for n in entries}
     assert data["lm-order"]["outcome"] == ("reproduced" if lm["deltanet"] <= lm["transformer"] else "not reproduced")
     for claim in CLAIMS:
@@ -135,7 +147,12 @@ def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
     root, _, args = reproduced
     import nlsearch.leaderboard.reproduce as reproduce_module
 
-    monkeypatch.setattr(reproduce_module, "score_model", lambda *a, **k: pytest.fail("trained again"))
+    import nlsearch.train as train_module
+
+    scored = reproduce_module.score_model
+    monkeypatch.setattr(reproduce_module, "score_model",        # only the claim tasks are scored again ...
+                        lambda *a, **k: scored(*a, **k) if k.get("tasks") else pytest.fail("scored again"))
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained again"))   # ... from their runs
     before = {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")}
     assert main(args) == 0
     assert {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")} == before
@@ -198,11 +215,11 @@ def test_claims_first_orders_baselines_by_their_cheapest_claim(monkeypatch):
     table = pd.DataFrame({"preset": ["fast", "slow", "mid"], "T": [512] * 3, "B": [8] * 3,
                           "seconds": [1.0, 9.0, 3.0], "hardware": ["x, 1 threads"] * 3})
     monkeypatch.setattr(estimate, "load_timing", lambda path=None: table)
-    claims = [Claim(id="a", claim="a", source="s", budgets=["cpu"],
+    claims = [Claim(id="a", claim="a", source="s", budgets=["cpu"], source_setting=SETTING,
                     check={"kind": "beats", "winners": ["slow"], "losers": ["fast"], "roles": ["recall"]}),
-              Claim(id="b", claim="b", source="s", budgets=["cpu"],
+              Claim(id="b", claim="b", source="s", budgets=["cpu"], source_setting=SETTING,
                     check={"kind": "order", "role": "lm", "models": ["mid", "fast"]}),
-              Claim(id="c", claim="c", source="s", budgets=["cpu"],
+              Claim(id="c", claim="c", source="s", budgets=["cpu"], source_setting=SETTING,
                     check={"kind": "at_least", "model": "unmeasured", "role": "lm", "value": 1.0})]
     specs = ["other", "unmeasured", "slow", "mid", "fast"]
     assert claims_first(specs, claims) == ["mid", "fast", "slow", "unmeasured", "other"]
@@ -211,7 +228,7 @@ def test_claims_first_orders_baselines_by_their_cheapest_claim(monkeypatch):
 def test_a_claim_reading_a_baseline_still_to_score_is_pending():
     from nlsearch.leaderboard.claims import Claim, judge
 
-    claim = Claim(id="a", claim="a", source="s", budgets=["cpu"],
+    claim = Claim(id="a", claim="a", source="s", budgets=["cpu"], source_setting=SETTING,
                   check={"kind": "beats", "winners": ["x"], "losers": ["y"], "roles": ["recall"]})
     verdict = judge(claim, [], None, "cpu", pending=["y", "z"])
     assert verdict.outcome == "pending" and verdict.reason == "runs missing for y"

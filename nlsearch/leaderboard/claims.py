@@ -1,48 +1,78 @@
 """Published claims a small-scale reproduction can test, and their verdicts from leaderboard entries.
 
-A claims file (``leaderboard/claims.yaml``, named by the protocol) lists claims with their source and
-a check over the protocol's task roles (``recall``, ``recall_hard``, ``overwrite``, ``lm``, ``needle``,
-``continual``) and entry names (the baselines are named after their presets):
+A claims file (``leaderboard/claims.yaml``, named by the protocol) lists claims with their source, the
+source's own setting, and a check over the protocol's task roles (ranked tasks and ``claim_tasks``)
+and baseline names (the baselines are named after their presets):
 
 - ``at_least``: ``model``'s mean on ``role`` is at least ``value`` (at most, for a lower-is-better metric);
-- ``beats``: on every role in ``roles``, every model in ``winners`` is better than every one in ``losers``
-  (at the longest eval length when ``length: longest``);
+- ``beats``: on every role in ``roles``, every model in ``winners`` is better than every one in ``losers``;
 - ``order``: on ``role``, ``models`` are ordered best first (ties allowed);
 - ``gap_grows``: the lead of ``reference`` over each of ``models`` is larger on ``roles[1]`` than on
   ``roles[0]`` (recurrent models fall behind as the task gets harder).
 
-Verdicts: ``reproduced``, ``not reproduced``, or ``not testable`` when the budget track is not one the
-claim lists (a claim about trained models says nothing at a budget of a few steps), a role is not in
-the protocol, or a model has no finite number. The means are compared as they are; the report prints
-the seed spread next to them so a reader can judge the margin.
+``length`` says where a check reads the metric: ``headline`` (the task's ranked metric, which may
+average several eval lengths), ``longest`` (the longest eval length of the track) or a length in
+tokens (``accuracy@128``). A check reads the metric where its source measured it: a headline that
+averages lengths the source did not evaluate, or a length it did not, is refused at load.
+
+Rules a claims file is held to when loaded with its protocol (:func:`load_claims`):
+
+- every role a check reads is a protocol role;
+- a check over several roles compares tasks that differ only in the keys the claim declares it
+  ``varies`` (generator parameters, or ``lengths``): otherwise the gap could come from anything
+  else that changed between them, and the claim is refused naming the keys that differ.
+
+Verdicts: ``reproduced``, ``not reproduced``, ``pending`` (a baseline it reads is still to be scored),
+or ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
+track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
+sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
+budget (the claim's ``calibration`` entry for the budget names the finding). A verdict given at a
+scale far below the source's says so, with both scales. The means are compared as they are; the
+report prints the seed spread next to them so a reader can judge the margin.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import Field, TypeAdapter
+from pydantic import Field, PositiveInt, TypeAdapter
 
 from nlsearch.config import ConfigError, Strict, read_yaml_mapping
-from nlsearch.leaderboard.entry import Entry
-from nlsearch.leaderboard.protocol import ROLES, Protocol
+from nlsearch.leaderboard.entry import Entry, TaskResult
+from nlsearch.leaderboard.protocol import ROLE, Protocol
 
-Role = Literal[ROLES]
+MIN_SCALE_RATIO = 0.01     # a track below 1/100 of the source's training scale is "far below" it
 
 
 class Check(Strict):
     kind: Literal["at_least", "beats", "order", "gap_grows"]
     model: Optional[str] = None
     value: Optional[float] = None
-    roles: Tuple[Role, ...] = ()
-    role: Optional[Role] = None
+    roles: Tuple[str, ...] = ()
+    role: Optional[str] = Field(None, pattern=ROLE)
     winners: Tuple[str, ...] = ()
     losers: Tuple[str, ...] = ()
     models: Tuple[str, ...] = ()
     reference: Optional[str] = None
-    length: Literal["headline", "longest"] = "headline"
+    length: Union[PositiveInt, Literal["headline", "longest"]] = "headline"
+
+    def read_roles(self) -> Tuple[str, ...]:
+        return self.roles + ((self.role,) if self.role else ())
+
+
+class SourceSetting(Strict):
+    """What the source measured, machine-readable: the report prints it beside our setting."""
+
+    task: Dict[str, Union[int, float, bool, str]]   # its task's parameters, in our generators' names
+    eval_lengths: Tuple[PositiveInt, ...] = ()        # where it evaluated (empty: not length-resolved)
+    metric: str                                       # what it reports
+    models: Tuple[str, ...] = Field(min_length=1)     # the models it measured, in its own names
+    train_sequences: Optional[PositiveInt] = None     # training scale: sequences seen (examples x epochs)
+    train_tokens: Optional[PositiveInt] = None        # or tokens seen
+    scale: str = ""                                   # how the scale was counted, from the source
+    extrapolates: Optional[str] = None                # where our check goes beyond what it measured
 
 
 class Claim(Strict):
@@ -50,6 +80,9 @@ class Claim(Strict):
     claim: str
     source: str
     budgets: Tuple[str, ...] = Field(min_length=1)      # budget names at which the claim is testable
+    source_setting: SourceSetting
+    varies: Tuple[str, ...] = ()                         # task keys a multi-role check's tasks may differ in
+    calibration: Dict[str, str] = {}                     # budget name -> finding: the effect cannot appear
     check: Check
 
     def models(self) -> Tuple[str, ...]:
@@ -69,14 +102,75 @@ class Verdict:
     outcome: str                                         # reproduced | not reproduced | not testable | pending
     reason: str
     numbers: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)   # label -> mean, std, n
+    scale: Optional[Tuple[int, int, str]] = None        # ours, the source's, unit (sequences | tokens)
 
 
-def load_claims(path: Path) -> ClaimsFile:
+def load_claims(path: Path, protocol: Optional[Protocol] = None) -> ClaimsFile:
+    """The claims in ``path``; with ``protocol``, also held to its roles and tasks (module docstring):
+    raises ConfigError naming the file, the claim and what is wrong."""
     data = read_yaml_mapping(path)
     try:
-        return TypeAdapter(ClaimsFile).validate_python(data)
+        claims = TypeAdapter(ClaimsFile).validate_python(data)
     except Exception as err:                             # noqa: BLE001 - reported with the file name
         raise ConfigError(f"{path}: invalid claims file: {err}") from None
+    if protocol is not None:
+        for claim in claims.claims:
+            try:
+                check_claim(claim, protocol)
+            except ValueError as err:
+                raise ConfigError(f"{path}: claim {claim.id!r}: {err}") from None
+    return claims
+
+
+def task_setting(spec) -> Dict[str, Any]:
+    """A task spec as the flat keys a claim may vary: the generator, its parameters and ``lengths``."""
+    return {"generator": spec.generator.name, **spec.generator.params,
+            "lengths": (tuple(spec.lengths.train), tuple(spec.lengths.eval))}
+
+
+def check_claim(claim: Claim, protocol: Protocol) -> None:
+    """Raises ValueError when ``claim`` reads a role the protocol lacks, compares tasks that differ in
+    more than it ``varies``, or reads lengths its source did not evaluate."""
+    from nlsearch.tasks import load_task
+
+    check, roles = claim.check, protocol.by_role()
+    missing = [r for r in check.read_roles() if r not in roles]
+    if missing:
+        raise ValueError(f"roles {missing} are not protocol roles {sorted(roles)}")
+    if check.kind == "gap_grows" and len(check.roles) != 2:
+        raise ValueError(f"gap_grows compares two roles (easy, hard), got {list(check.roles)}")
+    specs = {r: load_task(roles[r].task, protocol.resolve_tasks_dir()).spec for r in check.read_roles()}
+    if len(specs) > 1:
+        settings = {r: task_setting(s) for r, s in specs.items()}
+        first = next(iter(settings.values()))
+        keys = sorted({k for s in settings.values() for k in s})
+        differ = [k for k in keys if any(s.get(k) != first.get(k) for s in settings.values())]
+        extra = [k for k in differ if k not in claim.varies]
+        if extra:
+            shown = "; ".join(f"{k}: " + ", ".join(f"{r}={settings[r].get(k)}" for r in settings) for k in extra)
+            raise ValueError(f"its roles' tasks differ in {extra}, which the claim does not vary "
+                             f"(varies: {list(claim.varies)}): {shown}")
+    measured = set(claim.source_setting.eval_lengths)
+    if measured and check.length == "headline":
+        for role, spec in specs.items():
+            if set(spec.lengths.eval) - measured:
+                raise ValueError(f"reads {role}'s headline, which averages eval lengths {list(spec.lengths.eval)}; "
+                                 f"the source evaluated at {sorted(measured)}: set check.length to one of them")
+    if measured and isinstance(check.length, int) and check.length not in measured:
+        raise ValueError(f"check.length {check.length} is not a length the source evaluated ({sorted(measured)})")
+
+
+def budget_scale(budget, task, unit: str) -> int:
+    """Training sequences (or tokens) a track gives ``task``: steps x batch (per phase, for a continual
+    task), times the mean train length for tokens."""
+    from nlsearch.budgets import task_kind
+
+    rule = getattr(budget, task_kind(task))
+    sequences = rule.steps * rule.batch_size * len(task.phase_names())
+    if unit == "sequences":
+        return sequences
+    lengths = rule.train_lengths or task.spec.lengths.train
+    return int(sequences * sum(lengths) / len(lengths))
 
 
 class _Untestable(Exception):
@@ -86,10 +180,15 @@ class _Untestable(Exception):
 class _Lookup:
     """Means by (model, role) from the baseline entries of one track (``nlsearch reproduce`` measured
     every seed of them; a submission, whose numbers may be partly claimed, never stands in for a
-    baseline whatever its name), in 'higher is better' orientation."""
+    baseline whatever its name) and from the claim tasks' results, in 'higher is better' orientation."""
 
-    def __init__(self, entries: List[Entry], protocol: Protocol, length: str):
-        self.by_name = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
+    def __init__(self, entries: List[Entry], protocol: Protocol, length: Union[int, str],
+                 extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None):
+        baselines = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
+        self.results: Dict[str, Dict[str, TaskResult]] = {n: dict(e.tasks) for n, e in baselines.items()}
+        for name, tasks in (extra or {}).items():
+            if name in self.results:                      # claim tasks count only beside a measured baseline
+                self.results[name].update(tasks)
         self.roles = protocol.by_role()
         self.length = length
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
@@ -97,14 +196,18 @@ class _Lookup:
     def get(self, model: str, role: str) -> Tuple[float, bool]:
         if role not in self.roles:
             raise _Untestable(f"the protocol has no {role!r} task")
-        entry = self.by_name.get(model)
-        if entry is None:
+        tasks = self.results.get(model)
+        if tasks is None:
             raise _Untestable(f"no baseline entry named {model!r} on this track")
-        result = entry.tasks[self.roles[role].task]
+        result = tasks.get(self.roles[role].task)
+        if result is None:
+            raise _Untestable(f"{model} has no result on {self.roles[role].task}")
         metric = result.metric
         if self.length == "longest":
             lengths = sorted(result.per_length())
             metric = f"{metric}@{lengths[-1]}" if lengths else metric
+        elif isinstance(self.length, int):
+            metric = f"{metric}@{self.length}"
         mean, std, n = result.aggregate(metric)
         self.numbers[f"{model} {result.task} {metric}"] = (mean, std, n)
         if math.isnan(mean):
@@ -132,20 +235,65 @@ def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
     return ok, f"{check.reference}'s lead over {', '.join(check.models)} grows from {easy} to {hard}"
 
 
+def claim_scale(claim: Claim, protocol: Protocol, budget) -> Optional[Tuple[int, int, str]]:
+    """(our training scale, the source's, unit) on the claim's first role; None when the source gives
+    no scale or the role is unknown."""
+    from nlsearch.tasks import load_task
+
+    src = claim.source_setting
+    unit = "sequences" if src.train_sequences else "tokens" if src.train_tokens else None
+    roles = claim.check.read_roles()
+    rule = protocol.by_role().get(roles[0]) if roles else None
+    if unit is None or rule is None or budget is None:
+        return None
+    task = load_task(rule.task, protocol.resolve_tasks_dir())
+    ours = budget_scale(budget, task, unit)
+    return ours, int(src.train_sequences or src.train_tokens), unit
+
+
+def scale_text(scale: Tuple[int, int, str]) -> str:
+    ours, theirs, unit = scale
+    return f"ours {ours:,} training {unit}, the source's {theirs:,} (1/{theirs / ours:,.0f})"
+
+
+def too_small(claim: Claim, scale: Optional[Tuple[int, int, str]], budget_name: str) -> Optional[str]:
+    """The reason the claim is not testable at this scale, or None: far below the source's scale and
+    the repository's calibration says the effect cannot appear at this budget."""
+    if scale is None or scale[0] >= MIN_SCALE_RATIO * scale[1] or budget_name not in claim.calibration:
+        return None
+    return (f"training scale far below the source's: {scale_text(scale)} < 1/{1 / MIN_SCALE_RATIO:.0f}; "
+            f"calibration at {budget_name}: {claim.calibration[budget_name]}")
+
+
+def testable_at(claim: Claim, protocol: Protocol, budget) -> bool:
+    """Whether the claim can get a verdict on this track (its tasks are worth training there)."""
+    return budget.name in claim.budgets and too_small(claim, claim_scale(claim, protocol, budget), budget.name) is None
+
+
 def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str,
-          pending: Sequence[str] = ()) -> Verdict:
-    """The verdict on ``claim`` from ``entries`` (one protocol version and track). ``pending``: baselines
-    a reproduction has still to score; a claim that reads one of them is ``pending``, naming them."""
+          pending: Sequence[str] = (), budget=None,
+          extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None) -> Verdict:
+    """The verdict on ``claim`` from ``entries`` (one protocol version and track) and ``extra`` (claim
+    task results by baseline name and task ref). ``pending``: baselines a reproduction has still to
+    score; a claim that reads one of them is ``pending``, naming them. ``budget``: the track's Budget,
+    for the training-scale rule (None: no scale comparison)."""
     waiting = [m for m in claim.models() if m in pending]
     if waiting:
         return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
-    look = _Lookup(entries, protocol, claim.check.length)
+    scale = claim_scale(claim, protocol, budget)
+    small = too_small(claim, scale, budget_name)
+    look = _Lookup(entries, protocol, claim.check.length, extra)
     try:
         ok, what = _judge(claim.check, look)
     except _Untestable as why:
-        return Verdict(claim, "not testable", str(why), look.numbers)
+        return Verdict(claim, "not testable", small or str(why), look.numbers, scale)
     if budget_name not in claim.budgets:
         return Verdict(claim, "not testable", f"not at budget {budget_name!r} (testable at {list(claim.budgets)}); "
                                               f"the numbers would read '{what}': {'holds' if ok else 'fails'}",
-                       look.numbers)
-    return Verdict(claim, "reproduced" if ok else "not reproduced", what, look.numbers)
+                       look.numbers, scale)
+    if small:
+        return Verdict(claim, "not testable", f"{small}; the numbers would read '{what}': "
+                                              f"{'holds' if ok else 'fails'}", look.numbers, scale)
+    if scale is not None and scale[0] < MIN_SCALE_RATIO * scale[1]:
+        what += f" (at {scale_text(scale)})"
+    return Verdict(claim, "reproduced" if ok else "not reproduced", what, look.numbers, scale)

@@ -20,11 +20,11 @@ from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, Pos
     model_validator
 
 from nlsearch.budgets import Budget, load_budget
-from nlsearch.config import Strict, canonical_json, is_file_ref, load_config
+from nlsearch.config import Strict, added, canonical_json, is_file_ref, load_config
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboard" / "protocol.yaml"
 REF = re.compile(r"^[a-z][a-z0-9_]*@[1-9][0-9]*$")
-ROLES = ("recall", "recall_hard", "overwrite", "lm", "needle", "continual")
+ROLE = r"^[a-z][a-z0-9_]*$"
 
 
 class ProtocolError(ValueError):
@@ -34,7 +34,7 @@ class ProtocolError(ValueError):
 class ProtocolTask(Strict):
     task: str                                   # name@version of a frozen task spec
     metric: str                                 # the spec metric this task is ranked by
-    role: Optional[Literal[ROLES]] = None       # what the reproduction claims call this task
+    role: Optional[str] = Field(None, pattern=ROLE)   # what the reproduction's claims call this task
 
     @model_validator(mode="after")
     def _versioned(self) -> "ProtocolTask":
@@ -75,6 +75,9 @@ class Protocol(Strict):
     ranking: Literal["mean_rank"] = "mean_rank"         # overall rank: mean of the per-task ranks
     tasks_dir: Optional[str] = None                     # default: the repository's tasks/
     claims: Optional[str] = None                        # the published claims ``reproduce`` checks
+    # tasks at a published claim's own setting: trained only for the baselines a claim names, on the
+    # tracks where the claim is testable; never ranked, never asked of a submission
+    claim_tasks: Tuple[ProtocolTask, ...] = added((), "tasks scored only for the claims that read them")
     _source: Path = PrivateAttr(default=DEFAULT_PROTOCOL)
 
     @model_validator(mode="after")
@@ -86,9 +89,15 @@ class Protocol(Strict):
         names = [t.task.split("@")[0] for t in self.tasks]
         if len(set(names)) != len(names):
             raise ValueError(f"a task appears twice: {names}")
-        roles = [t.role for t in self.tasks if t.role]
+        roles = [t.role for t in self.tasks + self.claim_tasks if t.role]
         if len(set(roles)) != len(roles):
             raise ValueError(f"a role is given to two tasks: {roles}")
+        unnamed = [t.task for t in self.claim_tasks if not t.role]
+        if unnamed:
+            raise ValueError(f"claim_tasks {unnamed} need a role (claims read tasks by role)")
+        clash = sorted({t.task for t in self.tasks} & {t.task for t in self.claim_tasks})
+        if clash:
+            raise ValueError(f"{clash} are both ranked tasks and claim_tasks")
         return self
 
     @property
@@ -106,7 +115,8 @@ class Protocol(Strict):
         return tuple(t.task for t in self.tasks)
 
     def by_role(self) -> Dict[str, ProtocolTask]:
-        return {t.role: t for t in self.tasks if t.role}
+        """Ranked tasks and claim tasks by role."""
+        return {t.role: t for t in self.tasks + self.claim_tasks if t.role}
 
     def resolve_tasks_dir(self) -> Optional[Path]:
         return None if self.tasks_dir is None else (self._source.parent / self.tasks_dir).resolve()

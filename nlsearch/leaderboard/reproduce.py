@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.io import markdown_table, write_text
-from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims
-from nlsearch.leaderboard.protocol import Protocol, load_protocol
+from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
+from nlsearch.leaderboard.entry import TaskResult
+from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Log
 from nlsearch.leaderboard.scoring import score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
@@ -61,6 +62,26 @@ def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs
     return entry.id
 
 
+def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> List[ProtocolTask]:
+    """The protocol's claim tasks that a claim testable on this track reads with baseline ``name``."""
+    roles = protocol.by_role()
+    wanted = {r for c in claims if name in c.models() and testable_at(c, protocol, budget)
+              for r in c.check.read_roles()}
+    return [t for t in protocol.claim_tasks if t.role in wanted and roles.get(t.role) is t]
+
+
+def score_claim_tasks(spec: ModelSpec, claims: Sequence[Claim], protocol: Protocol, budget, runs_dir: Path,
+                      workers: int, address: Optional[str], log: Log) -> Dict[str, TaskResult]:
+    """Baseline ``spec`` on the claim tasks its claims read on this track (same seeds, sweep and runs
+    folder as its ranked tasks: finished runs are reused); by task ref."""
+    rules = claim_tasks_for(_name(spec), claims, protocol, budget)
+    if not rules:
+        return {}
+    log(f"{_name(spec)}: claim tasks {[r.task for r in rules]}")
+    return score_model(load_submission(spec, protocol).data, protocol, budget, runs_dir, workers=workers,
+                       address=address, log=log, tasks=rules)
+
+
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
     """Bits per byte of the add-one bigram (fitted on the same train batches) on the protocol's lm task,
     mean and std over the protocol's seeds; None without an lm task."""
@@ -81,6 +102,37 @@ def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
         numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
         why = v.reason if v.outcome in ("not testable", "pending") else f"tested: {v.reason}"
         lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** ({why}) | {numbers} |")
+    return lines
+
+
+def _setting(params: Dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in params.items())
+
+
+def setting_lines(verdicts: Sequence[Verdict], protocol: Protocol) -> List[str]:
+    """Per claim: the source's setting beside ours (the tasks its check reads, the models, the scale)."""
+    from nlsearch.tasks import load_task
+
+    roles = protocol.by_role()
+    lines = ["| claim | the source measured | we measure |", "|---|---|---|"]
+    for v in verdicts:
+        src, check = v.claim.source_setting, v.claim.check
+        theirs = [_setting(src.task), f"{src.metric} at {src.eval_lengths and list(src.eval_lengths) or 'its length'}",
+                  f"models: {', '.join(src.models)}",
+                  f"scale: {src.train_sequences or src.train_tokens or '?':,} "
+                  f"{'sequences' if src.train_sequences else 'tokens'}" + (f" ({src.scale})" if src.scale else "")]
+        ours = []
+        for role in check.read_roles():
+            if role in roles:
+                spec = load_task(roles[role].task, protocol.resolve_tasks_dir()).spec
+                ours.append(f"{role} = {roles[role].task}: {_setting(spec.generator.params)}, "
+                            f"train {list(spec.lengths.train)}, eval {list(spec.lengths.eval)}")
+        ours += [f"read at: {check.length}", f"models: {', '.join(v.claim.models())}"]
+        if v.scale is not None:
+            ours.append(f"scale: {scale_text(v.scale)}")
+        if src.extrapolates:
+            ours.append(f"extrapolates: {src.extrapolates}")
+        lines.append(f"| {v.claim.id} | {'<br>'.join(theirs)} | {'<br>'.join(ours)} |")
     return lines
 
 
@@ -116,6 +168,7 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
 
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
+    claims = _claims(protocol)
     store = Store(root)
     out: List[PlannedRun] = []
     for spec in list(BASELINES if baselines is None else baselines):
@@ -124,8 +177,17 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
         runs = planned_runs(sub.data, _name(spec), preset, protocol, track, Path(runs_dir))
         if store.find(sub.sha256, protocol.ref, track.ref) is not None:
             runs = [PlannedRun(r.model, r.preset, r.tokens, r.length, True) for r in runs]
+        extra = claim_tasks_for(_name(spec), claims, protocol, track)
+        if extra:
+            runs += planned_runs(sub.data, _name(spec), preset, protocol, track, Path(runs_dir), tasks=extra)
         out.extend(runs)
     return out
+
+
+def _claims(protocol: Protocol) -> Sequence[Claim]:
+    """The protocol's claims, held to its roles and tasks (``load_claims``); none without a claims file."""
+    path = protocol.claims_path()
+    return load_claims(path, protocol).claims if path is not None else ()
 
 
 def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union[Protocol, str, Path, None] = None,
@@ -139,22 +201,23 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
     specs = list(BASELINES if baselines is None else baselines)
-    claims_path = protocol.claims_path()
-    claims = load_claims(claims_path).claims if claims_path is not None else ()
+    claims = _claims(protocol)
     for spec in specs:                         # validate every config before the first run
         load_submission(spec, protocol)
     specs = claims_first(specs, claims)
     store = Store(root)
     bigram = bigram_reference(protocol, track)
     names = [_name(s) for s in specs]
+    extra: Dict[str, Dict[str, TaskResult]] = {}
     for i, spec in enumerate(specs):
         try:
             add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log)
+            extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log)
         except LeaderboardError as err:
             raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
-        report = _write_report(protocol, track, store, claims, bigram, names, names[i + 1:], Path(out_dir))
+        report = _write_report(protocol, track, store, claims, bigram, names, names[i + 1:], Path(out_dir), extra)
     if not specs:
-        report = _write_report(protocol, track, store, claims, bigram, names, [], Path(out_dir))
+        report = _write_report(protocol, track, store, claims, bigram, names, [], Path(out_dir), extra)
     return report
 
 
@@ -179,15 +242,22 @@ def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[Mo
 
 
 def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram, names: Sequence[str],
-                  pending: Sequence[str], out: Path) -> Path:
-    """``out/report.md`` and ``report.json`` from the entries so far; claims that read a baseline still
-    to score are ``pending``."""
+                  pending: Sequence[str], out: Path, extra: Optional[Dict[str, Dict[str, TaskResult]]] = None
+                  ) -> Path:
+    """``out/report.md`` and ``report.json`` from the entries so far and the claim tasks' results
+    (``extra``: by baseline name and task ref); claims that read a baseline still to score are
+    ``pending``."""
     entries = store.entries(protocol.ref, track.ref)
-    verdicts = [judge(c, entries, protocol, track.name, pending) for c in claims]
+    verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra) for c in claims]
     text = report_text(protocol, track, store, verdicts, bigram, names)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
-                                             for k, xs in v.numbers.items()}} for v in verdicts]
+                                             for k, xs in v.numbers.items()},
+             "source_setting": v.claim.source_setting.model_dump(mode="json"),
+             "scale": None if v.scale is None else dict(zip(("ours", "source", "unit"), v.scale)),
+             "claim_tasks": {n: {t: r.aggregate() for t, r in tasks.items()} for n, tasks in (extra or {}).items()
+                             if n in v.claim.models() and tasks}}
+            for v in verdicts]
     write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "claims": data}, indent=1) + "\n",
                out / "report.json")
     return write_text(text, out / "report.md")

@@ -78,32 +78,34 @@ def check_tasks(protocol: Protocol) -> None:
     """Every protocol task exists and declares its ranked metric: checked before the first run."""
     from nlsearch.tasks import load_task
 
-    for rule in protocol.tasks:
+    for rule in protocol.tasks + protocol.claim_tasks:
         task = load_task(rule.task, protocol.resolve_tasks_dir())
         check_metric(rule, {m.name: m.higher_is_better for m in task.spec.metrics})
 
 
 def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path, *,
                 seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
-                workers: int = 1, address: Optional[str] = None,
-                log: Optional[Log] = None) -> Dict[str, TaskResult]:
-    """Trains and evaluates ``model`` (a config mapping) on every protocol task; returns the task results
-    by task ref. ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``:
-    a fixed factor per task instead of the sweep (a claimed, verified choice)."""
+                workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
+                tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[str, TaskResult]:
+    """Trains and evaluates ``model`` (a config mapping) on every protocol task (or on ``tasks``: the
+    claim tasks a reproduction scores, by the same rules); returns the task results by task ref.
+    ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``: a fixed
+    factor per task instead of the sweep (a claimed, verified choice)."""
     seeds = list(protocol.seeds if seeds is None else seeds)
+    rules = tuple(protocol.tasks if tasks is None else tasks)
     tasks_dir = protocol.resolve_tasks_dir()
     check_tasks(protocol)
     common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
                   tasks_dir=str(tasks_dir) if tasks_dir else None)
     sweep_seed = protocol.seeds[0]
     factors = tuple(protocol.lr_sweep.factors)
-    sweeping = [r for r in protocol.tasks if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
+    sweeping = [r for r in rules if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
     sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
     sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share())
 
     chosen: Dict[str, float] = {}
     sweeps: Dict[str, Dict[float, JobResult]] = {}
-    for rule in protocol.tasks:
+    for rule in rules:
         if lr_factors is not None:
             chosen[rule.task] = float(lr_factors[rule.task])
         elif rule in sweeping:
@@ -113,11 +115,11 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
             chosen[rule.task] = _pick(rule, {f: seed_result(j) for f, j in done.items()}, check_metric(rule, hib))
         else:
             chosen[rule.task] = factors[0] if len(factors) == 1 else 1.0
-    rest = [Job(model, r.task, s, chosen[r.task], **common) for r in protocol.tasks for s in seeds
+    rest = [Job(model, r.task, s, chosen[r.task], **common) for r in rules for s in seeds
             if not (r.task in sweeps and s == sweep_seed)]
     results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share())
     return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
-            for rule in protocol.tasks}
+            for rule in rules}
 
 
 def _task_result(rule: ProtocolTask, factor: float, sweep: Mapping[float, JobResult], results: List[JobResult],
@@ -138,7 +140,7 @@ def _finite(x: Optional[float]) -> Optional[float]:
 
 
 def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], protocol: Protocol, budget: Budget,
-                 runs_dir: Path) -> list:
+                 runs_dir: Path, tasks: Optional[Sequence[ProtocolTask]] = None) -> list:
     """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
     passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
     (at the factor the sweep will choose: finished when a run of any factor is there)."""
@@ -151,7 +153,7 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
     factors = tuple(protocol.lr_sweep.factors)
     device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
     out: List[PlannedRun] = []
-    for rule in protocol.tasks:
+    for rule in protocol.tasks if tasks is None else tasks:
         for seed in protocol.seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
             done = []

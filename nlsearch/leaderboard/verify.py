@@ -3,7 +3,7 @@
 A result file (YAML or JSON, read with safe parsing) claims the numbers of a config under a protocol
 and budget track::
 
-    protocol: standard@2
+    protocol: standard@3
     budget: cpu@3
     config_sha256: 3f1c...            # nlsearch's hash of the submitted config (``nlsearch describe``)
     tasks:
