@@ -14,7 +14,20 @@ from nlsearch.tasks.spec import default_tasks_dir
 SHIPPED = ["continual_drift@1", "continual_rebind@1", "continual_recall@1", "continual_text@1", "continual_text@2",
            "lm@1",
            "longctx_babi@1", "longctx_needle@1", "longctx_needle_multi@1", "recall@1", "recall_medium@1",
-           "recall_overwrite@1", "recall_small@1", "recall_small_overwrite@1"]
+           "recall_overwrite@1", "recall_small@1", "recall_small_overwrite@1",
+           "zoology_mqar_t128@1", "zoology_mqar_t256@1", "zoology_mqar_t512@1", "zoology_mqar_t64@1"]
+
+
+@pytest.mark.parametrize("length, pairs", [(64, 4), (128, 8), (256, 16), (512, 64)])
+def test_the_zoology_cells_are_figure_2s(length, pairs):
+    """V=8192, the cell's pairs, no filler: every token after the context is a query or token 0."""
+    task = load_task(f"zoology_mqar_t{length}@1")
+    assert task.vocab_size == 8192 and task.spec.lengths.train == task.spec.lengths.eval == (length,)
+    batch = task.batch(4, length, seed=0)
+    after = batch.inputs[:, 2 * pairs:]
+    queries = batch.mask[:, 2 * pairs:]
+    assert (queries.sum(1) == pairs).all()
+    assert (after[~queries] == 0).all() and (after[queries] > 0).all() and (after[queries] < 4096).all()
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,7 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     claims = _claims(protocol)
     for spec in specs:                         # validate every config before the first run
         load_submission(spec, protocol)
-    specs = claims_first(specs, claims)
+    specs = claims_first(specs, [c for c in claims if testable_at(c, protocol, track)])   # verdicts soonest
     store = Store(root)
     bigram = bigram_reference(protocol, track)
     names = [_name(s) for s in specs]
