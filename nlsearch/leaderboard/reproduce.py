@@ -64,10 +64,9 @@ def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs
 
 def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> List[ProtocolTask]:
     """The protocol's claim tasks that a claim testable on this track reads with baseline ``name``."""
-    roles = protocol.by_role()
     wanted = {r for c in claims if name in c.models() and testable_at(c, protocol, budget)
               for r in c.check.read_roles()}
-    return [t for t in protocol.claim_tasks if t.role in wanted and roles.get(t.role) is t]
+    return [t for t in protocol.claim_tasks if t.role in wanted]
 
 
 def score_claim_tasks(spec: ModelSpec, claims: Sequence[Claim], protocol: Protocol, budget, runs_dir: Path,
