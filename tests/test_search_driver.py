@@ -34,7 +34,7 @@ def _load(out: Path, name: str) -> optuna.Study:
 
 def _search(tmp_path, **overrides):
     path = write_space(tmp_path, tiny_space(**overrides))
-    return run_search(path, out=tmp_path / "out", log=lambda m: None)
+    return run_search(path, out=tmp_path / "out", log=lambda m: None, confirm=False)
 
 
 def test_search_writes_every_result_and_best_yaml_is_the_best_trial(tmp_path):
@@ -80,7 +80,8 @@ class ScriptedExecutor(Executor):
 def test_pruner_answers_reach_the_worker_and_pruned_trials_are_recorded(tmp_path):
     space = load_space(write_space(tmp_path, tiny_space(trials=3, pruner={"kind": "median", "n_startup_trials": 1})))
     curves = [[0.5, 0.6, 0.7], [0.9, 0.9, 0.95], [0.1, 0.1, 0.1]]
-    study, _, _ = run_search(space, out=tmp_path / "out", executor=ScriptedExecutor(curves), log=lambda m: None)
+    study, _, _ = run_search(space, out=tmp_path / "out", executor=ScriptedExecutor(curves), log=lambda m: None,
+                             confirm=False)
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED]
     assert study.trials[2].user_attrs["pruned_at"] == 1 and study.trials[2].intermediate_values == {1: 0.1}
@@ -195,8 +196,8 @@ def _default_sigint() -> None:
 def _cli(space: Path, out: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
     return subprocess.Popen([sys.executable, "-m", "nlsearch.cli", "search", str(space), "--out", str(out),
-                             "--workers", "1", "--quiet", "--no-plots"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
+                             "--workers", "1", "--quiet", "--no-plots", "--no-confirm"], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_default_sigint)
 
 
 def _wait_for_checkpoint(out: Path, trial: int, proc: subprocess.Popen, timeout: float = 120) -> None:

@@ -71,7 +71,36 @@ def _space_show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, console: Console) -> int:
+    """``--report``: summary, tables and plots rebuilt from a study on disk; nothing is trained."""
+    from pathlib import Path
+
+    from nlsearch.search.results import write_results
+    from nlsearch.search.space import load_space
+    from nlsearch.search.study import JOURNAL, open_study
+
+    space = load_space(args.file)
+    out = Path(args.out) if args.out else Path("results") / space.name
+    if args.storage is None and not (out / JOURNAL).exists():
+        raise FileNotFoundError(f"--report: no study in {out} (no {JOURNAL}): run the search first, or give --out")
+    study = open_study(space, out, args.storage, 1)
+    frame = write_results(study, space, out, plots=True)
+    console.print(f"rebuilt {escape(str(out))} from {len(frame)} trials: summary.md, plots, tables")
+    _print_answer(space, out, console)
+    return 0
+
+
+def _print_answer(space, out, console: Console) -> None:
+    from nlsearch.search.confirm import load_confirmation, verdict
+
+    confirmation = load_confirmation(out)
+    if confirmation is not None and not confirmation.empty:
+        console.print(f"[bold]answer[/bold]: {escape(verdict(space, confirmation).text)}")
+
+
 def _search(args: argparse.Namespace, console: Console) -> int:
+    if args.report:
+        return _report(args, console)
     from rich.live import Live
     from rich.text import Text
 
@@ -91,7 +120,7 @@ def _search(args: argparse.Namespace, console: Console) -> int:
         study, frame, out = run_search(args.file, out=args.out, workers=args.workers, address=args.address,
                                        storage=args.storage, trials=args.trials, device=args.device,
                                        log=lambda m: console.print(escape(m)), status=status,
-                                       plots=not args.no_plots)
+                                       plots=not args.no_plots, confirm=not args.no_confirm)
     except SearchInterrupted:
         console.print("[yellow]interrupted[/yellow]: the study is consistent; run the same command to resume")
         return 130
@@ -105,7 +134,9 @@ def _search(args: argparse.Namespace, console: Console) -> int:
         return 1
     console.print(rich_table(top_table(study, space, frame), f"search {space.name}: best trials"))
     console.print(f"results in {escape(str(out))}: trials.parquet, best.yaml, summary.md, plots"
-                  f"{', pareto.parquet' if space.multi_objective else ''}")
+                  f"{', pareto.parquet' if space.multi_objective else ''}"
+                  f"{'' if args.no_confirm else ', confirmation.parquet'}")
+    _print_answer(space, out, console)
     return 0
 
 
@@ -150,6 +181,10 @@ def add_commands(sub, console_of) -> None:
     se.add_argument("--trials", type=_trials, default=None, help="finished trials wanted (default: the space's)")
     se.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     se.add_argument("--no-plots", action="store_true")
+    se.add_argument("--no-confirm", action="store_true", help="skip the confirmation stage (finalists retrained "
+                    "with the space's confirm.seeds on the report eval set) and its verdict")
+    se.add_argument("--report", action="store_true", help="rebuild summary.md, tables and plots from the study "
+                    "in the results folder without training anything")
     se.add_argument("--quiet", action="store_true", help="no live progress line")
     se.set_defaults(func=lambda a: _search(a, console_of()))
 

@@ -53,13 +53,14 @@ class SearchState:
 class Driver:
     def __init__(self, space: SearchSpace, run_dir: Path, executor: Optional[Executor], storage: Optional[str] = None,
                  trials: Optional[int] = None, device: str = "auto", tasks_dir: Optional[Path] = None,
-                 log: Log = print, on_change: Optional[Callable[["Driver"], None]] = None):
-        self.space, self.run_dir, self.executor = space, Path(run_dir), executor
+                 log: Log = print, on_change: Optional[Callable[["Driver"], None]] = None, confirm: bool = True):
+        self.space, self.run_dir, self.executor, self.confirm = space, Path(run_dir), executor, confirm
         if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
             raise ValueError(f"trials must be a positive integer (finished trials wanted), got {trials!r}")
         self.trials = trials if trials is not None else space.trials
         self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
-        self.budget = selection_budget(resolve_budget(space))
+        self.report_budget = resolve_budget(space)             # the confirmation stage's: the report eval set
+        self.budget = selection_budget(self.report_budget)
         self.tasks = [_named(lambda t=t: load_task(t, tasks_dir), space, f"tasks.{i}")
                       for i, t in enumerate(space.tasks)]
         self._check_metrics()
@@ -177,6 +178,8 @@ class Driver:
             self.executor.start(self.on_report)
             try:
                 self._loop(study)
+                if self.confirm and any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+                    self._confirm(study)
             except KeyboardInterrupt:
                 for number in self.executor.cancel_all():
                     if number in self.pending:
@@ -201,6 +204,39 @@ class Driver:
             for outcome in self.executor.wait(timeout=0.5):
                 self._tell(study, outcome)
                 self._changed(study)
+
+    def _job(self, number: int, config: Dict[str, Any], seeds: List[int], run_dir: str,
+             budget: Dict[str, Any]) -> TrialJob:
+        return TrialJob(number=number, config=config, tasks=list(self.space.tasks), budget=budget, seeds=seeds,
+                        run_dir=run_dir, threads=self.executor.threads(), device=self.device,
+                        tasks_dir=str(self.tasks_dir) if self.tasks_dir else None)
+
+    def _run_all(self, jobs: List[TrialJob]) -> List[TrialOutcome]:
+        """Runs ``jobs`` on the executor, as many at once as it has slots; returns every outcome."""
+        waiting, running, outcomes = list(jobs), set(), []
+        while waiting or running:
+            while waiting and len(running) < self.executor.slots:
+                job = waiting.pop(0)
+                self.executor.submit(job)
+                running.add(job.number)
+            for outcome in self.executor.wait(timeout=0.5):
+                running.discard(outcome.number)
+                outcomes.append(outcome)
+                self.state.durations.append(outcome.wall_s)
+        return outcomes
+
+    def _confirm(self, study: optuna.Study) -> None:
+        from nlsearch.search.confirm import run_confirmation, select_finalists
+
+        finalists = select_finalists(study, self.space)
+        runs = len(finalists) * (len(self.space.confirm.seeds) + len(self.space.confirm.lr_factors) - 1)
+        self.log(f"confirmation: {len(finalists)} finalists (trials {[f.number for f in finalists]}) x "
+                 f"{len(self.space.confirm.seeds)} seeds on the report eval set: {runs} runs")
+        frame = run_confirmation(self.space, study, self.run_dir, self.report_budget.model_dump(mode="json"),
+                                 self._run_all, self._job)
+        failed = frame[frame.status != "complete"] if not frame.empty else frame
+        for row in failed.itertuples():
+            self.log(f"confirmation run of trial {row.trial} seed {row.seed} {row.status}: {row.reason}")
 
     def measures(self) -> Dict[str, Any]:
         """What the space's names resolve to: a resumed study must measure the same (see ``open_study``)."""

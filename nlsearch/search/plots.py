@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -102,10 +102,37 @@ def importance_plot(study, space: SearchSpace, out: Path) -> str:
             f"({imp[top]:.0%}).")
 
 
-def make_plots(study, space: SearchSpace, frame: pd.DataFrame, out: Path) -> Dict[str, str]:
+def confirm_plot(space: SearchSpace, confirmation: pd.DataFrame, out: Path) -> str:
+    """The confirmation runs: every seed's value per finalist, grouped by the question's value, with
+    each finalist's mean ± std."""
+    obj = space.objectives[0]
+    used = confirmation[confirmation.chosen & (confirmation.status == "complete")]
+    fig, ax = _figure((6.0, 3.8))
+    labels = []
+    for i, ((value, trial), part) in enumerate(used.groupby(["question", "trial"], sort=True)):
+        labels.append(f"{value}\n#{trial}" if space.question else f"#{trial}")
+        ax.scatter([i] * len(part), part["value"], color="C0", alpha=0.6, label="seeds" if i == 0 else None)
+        std = part["value"].std() if len(part) > 1 else 0.0
+        ax.errorbar([i], [part["value"].mean()], yerr=[0.0 if math.isnan(std) else std], color="C3", marker="o",
+                    capsize=4, label="mean ± std" if i == 0 else None)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(xlabel=f"{space.question or 'finalist'} (trial)", ylabel=obj.metric,
+           title=f"{space.name}: confirmation on the report eval set")
+    if labels:
+        ax.legend()
+    save_figure(fig, out / "confirm.png")
+    return (f"{obj.metric} of every confirmation run (one point per seed) per finalist"
+            + (f", grouped by {space.question}" if space.question else "") + ", with the mean ± std over seeds.")
+
+
+def make_plots(study, space: SearchSpace, frame: pd.DataFrame, out: Path,
+               confirmation: Optional[pd.DataFrame] = None) -> Dict[str, str]:
     """Writes every figure; returns {file name: sentence}."""
     out = Path(out)
-    sentences = {"depth.png": depth_plot(space, frame, out), "history.png": history_plot(space, frame, out)}
+    sentences = {}
+    if confirmation is not None and not confirmation.empty:
+        sentences["confirm.png"] = confirm_plot(space, confirmation, out)
+    sentences.update({"depth.png": depth_plot(space, frame, out), "history.png": history_plot(space, frame, out)})
     if space.multi_objective:
         sentences["pareto.png"] = pareto_plot(study, space, frame, out)
     sentences["importance.png"] = importance_plot(study, space, out)

@@ -97,9 +97,11 @@ def write_results(study, space: SearchSpace, out: Path, plots: bool = False) -> 
         numbers = [t.number for t in best_trials(study, space)]
         write_parquet(frame[frame.number.isin(numbers)], out / "pareto.parquet")
     if plots:
+        from nlsearch.search.confirm import load_confirmation
         from nlsearch.search.plots import make_plots
-        sentences = make_plots(study, space, frame, out)
-        write_text(summary_markdown(study, space, frame, sentences), out / "summary.md")
+        confirmation = load_confirmation(out)
+        sentences = make_plots(study, space, frame, out, confirmation)
+        write_text(summary_markdown(study, space, frame, sentences, confirmation), out / "summary.md")
     return frame
 
 
@@ -116,13 +118,47 @@ def counts(frame: pd.DataFrame) -> Dict[str, int]:
     return {s.lower(): int((frame.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
 
 
-def summary_markdown(study, space: SearchSpace, frame: pd.DataFrame, sentences: Dict[str, str]) -> str:
+def lr_sentence(space: SearchSpace) -> str:
+    """How the learning rate was kept from deciding the answer."""
+    searched = [name for name, p in space.params.items() if getattr(p, "path", None) == "optimizer.lr"]
+    factors = space.confirm.lr_factors
+    if searched and len(factors) > 1:
+        return (f"Learning rate: searched per candidate (`{searched[0]}`), then re-tuned per finalist in the "
+                f"confirmation (x{factors} on seed {space.confirm.seeds[0]}, the best kept for every seed).")
+    if searched:
+        return (f"Learning rate: searched per candidate (`{searched[0]}`); each finalist is confirmed at its own "
+                f"sampled rate, not re-tuned.")
+    if len(factors) > 1:
+        return (f"Learning rate: the same for every candidate in the search, re-tuned per finalist in the "
+                f"confirmation (x{factors}).")
+    return "Learning rate: the same for every candidate (not searched, not re-tuned)."
+
+
+def answer_lines(space: SearchSpace, confirmation: Optional[pd.DataFrame]) -> List[str]:
+    """The verdict paragraph and the confirmation table, or a line saying there is none yet."""
+    from nlsearch.search.confirm import confirmation_table, verdict
+
+    if confirmation is None or confirmation.empty:
+        return ["No confirmation stage has run (`--no-confirm`, or the search has not finished): the ranking "
+                "below is of single runs on the selection set, which seed noise can reorder.", ""]
+    result = verdict(space, confirmation)
+    seeds = sorted(confirmation.seed.unique().tolist())
+    lines = [result.text, "", lr_sentence(space), "",
+             f"### Confirmation: seeds {seeds} on the report eval set", ""]
+    if not result.per_value.empty:
+        lines += [markdown_table(confirmation_table(result)), ""]
+    return lines
+
+
+def summary_markdown(study, space: SearchSpace, frame: pd.DataFrame, sentences: Dict[str, str],
+                     confirmation: Optional[pd.DataFrame] = None) -> str:
     c = counts(frame)
-    lines = [f"# Search `{space.name}`", "", space.description.strip(), "",
+    lines = [f"# Search `{space.name}`", "", "## Answer", ""] + answer_lines(space, confirmation) + [
+             space.description.strip(), "",
              f"Tasks {', '.join(space.tasks)}; budget {space.budget if isinstance(space.budget, str) else 'inline'}; "
              f"seeds {space.seeds}; sampler {space.sampler.kind}; pruner {space.pruner.kind}.",
              f"Trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed.", "",
-             "## Best trials", ""]
+             "## Best trials of the search (one run each, selection eval set)", ""]
     if c["complete"]:
         lines.append(markdown_table(top_table(study, space, frame)))
     else:

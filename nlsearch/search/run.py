@@ -47,13 +47,14 @@ def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Pa
                address: Optional[str] = None, storage: Optional[str] = None, trials: Optional[int] = None,
                executor: Optional[Executor] = None, device: str = "auto", tasks_dir: Optional[Path] = None,
                log: Callable[[str], Any] = print, status: Optional[Callable[[str], Any]] = None,
-               plots: bool = True) -> Tuple[optuna.Study, pd.DataFrame, Path]:
+               plots: bool = True, confirm: bool = True) -> Tuple[optuna.Study, pd.DataFrame, Path]:
     """Runs (or resumes) the search of ``space``; returns (study, trials table, results folder).
 
     ``out``: the results folder (default ``results/<space name>``), which also holds the journal
     storage and the trial runs. ``workers`` > 1 or an ``address`` runs trials on Ray; ``"auto"``: as
     many as the machine holds (:func:`~nlsearch.search.driver.auto_workers`). ``status``
-    receives the progress line after every change. Every input is validated before a trial starts.
+    receives the progress line after every change. ``confirm``: run the confirmation stage after the
+    search (``nlsearch.search.confirm``). Every input is validated before a trial starts.
     """
     space = space if isinstance(space, SearchSpace) else load_space(space)
     if workers == "auto":
@@ -72,7 +73,7 @@ def run_search(space: Union[str, Path, SearchSpace], out: Optional[Union[str, Pa
             last[0] = time.monotonic()
 
     driver = Driver(space, out, None, storage=storage, trials=trials, device=device, tasks_dir=tasks_dir,
-                    log=log, on_change=changed)          # validates everything before Ray starts
+                    log=log, on_change=changed, confirm=confirm)   # validates everything before Ray starts
     driver.executor = executor or default_executor(workers, address, space, device)
     study = driver.run()
     frame = write_results(study, space, out, plots=plots)

@@ -46,6 +46,7 @@ IntRange = Tuple[int, int]           # module-level names: the fields ``int``/``
 FloatRange = Tuple[float, float]
 Step = Union[PositiveInt, PositiveFloat]
 MODEL_METRICS = ("params", "state_size", "tokens_per_s", "nesting_depth", "flops_per_token")
+QUESTION_FACTS = ("nesting_depth", "params", "state_size", "flops_per_token")   # known before training
 
 
 class Param(Strict):
@@ -159,6 +160,26 @@ class MatchParams(Strict):
     high: PositiveInt = 1024
 
 
+class Confirm(Strict):
+    """The confirmation stage after the search (``nlsearch.search.confirm``): the ``top_k`` best trials
+    and the best trial of every value of the space's ``question`` are retrained with every seed of
+    ``seeds`` on the budget's report eval set (not the selection set the search ranked on). With
+    several ``lr_factors`` each finalist's learning rate is re-tuned first: every factor times its
+    sampled lr on the first seed, the best (by the first objective) used for the other seeds."""
+
+    top_k: PositiveInt = 2
+    seeds: List[int] = Field([0, 1, 2], min_length=2)      # at least 2: a spread needs two runs
+    lr_factors: List[PositiveFloat] = Field([1.0], min_length=1)
+    alpha: float = Field(0.05, gt=0, lt=1)                 # the verdict's significance level (Welch's t)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds repeat: {value}")
+        return value
+
+
 class Resources(Strict):
     cpus_per_trial: PositiveInt = 1          # CPU workers: torch threads of a trial
     gpus_per_trial: float = Field(1.0, gt=0, le=8)   # when GPUs exist; < 1 shares a GPU between trials
@@ -182,6 +203,9 @@ class SearchSpace(Strict):
     match_params: Optional[MatchParams] = None
     constraints: Dict[Literal["params", "state_size", "nesting_depth", "flops_per_token"], Bound] = {}
     resources: Resources = Resources()
+    question: Optional[str] = None           # the dimension the search answers: a param or a derived fact
+    reference: Optional[Scalar] = None       # the question's reference value (e.g. the plain stacked model)
+    confirm: Confirm = Confirm()
     source: Optional[str] = Field(None, exclude=True)   # the file it came from (for messages)
 
     @model_validator(mode="after")
@@ -204,6 +228,11 @@ class SearchSpace(Strict):
             if obj.task is not None and obj.task not in task_names:
                 raise ValueError(f"objectives.{i}.metric {obj.metric!r}: task {obj.task!r} is not in tasks "
                                  f"{self.tasks}")
+        if self.question is not None and self.question not in self.params and self.question not in QUESTION_FACTS:
+            raise ValueError(f"question {self.question!r} is neither a parameter ({list(self.params)}) nor a derived "
+                             f"quantity ({list(QUESTION_FACTS)})")
+        if self.reference is not None and self.question is None:
+            raise ValueError(f"reference {self.reference!r} needs a question (the dimension it is a value of)")
         if len(self.objectives) > 1 and self.pruner.kind != "none":
             raise ValueError("pruner: Optuna cannot prune a multi-objective study; set pruner: {kind: none}")
         return self

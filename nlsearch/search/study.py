@@ -27,7 +27,7 @@ from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
 JOURNAL = "study.journal"
 REQUEUED = "requeued"
 # space fields that may change between runs of one study (asking for more trials, say)
-MUTABLE = ("trials", "timeout_minutes", "description", "resources")
+MUTABLE = ("trials", "timeout_minutes", "description", "resources", "question", "reference", "confirm")
 
 
 class DriverLock:

@@ -1,0 +1,163 @@
+"""The confirmation stage: finalists chosen from the search, retrained with several seeds on the report
+eval set, reused and resumed like trials; the verdict's statistics against hand computations."""
+from __future__ import annotations
+
+import json
+import math
+
+import optuna
+import pandas as pd
+import pytest
+
+from nlsearch.config import ConfigError
+from nlsearch.search import load_space, run_search
+from nlsearch.search.confirm import select_finalists, t_two_sided_p, verdict, welch
+from nlsearch.search.driver import SearchInterrupted
+from nlsearch.search.space import SearchSpace
+from tests.search_fixtures import tiny_space, write_space
+
+
+@pytest.mark.parametrize("t, df, p", [(12.7062, 1, 0.05), (2.776445, 4, 0.05), (2.228139, 10, 0.05),
+                                      (4.604095, 4, 0.01), (1.0, 1, 0.5), (0.0, 7, 1.0)])
+def test_students_t_matches_the_tables(t, df, p):
+    assert t_two_sided_p(t, df) == pytest.approx(p, abs=2e-5)
+    assert t_two_sided_p(-t, df) == pytest.approx(p, abs=2e-5)
+
+
+def test_welch_against_a_hand_computation():
+    # means 0.85 and 0.55, both sample variances 0.0025: se² = 2 · 0.0025/3, t = 0.3 / sqrt(se²) = 7.348,
+    # df = se⁴ / (2 · (0.0025/3)² / 2) = 4; the table's one-sided t(0.001, 4) = 7.173, so p < 0.002
+    w = welch([0.9, 0.8, 0.85], [0.5, 0.6, 0.55])
+    assert w.diff == pytest.approx(0.3)
+    assert w.t == pytest.approx(0.3 / math.sqrt(2 * 0.0025 / 3))
+    assert w.df == pytest.approx(4.0)
+    assert 0.0015 < w.p < 0.002
+    # unequal spreads: df by Welch–Satterthwaite, between min(n)-1 and n_a + n_b - 2
+    w = welch([1.0, 2.0, 3.0, 4.0], [2.0, 2.1])
+    va, vb = (5 / 3) / 4, 0.005 / 2
+    assert w.df == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 1))
+    assert math.isnan(welch([1.0], [2.0, 3.0]).p)
+
+
+def _space(**over) -> SearchSpace:
+    data = tiny_space(question="mixer", **over)
+    return SearchSpace.model_validate(data)
+
+
+def _frame(values, question=None) -> pd.DataFrame:
+    rows = []
+    for (q, trial), seeds in values.items():
+        for seed, v in enumerate(seeds):
+            rows.append({"trial": trial, "question": q, "why": "", "lr_factor": 1.0, "seed": seed,
+                         "status": "complete", "reason": "", "value": v, "chosen": True})
+    return pd.DataFrame(rows)
+
+
+def test_the_verdict_names_the_winner_and_tests_it_against_the_runner_up_and_the_reference():
+    space = _space(reference="attention")
+    frame = _frame({("deltanet", 3): [0.9, 0.8, 0.85], ("deltanet", 5): [0.1, 0.2, 0.3],      # 5: worse deltanet
+                    ("attention", 1): [0.5, 0.6, 0.55]})
+    result = verdict(space, frame)
+    assert list(result.per_value.question) == ["deltanet", "attention"]          # one finalist per value
+    assert result.per_value.trial.tolist() == [3, 1]
+    runner_up = result.tests["runner-up"]
+    assert runner_up.diff == pytest.approx(0.3) and 0.0015 < runner_up.p < 0.002
+    assert "mixer=deltanet wins" in result.text and "0.85 ± 0.05 over 3 seeds" in result.text
+    assert "beyond seed noise" in result.text
+    assert "reference" not in result.tests                        # the reference is the runner-up here
+    # overlapping seeds: the answer is that no difference is resolved
+    close = verdict(space, _frame({("deltanet", 3): [0.6, 0.8, 0.7], ("attention", 1): [0.5, 0.75, 0.65]}))
+    assert "no difference resolved at this budget" in close.text
+
+
+def test_finalists_are_the_top_k_and_the_best_of_every_question_value():
+    space = _space(confirm={"top_k": 1, "seeds": [0, 1]})
+    study = optuna.create_study(direction="maximize")
+    dist = {"mixer": optuna.distributions.CategoricalDistribution(["attention", "deltanet", "other"])}
+    for number, (mixer, value) in enumerate([("attention", 0.5), ("deltanet", 0.9), ("attention", 0.7),
+                                              ("deltanet", 0.8)]):
+        study.add_trial(optuna.trial.create_trial(params={"mixer": mixer}, distributions=dist, value=value,
+                                                  user_attrs={"config": json.dumps({"n": number})}))
+    finalists = select_finalists(study, space)
+    assert [(f.number, f.value) for f in finalists] == [(1, "deltanet"), (2, "attention")]
+    assert finalists[1].why == "best of mixer=attention" and finalists[0].config == {"n": 1}
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"question": "colour"}, r"question 'colour' is neither a parameter"),
+    ({"confirm": {"seeds": [0]}}, r"confirm\.seeds"),
+    ({"confirm": {"top_k": 0}}, r"confirm\.top_k"),
+    ({"confirm": {"seeds": [1, 1]}}, r"seeds repeat"),
+    ({"reference": "attention", "question": None}, r"reference 'attention' needs a question"),
+])
+def test_bad_confirmation_settings_are_refused_naming_the_file_and_key(tmp_path, change, match):
+    path = write_space(tmp_path, {**tiny_space(name="bad"), **change})
+    with pytest.raises(ConfigError, match=match) as err:
+        load_space(path)
+    assert str(path) in str(err.value)
+
+
+def _confirmed(tmp_path, **over):
+    space = tiny_space(name="conf", trials=2, question="mixer", confirm={"top_k": 1, "seeds": [0, 1]}, **over)
+    return write_space(tmp_path, space)
+
+
+def test_a_search_ends_with_its_confirmation_and_a_verdict_and_reuses_it(tmp_path, monkeypatch):
+    path = _confirmed(tmp_path)
+    study, _, out = run_search(path, out=tmp_path / "out", log=lambda m: None)
+    table = pd.read_parquet(out / "confirmation.parquet")
+    finalists = select_finalists(study, load_space(path))
+    assert sorted(table.trial.unique()) == sorted(f.number for f in finalists)
+    assert len(table) == 2 * len(finalists) and (table.status == "complete").all()
+    for row in table.itertuples():                     # on the report eval set, with its own seeds
+        record = json.loads((out / "confirm" / f"{row.trial:04d}" / "recall_small" / f"seed{row.seed}" /
+                             "record.json").read_text())
+        assert record["budget"] == "tiny@1" and record["seed"] == row.seed
+        assert record["metrics"]["accuracy"] == pytest.approx(row.value)
+    summary = (out / "summary.md").read_text()
+    assert summary.index("## Answer") < summary.index("## Best trials")
+    assert "over 2 seeds" in summary and (out / "confirm.png").is_file()
+    assert "Learning rate: searched per candidate (`lr`)" in summary
+    # run again: the study is finished and every confirmation run is reused, nothing trains
+    import nlsearch.search.trial as trial_module
+    monkeypatch.setattr(trial_module, "train", lambda *a, **k: pytest.fail("trained again"))
+    run_search(path, out=tmp_path / "out", log=lambda m: None)
+    assert pd.read_parquet(out / "confirmation.parquet").equals(table)
+
+
+def test_an_interrupted_confirmation_resumes_without_rerunning_a_finished_run(tmp_path, monkeypatch):
+    import nlsearch.search.trial as trial_module
+    path = _confirmed(tmp_path)
+    real, calls = trial_module.train, []
+
+    def train_then_stop(*args, **kwargs):
+        calls.append(kwargs["run_dir"])
+        if "confirm" in str(kwargs["run_dir"]) and sum("confirm" in str(c) for c in calls) == 2:
+            raise KeyboardInterrupt                       # Ctrl-C during the second confirmation run
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "train", train_then_stop)
+    with pytest.raises(SearchInterrupted):
+        run_search(path, out=tmp_path / "out", log=lambda m: None)
+    out = tmp_path / "out"
+    assert not (out / "confirmation.parquet").exists()
+    first = [c for c in calls if "confirm" in str(c)][0]
+    stamp = (first / "record.json").stat().st_mtime_ns
+    monkeypatch.setattr(trial_module, "train", real)
+    run_search(path, out=out, log=lambda m: None)
+    assert (first / "record.json").stat().st_mtime_ns == stamp          # reused, not retrained
+    table = pd.read_parquet(out / "confirmation.parquet")
+    assert (table.status == "complete").all() and len(table) == 2 * table.trial.nunique()
+
+
+def test_report_rebuilds_the_summary_without_training(tmp_path, monkeypatch, capsys):
+    from nlsearch.cli import main
+    import nlsearch.search.trial as trial_module
+    path = _confirmed(tmp_path)
+    run_search(path, out=tmp_path / "out", log=lambda m: None)
+    (tmp_path / "out" / "summary.md").unlink()
+    monkeypatch.setattr(trial_module, "train", lambda *a, **k: pytest.fail("trained"))
+    assert main(["search", str(path), "--out", str(tmp_path / "out"), "--report"]) == 0
+    assert "## Answer" in (tmp_path / "out" / "summary.md").read_text()
+    assert "answer" in capsys.readouterr().out
+    assert main(["search", str(path), "--out", str(tmp_path / "nothing"), "--report"]) == 2
