@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from nlsearch.bench.report import rich_table
+from nlsearch.display import rich_table
 from nlsearch.runtime import tune_process
 
 console = Console()

@@ -88,7 +88,7 @@ def summary_line(frame: pd.DataFrame) -> str:
 
 def print_estimate(console, runs: Sequence[PlannedRun], command: str, table: Optional[pd.DataFrame] = None) -> None:
     """The dry run's table (per model) and its summary line, on a rich console."""
-    from nlsearch.bench.report import rich_table
+    from nlsearch.display import rich_table
 
     frame = estimate(runs, load_timing() if table is None else table)
     console.print(rich_table(frame, f"{command} --dry-run: runs and estimated core-hours left", floatfmt="{:.2f}"))

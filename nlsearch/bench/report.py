@@ -6,18 +6,9 @@ from typing import List
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
+from nlsearch.display import rich_table
 
 from nlsearch.io import markdown_table, write_parquet, write_text
-
-
-def rich_table(df: pd.DataFrame, title: str, floatfmt: str = "{:.3g}") -> Table:
-    table = Table(title=title)
-    for col in df.columns:
-        table.add_column(str(col))
-    for _, row in df.iterrows():
-        table.add_row(*[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row])
-    return table
 
 
 def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List[str], title: str,

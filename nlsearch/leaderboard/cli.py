@@ -8,7 +8,7 @@ import argparse
 from rich.console import Console
 from rich.markup import escape
 
-from nlsearch.bench.report import rich_table
+from nlsearch.display import rich_table
 
 
 def _console() -> Console:

@@ -8,7 +8,7 @@ import pandas as pd
 from rich.console import Console
 from rich.markup import escape
 
-from nlsearch.bench.report import rich_table
+from nlsearch.display import rich_table
 
 
 def _dimension_rows(space) -> List[dict]:

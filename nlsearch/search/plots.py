@@ -11,8 +11,8 @@ from typing import Dict, Optional
 import pandas as pd
 from matplotlib.figure import Figure
 
-from nlsearch.search.results import objective_columns, save_figure
-from nlsearch.search.space import SearchSpace
+from nlsearch.display import save_figure
+from nlsearch.search.space import SearchSpace, objective_columns
 
 
 def _figure(figsize):

@@ -22,16 +22,12 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from nlsearch.config import parse_config, to_yaml
-from nlsearch.io import atomic_write, markdown_table, write_parquet, write_text
+from nlsearch.io import markdown_table, write_parquet, write_text
 from nlsearch.models.backbone import ModelConfig
 from nlsearch.search.compile import candidate_text
-from nlsearch.search.space import SearchSpace
+from nlsearch.search.space import SearchSpace, objective_columns
 
 FACTS = ("params", "state_size", "nesting_depth", "flops_per_token")
-
-
-def objective_columns(space: SearchSpace) -> List[str]:
-    return [f"objective:{o.metric}" for o in space.objectives]
 
 
 def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
@@ -167,7 +163,3 @@ def summary_markdown(study, space: SearchSpace, frame: pd.DataFrame, sentences: 
     for name, sentence in sentences.items():
         lines += [f"![{name}]({name})", "", sentence, ""]
     return "\n".join(lines)
-
-
-def save_figure(fig, path: Path) -> None:
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))

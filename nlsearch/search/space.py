@@ -25,6 +25,9 @@ A space file is a strict mapping (unknown keys are errors naming their path)::
       window: {int: [16, 128], when: {mixer: attention}, path: mixer.window}   # conditional
     match_params: {target: 400000, adjust: d_model, multiple_of: 16}          # optional
     constraints: {params: {min: 3.0e5, max: 5.0e5}, state_size: {max: 1.0e6}}
+    question: mixer                     # optional: the dimension the verdict compares (a param or a
+    reference: attention                #   derived fact: nesting_depth, params, ...) and its reference value
+    confirm: {top_k: 2, seeds: [0, 1, 2], lr_factors: [1.0], alpha: 0.05}   # the confirmation stage
 
 A parameter's value lands at its ``path`` (dotted; default: its name) in the model config. A mapping
 value is merged into what is there, except that a mapping whose ``kind`` differs from the existing
@@ -244,6 +247,11 @@ class SearchSpace(Strict):
     @property
     def directions(self) -> List[str]:
         return [o.direction for o in self.objectives]
+
+
+def objective_columns(space: SearchSpace) -> List[str]:
+    """The trials table's column of each objective, in order."""
+    return [f"objective:{o.metric}" for o in space.objectives]
 
 
 def task_label(ref: str) -> str:
