@@ -73,9 +73,10 @@ def parse_config(cls: Type[C], data: Any, source: str = "<config>") -> C:
         raise ConfigError(_format(err, source)) from None
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _StrictLoader(yaml.SafeLoader):
     """Safe YAML that refuses a key given twice in one mapping (YAML's default keeps the last one,
-    silently)."""
+    silently) and aliases (``*name``): a few hundred bytes of nested aliases expand to gigabytes
+    ("billion laughs"), and no file of ours needs them."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -89,11 +90,6 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             seen.add(key)
         return super().construct_mapping(node, deep)
 
-
-class _NoAliasLoader(_UniqueKeyLoader):
-    """Safe YAML that also refuses aliases (``*name``): a few hundred bytes of nested aliases expand to
-    gigabytes ("billion laughs"), so files from outside (submissions, result files) may not use them."""
-
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
@@ -102,10 +98,17 @@ class _NoAliasLoader(_UniqueKeyLoader):
         return super().compose_node(parent, index)
 
 
-def safe_yaml(text: Union[str, bytes], aliases: bool = True) -> Any:
-    """Plain data from YAML/JSON text: no tags, nothing constructed or executed; ``aliases=False`` for
-    untrusted files."""
-    return yaml.load(text, Loader=_UniqueKeyLoader if aliases else _NoAliasLoader)
+class _PlainDumper(yaml.SafeDumper):
+    """Writes a value shared by two keys out twice: what we write, :func:`safe_yaml` reads back."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def safe_yaml(text: Union[str, bytes]) -> Any:
+    """Plain data from YAML/JSON text: no tags, no aliases, no repeated keys; nothing constructed or
+    executed."""
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def is_file_ref(ref: Any) -> bool:
@@ -113,14 +116,15 @@ def is_file_ref(ref: Any) -> bool:
     return isinstance(ref, str) and ref.endswith((".yaml", ".yml", ".json"))
 
 
-def read_yaml_mapping(path: Union[str, Path], aliases: bool = True) -> dict:
-    """The mapping in a YAML (or JSON) file, read with safe parsing only: nothing is executed
-    (``aliases=False``: files from outside, see :class:`_NoAliasLoader`)."""
+def read_yaml_mapping(path: Union[str, Path]) -> dict:
+    """The mapping in a YAML (or JSON) file, read with safe parsing only (:func:`safe_yaml`)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
     try:
-        data = safe_yaml(path.read_text(), aliases)
+        data = safe_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a text file (byte {err.start} is not UTF-8)") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -200,4 +204,4 @@ def _drop_unset_context(cfg: BaseModel, data: dict) -> None:
 
 
 def to_yaml(cfg: BaseModel) -> str:
-    return yaml.safe_dump(portable_dump(cfg), sort_keys=False)
+    return yaml.dump(portable_dump(cfg), Dumper=_PlainDumper, sort_keys=False)

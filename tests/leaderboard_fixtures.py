@@ -3,6 +3,7 @@ for the leaderboard tests: scoring a tiny model under it takes seconds on one CP
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -23,7 +24,7 @@ def write_protocol(folder: Path, tasks: Sequence[str] = tuple(ROLES), factors: S
     folder.mkdir(parents=True, exist_ok=True)
     write_tasks(folder / "tasks")
     kind = {"steps": steps, "batch_size": 8, "eval_size": 8}
-    budget = {"name": "tiny", "version": 1, "lm": kind, "recall": kind, "longctx": kind, "continual": kind,
+    budget = {"name": "tiny", "version": 1, **{k: dict(kind) for k in ("lm", "recall", "longctx", "continual")},
               "eval_interval": steps, "checkpoint_interval": 0, "eval_batch": 8, "threads": 1}
     (folder / "tiny_budget.yaml").write_text(yaml.safe_dump(budget))
     protocol = {"name": "test", "version": 1,
@@ -31,11 +32,12 @@ def write_protocol(folder: Path, tasks: Sequence[str] = tuple(ROLES), factors: S
                 "budgets": ["tiny_budget.yaml", "smoke@1"], "seeds": [0, 1, 2], "lr_sweep": {"factors": list(factors)},
                 "tasks_dir": "tasks", "tolerance": {"abs": 0.01, "rel": 0.0}}
     if claims is not None:
-        (folder / "claims.yaml").write_text(yaml.safe_dump({"claims": claims}, sort_keys=False))
+        plain = json.loads(json.dumps(claims))            # no shared objects: YAML would write aliases
+        (folder / "claims.yaml").write_text(yaml.safe_dump({"claims": plain}, sort_keys=False))
         protocol["claims"] = "claims.yaml"
     protocol.update(over)
     path = folder / "protocol.yaml"
-    path.write_text(yaml.safe_dump(protocol, sort_keys=False))
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(protocol)), sort_keys=False))
     return path
 
 

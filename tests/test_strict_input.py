@@ -46,3 +46,44 @@ def test_a_search_whose_constraints_no_candidate_meets_ends_with_an_error(tmp_pa
     assert rc == 1
     assert "no candidate satisfied the space's constraints" in " ".join(out.split())
     assert not (tmp_path / "out" / "best.yaml").exists()
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_size) for p in folder.rglob("*"))
+
+
+BILLION_LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+
+
+@pytest.mark.parametrize("case, command, match", [
+    ("alias", "search", r"an alias \(\*a\) is not accepted"),
+    ("binary", "show", r"not a text file"),
+    ("huge repeat", "search", r"params\.levels\.(group\.)?repeat.*at most 64 items"),
+    ("no such question", "search", r"question 'colour' is neither a parameter"),
+    ("one confirmation seed", "search", r"confirm\.seeds"),
+    ("top-k of 0", "show", r"confirm\.top_k"),
+])
+def test_bad_space_files_end_with_one_line_naming_the_file_and_nothing_written(tmp_path, capsys, case, command,
+                                                                                 match):
+    data = tiny_space(name="bad")
+    path = write_space(tmp_path, data)
+    if case == "alias":
+        path.write_text(BILLION_LAUGHS + path.read_text())
+    elif case == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff" * 8)
+    elif case == "huge repeat":
+        data["params"]["levels"] = {"repeat": [0, 10 ** 12], "path": "mlp", "each": {"p": {"choices": [1, 2]}}}
+        path = write_space(tmp_path, data)
+    else:
+        change = {"no such question": {"question": "colour"}, "one confirmation seed": {"confirm": {"seeds": [0]}},
+                  "top-k of 0": {"confirm": {"top_k": 0}}}[case]
+        path = write_space(tmp_path, {**data, **change})
+    before = _tree(tmp_path)
+    argv = ["search", str(path), "--out", str(tmp_path / "out"), "--quiet"] if command == "search" else \
+        ["space", "show", str(path)]
+    assert main(argv) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "Traceback" not in out and str(path.name) in out
+    import re
+    assert re.search(match, out), out
+    assert _tree(tmp_path) == before                      # nothing written, no driver.lock left behind

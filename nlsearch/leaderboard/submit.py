@@ -53,7 +53,7 @@ class Submission:
 
 def _safe_mapping(path: Path) -> Dict[str, Any]:
     try:
-        data = safe_yaml(path.read_bytes(), aliases=False)
+        data = safe_yaml(path.read_bytes())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML/JSON (only plain data is accepted, no tags, no aliases): "
                           f"{' '.join(str(err).split())}") from None

@@ -56,7 +56,7 @@ def load_results_file(path: Path, protocol: Protocol, budget_ref: str, config_sh
     """Returns the claims in ``path`` and the sha256 of its bytes; raises ProtocolError / LeaderboardError
     naming the file, key and value that do not fit the protocol or the config."""
     path = Path(path)
-    claims = parse_config(ResultsFile, read_yaml_mapping(path, aliases=False), str(path))
+    claims = parse_config(ResultsFile, read_yaml_mapping(path), str(path))
     if claims.protocol != protocol.ref:
         raise ProtocolError(f"{path}: protocol {claims.protocol!r} does not match the leaderboard's {protocol.ref} "
                             f"({protocol.source})")

@@ -31,24 +31,25 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from nlsearch.ops.scan import _acc
 
 
-def _silu_derivs(z: Tensor, second: bool) -> Tuple[Tensor, Optional[Tensor]]:
+def _silu_second(u: Tensor, z: Tensor) -> Tensor:
+    """``u ⊙ σ''(z)``, ``σ'' = s (1 − s) (2 + z (1 − 2s))``, ``s = sigmoid(z)``."""
     sig = torch.sigmoid(z)
-    one_minus = 1 - sig
-    d1 = sig * (1 + z * one_minus)
-    d2 = sig * one_minus * (2 + z * (1 - 2 * sig)) if second else None
-    return d1, d2
+    return torch.rsub(sig, 1, alpha=2).mul_(z).add_(2).mul_(torch.addcmul(sig, sig, sig, value=-1)).mul_(u)
 
 
-def _gelu_derivs(z: Tensor, second: bool) -> Tuple[Tensor, Optional[Tensor]]:
-    pdf = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
-    d1 = 0.5 * (1 + torch.erf(z / math.sqrt(2))) + z * pdf
-    return d1, (pdf * (2 - z * z) if second else None)
+def _gelu_second(u: Tensor, z: Tensor) -> Tensor:
+    """``u ⊙ σ''(z)``, ``σ'' = φ(z) (2 − z²)``, φ the standard normal density."""
+    zz = z * z
+    return torch.exp(zz * -0.5).mul_(1 / math.sqrt(2 * math.pi)).mul_(torch.rsub(zz, 2)).mul_(u)
 
 
-ACTIVATION_DERIVS = {"silu": (F.silu, _silu_derivs), "gelu": (F.gelu, _gelu_derivs)}
+ACTIVATION_DERIVS = {
+    "silu": (F.silu, torch.ops.aten.silu_backward, _silu_second),
+    "gelu": (F.gelu, torch.ops.aten.gelu_backward, _gelu_second),
+}
+"""name: (σ, ``(u, z) -> u ⊙ σ'(z)``, ``(u, z) -> u ⊙ σ''(z)``); the first-order one is ATen's fused backward."""
 
 
 @dataclass(frozen=True)
@@ -80,118 +81,166 @@ def mlp_chunk(spec: ChunkSpec, q: Tensor, k: Tensor, v: Tensor, c: Tensor, c_end
     return out[0], out[1:1 + n], (out[1 + n:] if spec.momentum else None)
 
 
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+
+def _flat(x: Tensor) -> Tensor:
+    """``(B, H, a, b)`` -> ``(B·H, a, b)``: the layout every product below runs in (a view when it can be)."""
+    return x.reshape(-1, *x.shape[-2:])
+
+
+def _col(x: Optional[Tensor], length: Optional[int] = None) -> Optional[Tensor]:
+    """A per-token ``(B, H, L)`` (``length`` given) or per-head ``(B, H)`` factor as a ``(B·H, L or 1, 1)``
+    column that scales the rows of a flat operand."""
+    if x is None:
+        return None
+    return x.reshape(-1, length, 1) if length is not None else x.reshape(-1, 1, 1)
+
+
+def _heads(x: Tensor, batch: int, r: int) -> Tensor:
+    """Heads ``r..`` of a flat ``(B·H, ·, ·)`` tensor, flat and contiguous: one copy here rather than one
+    inside every product that reads them."""
+    return x if r == 0 else x.unflatten(0, (batch, -1))[:, r:].flatten(0, 1)
+
+
+def _add_mm(acc: Optional[Tensor], a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``acc + alpha (a @ b)`` in place (``acc=None``: the product alone), one fused op either way."""
+    if acc is None:
+        return torch.baddbmm(a.new_zeros(()), a, b, beta=0.0, alpha=alpha) if alpha != 1.0 else torch.bmm(a, b)
+    return acc.baddbmm_(a, b, alpha=alpha)
+
+
+def _add_mm_heads(acc: Optional[Tensor], a: Tensor, b: Tensor, alpha: float, batch: int, r: int,
+                  like: Tensor) -> Tensor:
+    """:func:`_add_mm` for a product that covers heads ``r..`` of ``acc`` only (``acc=None``: zeros
+    shaped like ``like`` elsewhere)."""
+    if r == 0:
+        return _add_mm(acc, a, b, alpha)
+    if acc is None:
+        acc = torch.zeros_like(like)
+    part = _add_mm(None, a, b, alpha)
+    acc.unflatten(0, (batch, -1))[:, r:] += part.unflatten(0, (batch, -1))
+    return acc
+
+
+def _outer_sum(acc: Optional[Tensor], pairs: Sequence[Tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
+    """``acc + Σ leftᵀ right`` over (left ``(B·H, L, o)``, right ``(B·H, L, i)``) pairs, in one product
+    (the pairs are joined along the token axis); ``acc=None``: zero, no pairs either: zeros like ``like``."""
+    if not pairs:
+        return acc if acc is not None else torch.zeros_like(like)
+    left = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=-2)
+    right = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=-2)
+    return _add_mm(acc, left.mT, right)
+
+
+def _vecdot(a: Tensor, b: Tensor) -> Tensor:
     """Σ over the last dim of a ⊙ b."""
-    return (a * b).sum(-1)
+    return torch.linalg.vecdot(a, b)
 
 
 def _frob(a: Tensor, b: Tensor) -> Tensor:
-    """Σ over the last two dims of a ⊙ b, per batch and head."""
+    """Σ over the last two dims of a ⊙ b, per (flat) batch and head."""
     return torch.linalg.vecdot(a.flatten(-2), b.flatten(-2))
 
 
+def _plus(acc: Optional[Tensor], x: Tensor) -> Tensor:
+    """``acc + x`` (in place; ``acc=None``: ``x``)."""
+    return x if acc is None else acc.add_(x)
+
+
 def _scaled(w: Tensor, scale: Optional[Tensor]) -> Tensor:
-    """A fresh ``scale ⊙ w`` (``scale`` per batch and head; ``None``: a contiguous copy of ``w``)."""
-    return w * scale[..., None, None] if scale is not None else w.clone(memory_format=torch.contiguous_format)
-
-
-def _mm_into(acc: Tensor, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
-    """``acc += alpha · (a @ b)`` in place, batched over the leading dims (fused when ``acc`` is contiguous)."""
-    return _acc(acc, a, b, alpha=alpha) if acc.is_contiguous() else acc.add_(a @ b, alpha=alpha)
-
-
-def _outer_sum(acc: Optional[Tensor], pairs: Sequence[Tuple[Tensor, Tensor]], like: Optional[Tensor] = None) -> Tensor:
-    """``acc + Σ leftᵀ right`` over (left ``(B, H, L, o)``, right ``(B, H, L, i)``) pairs, in one product
-    (the pairs are joined along the token axis); ``acc=None``: a fresh tensor shaped like ``like``."""
-    if not pairs:
-        return acc if acc is not None else torch.zeros(like.shape, dtype=like.dtype, device=like.device)
-    left = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=-2)
-    right = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=-2)
-    if acc is None:
-        return left.mT @ right
-    return _mm_into(acc, left.mT, right)
+    """A fresh ``scale ⊙ w`` (``scale`` a ``(B·H, 1, 1)`` column; ``None``: a contiguous copy of ``w``)."""
+    return w * scale if scale is not None else w.clone(memory_format=torch.contiguous_format)
 
 
 class _MLPChunk(torch.autograd.Function):
+    """Every product runs on flat ``(B·H, ·, ·)`` operands (one ``bmm``/``baddbmm`` each, no reshapes
+    inside ``matmul``); the read heads' slices of X, Δ, W, S are copied once and saved; σ'(·) products
+    are ATen's fused activation backward; accumulators start as their first term, not as zeros."""
+
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, spec: ChunkSpec, q, k, v, c, c_end, g, g_end, b, b_end, e, theta_end, *tensors):
         ctx.set_materialize_grads(False)
-        n, r = spec.depth, spec.read_from
-        weights = tensors[:n]
-        anchor = tensors[n:2 * n] if spec.has_anchor else weights
-        mom = tensors[-n:] if spec.momentum else None
-        act, derivs = ACTIVATION_DERIVS[spec.activation]
+        n, r, batch, length = spec.depth, spec.read_from, k.shape[0], k.shape[2]
+        act, vjp, _ = ACTIVATION_DERIVS[spec.activation]
+        weights = [_flat(w) for w in tensors[:n]]
+        anchor = [_flat(a) for a in tensors[n:2 * n]] if spec.has_anchor else weights
+        mom = [_flat(s) for s in tensors[-n:]] if spec.momentum else None
+        q3, k3, v3, c3 = _flat(q), _flat(k), _flat(v), _flat(c)
+        g3, b3, c_end3, e3 = _col(g, length), _col(b, length), _col(c_end, length), _col(e, length)
+        g_end3, b_end3, theta_end3 = _col(g_end), _col(b_end), _col(theta_end)
         # gradients at the anchor: X_i, Z_i (i < n), Δ_i, T_i
-        xs, zs, sps = [k], [], []
-        h = k
+        xs, zs = [k3], []
+        h = k3
         for i, a in enumerate(anchor):
-            z = h @ a.mT
+            z = torch.bmm(h, a.mT)
             if i < n - 1:
                 zs.append(z)
-                sps.append(derivs(z, False)[0])
                 h = act(z)
                 xs.append(h)
             else:
                 h = z
         if spec.objective == "l2":
-            delta = h.add_(k) if spec.residual else h
-            delta = delta.sub_(v)
+            delta = h.add_(k3) if spec.residual else h
+            delta = delta.sub_(v3)
         else:
-            delta = -v
+            delta = -v3
         deltas: List[Tensor] = [delta]
         ts: List[Tensor] = []
         for i in range(n - 1, 0, -1):
-            t = deltas[0] @ anchor[i]
+            t = torch.bmm(deltas[0], anchor[i])
             ts.insert(0, t)
-            deltas.insert(0, t * sps[i - 1])
+            deltas.insert(0, vjp(t, zs[i - 1]))
         # reads of heads r..
-        hs, pres, hws, hss, raw = [q], [], [], [], []
-        h = q
-        for i, w in enumerate(weights):
-            x_r, d_r = xs[i][:, r:], deltas[i][:, r:]
-            raw.append(h @ x_r.mT)                                              # H Xᵀ
-            p = raw[-1] * c
-            z = h @ w[:, r:].mT
-            if g is not None:
+        x_r, d_r, w_r = ([_heads(x, batch, r) for x in xs_] for xs_ in (xs, deltas, weights))
+        s_r = [_heads(s, batch, r) for s in mom] if mom is not None else []
+        hs, pres, hws, hss, raw, ps = [q3], [], [], [], [], []
+        h = q3
+        for i in range(n):
+            raw.append(torch.bmm(h, x_r[i].mT))                                 # H Xᵀ
+            ps.append(raw[-1] * c3)
+            z = torch.bmm(h, w_r[i].mT)
+            if g3 is not None:
                 hws.append(z)
-                z = z * g[..., None]
+                z = z * g3
             if mom is not None:
-                hs_mom = h @ mom[i][:, r:].mT
-                hss.append(hs_mom)
-                z = z.addcmul_(hs_mom, b[..., None])
-            z = z.sub_(p @ d_r)
+                hss.append(torch.bmm(h, s_r[i].mT))
+                z = z.addcmul_(hss[-1], b3)
+            z = z.baddbmm_(ps[-1], d_r[i], alpha=-1.0)
             if i < n - 1:
                 pres.append(z)
                 h = act(z)
                 hs.append(h)
             else:
                 h = z
-        y = h.add_(q) if spec.residual else h
+        y = h.add_(q3) if spec.residual else h
         # the state at the end of the mini-batch: W' = γ_L W (+ b_L S) − (Δ ⊙ c_L)ᵀ X, S' = Θ_L S − (Δ ⊙ e)ᵀ X
-        new_w, new_s = [], []
+        new_w, new_s, dcs, des = [], [], [], []
         for i, w in enumerate(weights):
-            nw = _scaled(w, g_end)
+            nw = _scaled(w, g_end3)
+            dcs.append(deltas[i] * c_end3)
             if mom is not None:
-                nw.addcmul_(mom[i], b_end[..., None, None])
-                new_s.append(_mm_into(_scaled(mom[i], theta_end), (deltas[i] * e[..., None]).mT, xs[i], alpha=-1.0))
-            new_w.append(_mm_into(nw, (deltas[i] * c_end[..., None]).mT, xs[i], alpha=-1.0))
-        ctx.spec = spec
-        ctx.n_lists = (len(xs), len(zs), len(deltas), len(ts), len(hs), len(pres), len(hws), len(hss), len(raw))
-        ctx.save_for_backward(q, c, c_end, g, g_end, b, b_end, e, theta_end, *weights,
-                              *(anchor if spec.has_anchor else ()), *(mom or ()),
-                              *xs, *zs, *deltas, *ts, *hs, *pres, *hws, *hss, *raw)
-        return (y, *new_w, *new_s)
+                nw.addcmul_(mom[i], b_end3)
+                des.append(deltas[i] * e3)
+                new_s.append(_scaled(mom[i], theta_end3).baddbmm_(des[-1].mT, xs[i], alpha=-1.0))
+            new_w.append(nw.baddbmm_(dcs[-1].mT, xs[i], alpha=-1.0))
+        ctx.spec, ctx.batch = spec, batch
+        ctx.shapes = [None if x is None else x.shape for x in (q, k, v, c, c_end, g, g_end, b, b_end, e, theta_end,
+                                                                *tensors)]
+        lists = (xs, zs, deltas, ts, hs, pres, hws, hss, raw, ps, x_r, d_r, w_r, s_r, dcs, des)
+        ctx.n_lists = tuple(len(x) for x in lists)
+        ctx.save_for_backward(c3, g3, g_end3, b3, b_end3, e3, theta_end3, c_end3, *weights,
+                              *(anchor if spec.has_anchor else ()), *(mom or ()), *(x for xs_ in lists for x in xs_))
+        return (y.view(*q.shape[:-1], y.shape[-1]), *(x.view(w.shape) for x, w in zip(new_w + new_s, tensors[:n] * 2)))
 
     @staticmethod
     @once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, dy, *dstate):
         spec: ChunkSpec = ctx.spec
-        n, r = spec.depth, spec.read_from
+        n, r, batch = spec.depth, spec.read_from, ctx.batch
         saved = list(ctx.saved_tensors)
-        q, c, c_end, g, g_end, b, b_end, e, theta_end = saved[:9]
-        rest = saved[9:]
+        c, g, g_end, b, b_end, e, theta_end, c_end = saved[:8]
+        rest = saved[8:]
         weights, rest = rest[:n], rest[n:]
         if spec.has_anchor:
             anchor, rest = rest[:n], rest[n:]
@@ -204,103 +253,97 @@ class _MLPChunk(torch.autograd.Function):
         for size in ctx.n_lists:
             lists.append(rest[:size])
             rest = rest[size:]
-        xs, zs, deltas, ts, hs, pres, hws, hss, raw = lists
+        xs, zs, deltas, ts, hs, pres, hws, hss, raw, ps, x_r, d_r, w_r, s_r, dcs, des = lists
         need = ctx.needs_input_grad
-        derivs = ACTIVATION_DERIVS[spec.activation][1]
-        d_new_w = dstate[:n]
-        d_new_s = dstate[n:] if spec.momentum else (None,) * n
+        _, vjp, second = ACTIVATION_DERIVS[spec.activation]
+        d_new_w = [None if d is None else _flat(d) for d in dstate[:n]]
+        d_new_s = [None if d is None else _flat(d) for d in dstate[n:]] if spec.momentum else [None] * n
 
         # ∂ of the weights, anchor and momentum: sums of outer products over the block's tokens, gathered
         # as (left, right) pairs (leftᵀ right) and summed in one product per layer at the end
         w_pairs: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in range(n)]
         a_pairs = [[] for _ in range(n)] if spec.has_anchor else w_pairs
         s_pairs: List[List[Tuple[Tensor, Tensor]]] = [[] for _ in range(n)]
-        d_w = [_scaled(dw, g_end) if dw is not None else torch.zeros(w.shape, dtype=w.dtype, device=w.device)
-               for dw, w in zip(d_new_w, weights)]
-        d_s = None
+        d_w: List[Optional[Tensor]] = [None if dw is None else _scaled(dw, g_end) for dw in d_new_w]
+        d_s: List[Optional[Tensor]] = [None] * n
         if mom is not None:
-            d_s = [torch.zeros(s.shape, dtype=s.dtype, device=s.device) for s in mom]
             for i in range(n):
-                if d_new_w[i] is not None:
-                    d_s[i].addcmul_(d_new_w[i], b_end[..., None, None])
-                if d_new_s[i] is not None:
-                    d_s[i].addcmul_(d_new_s[i], theta_end[..., None, None])
-        d_delta = [torch.zeros_like(d) for d in deltas]
-        d_x = [torch.zeros_like(x) for x in xs]
-        d_c = torch.zeros_like(c) if need[4] else None
-        d_g = torch.zeros_like(g) if g is not None and need[6] else None
-        d_b = torch.zeros_like(b) if b is not None and need[8] else None
+                for grad, coef in ((d_new_w[i], b_end), (d_new_s[i], theta_end)):
+                    if grad is not None:
+                        d_s[i] = grad * coef if d_s[i] is None else d_s[i].addcmul_(grad, coef)
+        d_delta: List[Optional[Tensor]] = [None] * n
+        d_x: List[Optional[Tensor]] = [None] * n
+
+        # the end-of-block state (∂W, ∂S of its own terms are in d_w, d_s already)
+        d_c_end = d_e = d_g_end = d_b_end = d_theta_end = None
+        for i in range(n):
+            for grad, coef, scaled, slot in ((d_new_w[i], c_end, dcs, 0), (d_new_s[i], e, des, 1)):
+                if grad is None:
+                    continue
+                m = torch.bmm(xs[i], grad.mT)                                  # (L, out)
+                d_delta[i] = (torch.mul(m, coef).neg_() if d_delta[i] is None
+                              else d_delta[i].addcmul_(m, coef, value=-1.0))
+                if need[5 + 5 * slot]:                                         # c_end, e
+                    term = _vecdot(deltas[i], m).neg_()
+                    if slot == 0:
+                        d_c_end = _plus(d_c_end, term)
+                    else:
+                        d_e = _plus(d_e, term)
+                d_x[i] = _add_mm(d_x[i], scaled[i], grad, alpha=-1.0)
+            if d_new_w[i] is not None:
+                if g_end is not None and need[7]:
+                    d_g_end = _plus(d_g_end, _frob(weights[i], d_new_w[i]))
+                if b_end is not None and need[9]:
+                    d_b_end = _plus(d_b_end, _frob(mom[i], d_new_w[i]))
+            if d_new_s[i] is not None and theta_end is not None and need[11]:
+                d_theta_end = _plus(d_theta_end, _frob(mom[i], d_new_s[i]))
 
         # reads, layer n down to 1
-        d_q = None
+        d_q = d_c = d_g = d_b = None
         if dy is not None:
-            d_q = dy.clone() if spec.residual else torch.zeros_like(q)
+            dy = _flat(dy)
             d_r_pre = dy
             for i in reversed(range(n)):
-                h, w_r, x_r, dl_r = hs[i], weights[i][:, r:], xs[i][:, r:], deltas[i][:, r:]
-                g_dr = d_r_pre * g[..., None] if g is not None else d_r_pre
+                h = hs[i]
+                g_dr = d_r_pre * g if g is not None else d_r_pre
                 if r == 0:
                     w_pairs[i].append((g_dr, h))
                 else:
-                    d_w[i][:, r:] += g_dr.mT @ h
-                if d_g is not None:
-                    d_g += _rowdot(d_r_pre, hws[i])
-                d_h = g_dr @ w_r
+                    d_w[i] = _add_mm_heads(d_w[i], g_dr.mT, h, 1.0, batch, r, weights[i])
+                if g is not None and need[6]:
+                    d_g = _plus(d_g, _vecdot(d_r_pre, hws[i]))
+                d_h = torch.bmm(g_dr, w_r[i])
                 if mom is not None:
-                    b_dr = d_r_pre * b[..., None]
+                    b_dr = d_r_pre * b
                     if r == 0:
                         s_pairs[i].append((b_dr, h))
                     else:
-                        d_s[i][:, r:] += b_dr.mT @ h
-                    d_h = d_h.add_(b_dr @ mom[i][:, r:])
-                    if d_b is not None:
-                        d_b += _rowdot(d_r_pre, hss[i])
-                scores = raw[i]                                               # H Xᵀ
-                d_p = d_r_pre @ dl_r.mT                                       # −∂P
-                _mm_into(d_delta[i][:, r:], (scores * c).mT, d_r_pre, alpha=-1.0)
-                if d_c is not None:
-                    d_c.addcmul_(d_p, scores, value=-1.0)
+                        d_s[i] = _add_mm_heads(d_s[i], b_dr.mT, h, 1.0, batch, r, mom[i])
+                    d_h = d_h.baddbmm_(b_dr, s_r[i])
+                    if need[8]:
+                        d_b = _plus(d_b, _vecdot(d_r_pre, hss[i]))
+                d_p = torch.bmm(d_r_pre, d_r[i].mT)                           # −∂P
+                d_delta[i] = _add_mm_heads(d_delta[i], ps[i].mT, d_r_pre, -1.0, batch, r, deltas[i])
+                if need[4]:
+                    d_c = (torch.mul(d_p, raw[i]).neg_() if d_c is None
+                           else d_c.addcmul_(d_p, raw[i], value=-1.0))
                 d_p.mul_(c)                                                   # −∂(H Xᵀ)
-                d_h = _mm_into(d_h, d_p, x_r, alpha=-1.0)
-                _mm_into(d_x[i][:, r:], d_p.mT, h, alpha=-1.0)
+                d_h = d_h.baddbmm_(d_p, x_r[i], alpha=-1.0)
+                d_x[i] = _add_mm_heads(d_x[i], d_p.mT, h, -1.0, batch, r, xs[i])
                 if i > 0:
-                    d_r_pre = d_h.mul_(derivs(pres[i - 1], False)[0])
+                    d_r_pre = vjp(d_h, pres[i - 1])
                 else:
-                    d_q += d_h
+                    d_q = d_h.add_(dy) if spec.residual else d_h
+        d_delta = [torch.zeros_like(x) if d is None else d for d, x in zip(d_delta, deltas)]
+        d_x = [torch.zeros_like(x) if d is None else d for d, x in zip(d_x, xs)]
 
-        # the end-of-block state (∂W, ∂S of its own terms are in d_w, d_s already)
-        d_c_end = torch.zeros_like(c_end) if need[5] else None
-        d_g_end = torch.zeros_like(g_end) if g_end is not None and need[7] else None
-        d_b_end = torch.zeros_like(b_end) if b_end is not None and need[9] else None
-        d_e = torch.zeros_like(e) if e is not None and need[10] else None
-        d_theta_end = torch.zeros_like(theta_end) if theta_end is not None and need[11] else None
-        for i in range(n):
-            for grad, coef, d_coef in ((d_new_w[i], c_end, d_c_end), (d_new_s[i], e, d_e)):
-                if grad is None:
-                    continue
-                m = xs[i] @ grad.mT                                            # (L, out)
-                d_delta[i].addcmul_(m, coef[..., None], value=-1.0)
-                if d_coef is not None:
-                    d_coef -= _rowdot(deltas[i], m)
-                _mm_into(d_x[i], deltas[i] * coef[..., None], grad, alpha=-1.0)
-            if d_new_w[i] is not None:
-                if d_g_end is not None:
-                    d_g_end += _frob(weights[i], d_new_w[i])
-                if d_b_end is not None:
-                    d_b_end += _frob(mom[i], d_new_w[i])
-            if d_new_s[i] is not None and d_theta_end is not None:
-                d_theta_end += _frob(mom[i], d_new_s[i])
-
-        # Δ_{i} = (Δ_{i+1} A_{i+1}) ⊙ σ'(Z_i), from the first layer up
-        # (σ'(Z_i) is taken once here and reused by the forward chain below)
-        d_z: List[Optional[Tensor]] = [None] * n
-        sps: List[Tensor] = []
+        # Δ_{i} = (Δ_{i+1} A_{i+1}) ⊙ σ'(Z_i), from the first layer up: ∂T_i = ∂Δ_i ⊙ σ'(Z_i), and the
+        # σ'' part of ∂Z_i, ∂Δ_i ⊙ T_i ⊙ σ''(Z_i)
+        d_z: List[Tensor] = []
         for i in range(n - 1):
-            sp, spp = derivs(zs[i], True)
-            sps.append(sp)
-            d_z[i] = d_delta[i] * ts[i] * spp
-            d_t = d_delta[i] * sp
-            _mm_into(d_delta[i + 1], d_t, anchor[i + 1].mT)
+            d_z.append(second(d_delta[i] * ts[i], zs[i]))
+            d_t = vjp(d_delta[i], zs[i])
+            d_delta[i + 1].baddbmm_(d_t, anchor[i + 1].mT)
             a_pairs[i + 1].append((deltas[i + 1], d_t))
         d_v = -d_delta[-1]
         # O = Z_n (+ K) and the forward chain down to K
@@ -310,13 +353,13 @@ class _MLPChunk(torch.autograd.Function):
         for i in reversed(range(n)):
             if dz is not None:
                 a_pairs[i].append((dz, xs[i]))
-                _mm_into(d_x[i], dz, anchor[i])
+                d_x[i].baddbmm_(dz, anchor[i])
             if i > 0:
-                dz = (d_x[i] * sps[i - 1]).add_(d_z[i - 1])
+                dz = vjp(d_x[i], zs[i - 1]).add_(d_z[i - 1])
         d_a = [_outer_sum(None, pairs, a) for pairs, a in zip(a_pairs, anchor)] if spec.has_anchor else None
-        for i in range(n):
-            _outer_sum(d_w[i], w_pairs[i])
-            if d_s is not None:
-                _outer_sum(d_s[i], s_pairs[i])
-        return (None, d_q, d_x[0], d_v, d_c, d_c_end, d_g, d_g_end, d_b, d_b_end, d_e, d_theta_end,
-                *d_w, *(d_a or ()), *(d_s or ()))
+        d_w = [_outer_sum(d, pairs, w) for d, pairs, w in zip(d_w, w_pairs, weights)]
+        if mom is not None:
+            d_s = [_outer_sum(d, pairs, s) for d, pairs, s in zip(d_s, s_pairs, mom)]
+        grads = (d_q, d_x[0], d_v, d_c, d_c_end, d_g, d_g_end, d_b, d_b_end, d_e, d_theta_end,
+                 *d_w, *(d_a or ()), *(d_s if mom is not None else ()))
+        return (None, *(None if d is None else d.view(shape) for d, shape in zip(grads, ctx.shapes)))

@@ -49,6 +49,7 @@ IntRange = Tuple[int, int]           # module-level names: the fields ``int``/``
 FloatRange = Tuple[float, float]
 Step = Union[PositiveInt, PositiveFloat]
 MODEL_METRICS = ("params", "state_size", "tokens_per_s", "nesting_depth", "flops_per_token")
+MAX_REPEAT = 64                      # items of a repeated group: each is a level or layer of the model
 QUESTION_FACTS = ("nesting_depth", "params", "state_size", "flops_per_token")   # known before training
 
 
@@ -110,6 +111,9 @@ class Group(Strict):
     def _ordered(cls, value):
         if value[0] > value[1]:
             raise ValueError(f"repeat [{value[0]}, {value[1]}] has min > max")
+        if value[1] > MAX_REPEAT:
+            raise ValueError(f"repeat [{value[0]}, {value[1]}]: at most {MAX_REPEAT} items (each is a layer or level "
+                             f"of the model)")
         return value
 
 
