@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import List, Optional
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from nlsearch.display import rich_table
+from nlsearch.display import rich_table, safe
 from nlsearch.runtime import tune_process
 
 console = Console()
@@ -68,7 +67,7 @@ def _describe(args: argparse.Namespace) -> int:
     from nlsearch.models.describe import describe
 
     info = describe(load_model_config(args.model), seq_len=args.seq_len)
-    console.print(f"[bold]{info['name']}[/bold]  sha256 {info['config_sha256']}")
+    console.print(f"[bold]{safe(info['name'])}[/bold]  sha256 {info['config_sha256']}")
     console.print(f"parameters {info['params']:,} ({info['params_non_embedding']:,} without the embedding)  "
                   f"state {info['state_size']:,} numbers/sequence at T={info['seq_len']}  "
                   f"~{info['flops_per_token'] / 1e6:.2f} MFLOP/token (forward)")
@@ -114,7 +113,7 @@ def _print_record(record, where: Path) -> None:
     console.print(f"parameters {record.params:,}  state {record.state_size:,} numbers/sequence at "
                   f"T={record.state_size_length}  {speed}  wall {record.wall_time_s:.1f} s  "
                   f"{record.hardware}  commit {record.git_commit}")
-    console.print(f"saved {escape(str(where))}")
+    console.print(f"saved {safe(str(where))}")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -126,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         result = train(plan.cfg, plan.task, plan.budget, args.seed, run_dir=run_dir, resume=args.resume,
                        device=args.device, threads=args.threads, progress=not args.quiet)
     except NonFiniteLossError as err:
-        console.print(f"[red]diverged:[/red] {escape(str(err))}; checkpoints, if any, are in {escape(str(run_dir))}")
+        console.print(f"[red]diverged:[/red] {safe(str(err))}; checkpoints, if any, are in {safe(str(run_dir))}")
         return 1
     _print_record(result.record, run_dir / "record.json")
     return 0
@@ -179,7 +178,7 @@ def _run_suite(args: argparse.Namespace) -> int:
                                            args.seeds, out, device=args.device), "run-suite")
         return 0
     frame = run_suite(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget, args.seeds, out,
-                      log=lambda msg: console.print(escape(msg)), device=args.device, progress=not args.quiet)
+                      log=lambda msg: console.print(safe(msg)), device=args.device, progress=not args.quiet)
     presets = list(dict.fromkeys(p for p in frame.preset if p != "bigram"))
     pivot = suite_pivot(frame, presets, list(dict.fromkeys(frame.task)))
     console.print(rich_table(pivot, f"suite: budget {frame.budget.iloc[0]}, seeds {args.seeds} "
@@ -187,8 +186,8 @@ def _run_suite(args: argparse.Namespace) -> int:
     failed = int(frame.status.str.startswith("failed").sum())
     if failed:
         console.print(f"[yellow]{failed} run(s) failed[/yellow]: see the status column")
-    console.print(f"saved {escape(str(out / 'suite.parquet'))}, {escape(str(out / 'suite.md'))}, "
-                  f"runs in {escape(str(out / 'runs'))}")
+    console.print(f"saved {safe(str(out / 'suite.parquet'))}, {safe(str(out / 'suite.md'))}, "
+                  f"runs in {safe(str(out / 'runs'))}")
     return 0
 
 
@@ -278,7 +277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        console.print(f"[red]error:[/red] {escape(str(message))}")
+        console.print(f"[red]error:[/red] {safe(str(message))}")
         return 2
 
 

@@ -2,21 +2,40 @@
 them: ``bench``, ``search``, ``leaderboard`` and the CLI import from here, never from each other."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from nlsearch.io import atomic_write
 
+# C0 and C1 controls but tab and newline (an ESC starts a terminal command), and the bidirectional
+# overrides that make text read differently from what it is
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: Any) -> str:
+    """``text`` with every control character shown as ``�``: user data never commands the terminal."""
+    return _CONTROL.sub("\ufffd", str(text))
+
+
+def safe(text: Any) -> str:
+    """User data for a rich markup string: controls replaced (:func:`clean`), brackets escaped."""
+    return escape(clean(text))
+
 
 def rich_table(df: pd.DataFrame, title: str, floatfmt: str = "{:.3g}") -> Table:
-    """A frame as a terminal table; floats formatted with ``floatfmt``."""
-    table = Table(title=title)
+    """A frame as a terminal table; floats formatted with ``floatfmt``; every cell and the title are
+    plain text (no markup read from data, controls replaced)."""
+    table = Table(title=Text(clean(title)))
     for col in df.columns:
-        table.add_column(str(col))
+        table.add_column(Text(clean(col)))
     for _, row in df.iterrows():
-        table.add_row(*[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row])
+        table.add_row(*[Text(clean(floatfmt.format(x) if isinstance(x, float) else x)) for x in row])
     return table
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from nlsearch.leaderboard.entry import Entry
-from nlsearch.leaderboard.store import Store, read_entry
+from nlsearch.leaderboard.store import Store
 
 
 def audit_entry(entry: Entry, base: Path = Path(".")) -> List[str]:
@@ -49,15 +49,15 @@ def audit_entry(entry: Entry, base: Path = Path(".")) -> List[str]:
 def audit(root: Path, ids: Sequence[str] = (), base: Optional[Path] = None) -> Tuple[int, List[str]]:
     """(entries checked, problems) over the entries of the leaderboard at ``root`` (or those ``ids``)."""
     store = Store(root)
-    paths = store.entry_files()
+    readable = store.readable()
+    problems: List[str] = list(store.broken)               # a file that is no entry is a problem here
     if ids:
         wanted = set(ids)
-        paths = [p for p in paths if read_entry(p).id in wanted or p.stem in wanted]
-        found = {read_entry(p).id for p in paths} | {p.stem for p in paths}
-        missing = sorted(wanted - found)
+        readable = [(p, e) for p, e in readable if e.id in wanted or p.stem in wanted]
+        missing = sorted(wanted - {e.id for _, e in readable} - {p.stem for p, _ in readable})
         if missing:
             raise ValueError(f"no leaderboard entry {missing[0]!r} under {store.root}")
-    problems: List[str] = []
-    for path in paths:
-        problems += audit_entry(read_entry(path), base if base is not None else Path("."))
-    return len(paths), problems
+        problems = []
+    for _, entry in readable:
+        problems += audit_entry(entry, base if base is not None else Path("."))
+    return len(readable), problems

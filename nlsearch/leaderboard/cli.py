@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 
 from rich.console import Console
-from rich.markup import escape
 
-from nlsearch.display import rich_table
+from nlsearch.display import rich_table, safe
 
 
 def _console() -> Console:
@@ -23,11 +22,11 @@ def _submit(args: argparse.Namespace) -> int:
     console = _console()
     entry, path = submit(args.config, args.name, author=args.author, protocol=args.protocol, budget=args.budget,
                          root=args.dir, runs_dir=args.runs, results=args.results, workers=args.workers,
-                         address=args.address, log=lambda msg: console.print(escape(msg)))
+                         address=args.address, log=lambda msg: console.print(safe(msg)))
     table = display(Store(args.dir).index(), entry.protocol, entry.budget)
     console.print(rich_table(table, f"leaderboard {entry.protocol}, budget {entry.budget}"))
     verified = f"; result file verified on seeds {list(entry.verification.seeds)}" if entry.verification else ""
-    console.print(f"added {escape(entry.name)} ({entry.config_sha256[:12]}){verified}: {escape(str(path))}")
+    console.print(f"added {safe(entry.name)} ({entry.config_sha256[:12]}){verified}: {safe(str(path))}")
     return 0
 
 
@@ -44,25 +43,33 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
         checked, problems = audit(args.dir, args.entries)
         for problem in problems:
-            console.print(f"[red]{escape(problem)}[/red]")
+            console.print(f"[red]{safe(problem)}[/red]")
         console.print(f"verified {checked} entries: {len(problems) or 'no'} problem(s)")
         return 1 if problems else 0
     if args.entries:
         raise ValueError(f"entries {args.entries} are read by 'verify' only, not by {args.action!r}")
     if args.action == "index":
         frame = store.rebuild_index()
-        console.print(f"indexed {frame.id.nunique()} entries into {escape(str(store.index_path))}")
+        console.print(f"indexed {frame.id.nunique()} entries into {safe(str(store.index_path))}")
+        _skipped(store, console)
         return 0
     if args.action == "render":
         readme, page = render(args.dir, load_protocol(args.protocol))
-        console.print(f"wrote {escape(str(readme))}, {escape(str(page))} and {escape(str(store.root / 'plots'))}/")
+        console.print(f"wrote {safe(str(readme))}, {safe(str(page))} and {safe(str(store.root / 'plots'))}/")
         return 0
     protocol = load_protocol(args.protocol)
     track = protocol.load_budget(args.budget)
     table = display(store.index(), protocol.ref, track.ref, task=args.task, sort=args.sort)
     title = f"leaderboard {protocol.ref}, budget {track.ref} (mean ± std over seeds; ↑ higher / ↓ lower is better)"
     console.print(rich_table(table, title) if len(table) else f"no entries on {protocol.ref} {track.ref}")
+    _skipped(store, console)
     return 0
+
+
+def _skipped(store, console: Console) -> None:
+    """Names every entry file the command had to leave out (store.readable)."""
+    for problem in store.broken:
+        console.print(f"[yellow]skipped[/yellow] {safe(problem)}")
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -77,9 +84,9 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     report = reproduce(args.budget, args.workers, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
                        out_dir=args.out, baselines=args.presets or None, address=args.address,
-                       log=lambda msg: console.print(escape(msg)))
-    console.print(escape(report.read_text()))
-    console.print(f"saved {escape(str(report))}")
+                       log=lambda msg: console.print(safe(msg)))
+    console.print(safe(report.read_text()))
+    console.print(f"saved {safe(str(report))}")
     return 0
 
 

@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 from filelock import FileLock
@@ -55,6 +55,7 @@ class Store:
         self.entries_dir = self.root / "entries"
         self.index_path = self.root / "index.parquet"
         self.lock_path = self.root / ".lock"
+        self.broken: List[str] = []                 # entry files the last read could not use (path: why)
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -84,24 +85,31 @@ class Store:
     def entry_files(self) -> List[Path]:
         return sorted(p for p in self.entries_dir.rglob("*.json") if not p.name.startswith("."))
 
-    def entries(self, protocol: Optional[str] = None, budget: Optional[str] = None) -> List[Entry]:
-        out = []
+    def readable(self) -> List[Tuple[Path, Entry]]:
+        """(path, entry) of every entry file that reads as an entry; a file that does not (truncated,
+        binary, edited into something else) is left out and listed in ``self.broken`` with the reason,
+        so one bad file never blocks the table, a render or a submission."""
+        good, self.broken = [], []
         for path in self.entry_files():
-            entry = read_entry(path)
-            if (protocol is None or entry.protocol == protocol) and (budget is None or entry.budget == budget):
-                out.append(entry)
-        return out
+            try:
+                good.append((path, read_entry(path)))
+            except LeaderboardError as err:
+                self.broken.append(str(err))
+        return good
+
+    def entries(self, protocol: Optional[str] = None, budget: Optional[str] = None) -> List[Entry]:
+        return [e for _, e in self.readable()
+                if (protocol is None or e.protocol == protocol) and (budget is None or e.budget == budget)]
 
     def find(self, config_sha256: str, protocol: str, budget: str) -> Optional[Path]:
         """The file of the entry with this key, if one exists."""
-        for path in self.entry_files():
-            if read_entry(path).key() == (config_sha256, protocol, budget):
+        for path, entry in self.readable():
+            if entry.key() == (config_sha256, protocol, budget):
                 return path
         return None
 
     def _check_new(self, entry: Entry, protocol_sha256: str) -> None:
-        for path in self.entry_files():
-            other = read_entry(path)
+        for path, other in self.readable():
             if other.key() == entry.key():
                 raise DuplicateEntryError(path, f"config {entry.config_sha256[:12]} under protocol "
                                                 f"{entry.protocol}, budget {entry.budget}")
@@ -124,7 +132,7 @@ class Store:
         return path
 
     def _write_index(self) -> pd.DataFrame:
-        frame = index_frame([(read_entry(p), p) for p in self.entry_files()], self.root)
+        frame = index_frame([(e, p) for p, e in self.readable()], self.root)
         write_parquet(frame, self.index_path)
         return frame
 
@@ -134,10 +142,13 @@ class Store:
 
     def index(self) -> pd.DataFrame:
         """The index, rebuilt first when it is missing or does not list exactly the entry files."""
-        files = {str(p.relative_to(self.root)) for p in self.entry_files()}
+        files = {str(p.relative_to(self.root)) for p, _ in self.readable()}
         if self.index_path.is_file():
-            frame = pd.read_parquet(self.index_path)
-            if set(frame.path) == files:
+            try:
+                frame = pd.read_parquet(self.index_path)
+            except (OSError, ValueError):                # a corrupt derived index: rebuilt from the entries
+                frame = None
+            if frame is not None and "path" in frame and set(frame.path) == files:
                 return frame
         if not files and not self.root.exists():
             return index_frame([], self.root)
@@ -146,9 +157,12 @@ class Store:
 
 def read_entry(path: Path) -> Entry:
     try:
-        return Entry.model_validate_json(Path(path).read_text())
+        return Entry.model_validate_json(Path(path).read_bytes())
     except ValidationError as err:
-        raise LeaderboardError(f"{path}: not a valid leaderboard entry: {err}") from None
+        first = err.errors()[0] if err.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        raise LeaderboardError(f"{path}: not a valid leaderboard entry ({err.error_count()} problem(s); first: "
+                               f"{where + ': ' if where else ''}{first.get('msg', err)})") from None
 
 
 def _nan(x: Optional[float]) -> float:

@@ -6,9 +6,8 @@ from typing import List
 
 import pandas as pd
 from rich.console import Console
-from rich.markup import escape
 
-from nlsearch.display import rich_table
+from nlsearch.display import rich_table, safe
 
 
 def _dimension_rows(space) -> List[dict]:
@@ -51,23 +50,24 @@ def _space_show(args: argparse.Namespace, console: Console) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = load_space(args.file)
     budget = resolve_budget(space)
-    console.print(f"[bold]{space.name}[/bold]: {escape(space.description.strip())}")
-    console.print(f"tasks {space.tasks} · budget {budget.ref} · seeds {space.seeds} · trials {space.trials} · "
-                  f"sampler {space.sampler.kind} · pruner {space.pruner.kind} · base {space.base}")
-    console.print("objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in space.objectives))
+    console.print(f"[bold]{safe(space.name)}[/bold]: {safe(space.description.strip())}")
+    console.print(safe(f"tasks {space.tasks} · budget {budget.ref} · seeds {space.seeds} · trials {space.trials} · "
+                       f"sampler {space.sampler.kind} · pruner {space.pruner.kind} · base {space.base}"))
+    console.print(safe("objectives: " + ", ".join(f"{o.direction} {o.metric}" for o in space.objectives)))
     if space.constraints:
-        console.print("constraints: " + ", ".join(f"{k} in [{b.min}, {b.max}]" for k, b in space.constraints.items()))
+        console.print(safe("constraints: " + ", ".join(f"{k} in [{b.min}, {b.max}]"
+                                                       for k, b in space.constraints.items())))
     if space.match_params:
         m = space.match_params
-        console.print(f"match_params: {m.adjust} set so parameters ≈ {m.target:,}")
+        console.print(safe(f"match_params: {m.adjust} set so parameters ≈ {m.target:,}"))
     console.print(rich_table(pd.DataFrame(_dimension_rows(space)), "dimensions (applied in this order)"))
     seq_len = run_lengths(budget, load_task(space.tasks[0]))[0][0]
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=args.seed), directions=space.directions)
     cand = sample(space, study.ask(), seq_len)
-    console.print(f"one sampled candidate (seed {args.seed}): {cand.sampled}")
+    console.print(safe(f"one sampled candidate (seed {args.seed}): {cand.sampled}"))
     console.print(f"params {cand.facts['params']:,.0f} · state {cand.facts['state_size']:,.0f} at T={seq_len} · "
                   f"nesting depth {cand.facts['nesting_depth']:.0f}")
-    console.print(escape(to_yaml(cand.config)))
+    console.print(safe(to_yaml(cand.config)))
     return 0
 
 
@@ -85,7 +85,7 @@ def _report(args: argparse.Namespace, console: Console) -> int:
         raise FileNotFoundError(f"--report: no study in {out} (no {JOURNAL}): run the search first, or give --out")
     study = open_study(space, out, args.storage, 1)
     frame = write_results(study, space, out, plots=True)
-    console.print(f"rebuilt {escape(str(out))} from {len(frame)} trials: summary.md, plots, tables")
+    console.print(f"rebuilt {safe(str(out))} from {len(frame)} trials: summary.md, plots, tables")
     _print_answer(space, out, console)
     return 0
 
@@ -95,7 +95,7 @@ def _print_answer(space, out, console: Console) -> None:
 
     confirmation = load_confirmation(out)
     if confirmation is not None and not confirmation.empty:
-        console.print(f"[bold]answer[/bold]: {escape(verdict(space, confirmation).text)}")
+        console.print(f"[bold]answer[/bold]: {safe(verdict(space, confirmation).text)}")
 
 
 def _search(args: argparse.Namespace, console: Console) -> int:
@@ -119,7 +119,7 @@ def _search(args: argparse.Namespace, console: Console) -> int:
             live.start()
         study, frame, out = run_search(args.file, out=args.out, workers=args.workers, address=args.address,
                                        storage=args.storage, trials=args.trials, device=args.device,
-                                       log=lambda m: console.print(escape(m)), status=status,
+                                       log=lambda m: console.print(safe(m)), status=status,
                                        plots=not args.no_plots, confirm=not args.no_confirm)
     except SearchInterrupted:
         console.print("[yellow]interrupted[/yellow]: the study is consistent; run the same command to resume")
@@ -130,10 +130,10 @@ def _search(args: argparse.Namespace, console: Console) -> int:
     from nlsearch.search.space import load_space
     space = load_space(args.file)
     if not len(frame) or not (frame.state == "COMPLETE").any():
-        console.print(f"[red]error:[/red] {escape(_no_result(frame))}; no best.yaml was written")
+        console.print(f"[red]error:[/red] {safe(_no_result(frame))}; no best.yaml was written")
         return 1
     console.print(rich_table(top_table(study, space, frame), f"search {space.name}: best trials"))
-    console.print(f"results in {escape(str(out))}: trials.parquet, best.yaml, summary.md, plots"
+    console.print(f"results in {safe(str(out))}: trials.parquet, best.yaml, summary.md, plots"
                   f"{', pareto.parquet' if space.multi_objective else ''}"
                   f"{'' if args.no_confirm else ', confirmation.parquet'}")
     _print_answer(space, out, console)
