@@ -42,6 +42,9 @@ def _takes_number_not_bool(annotation: Any) -> bool:
     return False
 
 
+Seed = Annotated[int, Field(ge=0, le=2 ** 63 - 1)]        # a training seed: records keep it as int64
+
+
 class ConfigError(ValueError):
     """A config that does not validate: names the source (file) and each bad key path."""
 

@@ -1,4 +1,5 @@
-"""Atomic writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or the new one, never half of one; and the check that a
+folder can be written before any work that would end by writing there."""
 from __future__ import annotations
 
 import os
@@ -29,6 +30,21 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def check_writable_folder(path: PathLike, what: str = "output folder") -> None:
+    """Raises ValueError naming ``path`` unless it is (or can be created as) a folder this process
+    may write: its nearest existing ancestor must be a writable folder. Creates nothing."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ValueError(f"{what} {path}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: {probe} is not writable")
 
 
 def write_parquet(df: pd.DataFrame, path: PathLike) -> Path:

@@ -36,6 +36,7 @@ SHORT = tiny_budget(recall=KindBudget(steps=2, batch_size=2, train_lengths=(8,))
     (TINY_MODEL, "tiny_recall", SHORT, 0, ValueError, "train length 8 is shorter"),
     (TINY_MODEL, "tiny_recall", "huge", 0, ValueError, "unknown budget 'huge'"),
     (TINY_MODEL, "tiny_recall", tiny_budget(), -1, ValueError, "seed"),
+    (TINY_MODEL, "tiny_recall", tiny_budget(), 2 ** 70, ValueError, r"seed must be an integer in \[0, 2\*\*63 - 1\]"),
     ({**TINY_MODEL, "d_modle": 32}, "tiny_recall", tiny_budget(), 0, ConfigError, "d_modle"),
     ({**TINY_MODEL, "d_model": 30, "mixer": {"kind": "attention", "n_heads": 4}}, "tiny_recall", tiny_budget(), 0,
      ConfigError, "n_heads=4 does not divide"),
@@ -77,3 +78,20 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tasks, tmp_path, monkeypatch, 
     assert main(["train", *argv, "--out", str(out), "--quiet"]) == 2
     assert match in capsys.readouterr().out
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "search", "run-suite"])
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tasks, tmp_path, monkeypatch, capsys, command):
+    from tests.search_fixtures import tiny_space, write_space
+    monkeypatch.setenv("NLSEARCH_TASKS_DIR", str(tasks))
+    target = tmp_path / "README.md"
+    target.write_text("a file, not a folder\n")
+    argv = {"train": ["train", "--model", "transformer", "--task", "tiny_recall", "--quiet"],
+            "search": ["search", str(write_space(tmp_path, tiny_space(
+                name="s", tasks=["tiny_recall"], objectives=[{"metric": "tiny_recall:accuracy", "direction": "maximize"}]
+            ))), "--quiet"],
+            "run-suite": ["run-suite", "--presets", "transformer", "--tasks", "tiny_recall", "--budget", "smoke"]}
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main([*argv[command], "--out", str(target)]) == 2
+    assert "is a file, not a folder" in " ".join(capsys.readouterr().out.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and target.read_text() == "a file, not a folder\n"

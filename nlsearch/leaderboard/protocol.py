@@ -16,11 +16,11 @@ import re
 from pathlib import Path
 from typing import Dict, Literal, Optional, Tuple, Union
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, PrivateAttr, \
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, PrivateAttr, \
     model_validator
 
 from nlsearch.budgets import Budget, load_budget
-from nlsearch.config import Strict, added, canonical_json, is_file_ref, load_config
+from nlsearch.config import Seed, Strict, added, canonical_json, is_file_ref, load_config
 
 DEFAULT_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboard" / "protocol.yaml"
 REF = re.compile(r"^[a-z][a-z0-9_]*@[1-9][0-9]*$")
@@ -66,7 +66,7 @@ class Protocol(Strict):
     description: str = ""
     tasks: Tuple[ProtocolTask, ...] = Field(min_length=1)
     budgets: Tuple[str, ...] = Field(min_length=1)      # the allowed tracks; the first is the default
-    seeds: Tuple[NonNegativeInt, ...] = Field(min_length=3)
+    seeds: Tuple[Seed, ...] = Field(min_length=3)
     verify_seeds: PositiveInt = 1                       # seeds re-run to check a supplied result file
     tolerance: Tolerance = Tolerance()
     lr_sweep: LRSweep = LRSweep()

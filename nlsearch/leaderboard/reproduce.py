@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from nlsearch.config import is_file_ref
-from nlsearch.io import markdown_table, write_text
+from nlsearch.io import check_writable_folder, markdown_table, write_text
 from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
@@ -203,6 +203,9 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     claims = _claims(protocol)
     for spec in specs:                         # validate every config before the first run
         load_submission(spec, protocol)
+    for folder, what in ((root, "leaderboard folder (--dir)"), (runs_dir, "runs folder (--runs)"),
+                         (out_dir, "report folder (--out)")):
+        check_writable_folder(folder, what)
     specs = claims_first(specs, [c for c in claims if testable_at(c, protocol, track)])   # verdicts soonest
     store = Store(root)
     bigram = bigram_reference(protocol, track)

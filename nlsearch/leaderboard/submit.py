@@ -25,6 +25,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import yaml
 
 from nlsearch.config import ConfigError, config_hash, parse_config, portable_dump, safe_yaml
+from nlsearch.io import check_writable_folder
 from nlsearch.leaderboard.entry import Entry, TaskResult, Verification, entry_id
 from nlsearch.leaderboard.plugins import resolve_plugins
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
@@ -164,6 +165,8 @@ def submit(config: Union[str, Path, Dict[str, Any]], name: str, *, author: str =
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
     sub = load_submission(config, protocol)
+    for folder, what in ((root, "leaderboard folder (--dir)"), (runs_dir, "runs folder (--runs)")):
+        check_writable_folder(folder, what)
     store = Store(root)
     _check_free(store, sub, name, protocol, track.ref)
     verification = None

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from nlsearch.budgets import Budget, load_budget, run_lengths, task_kind
 from nlsearch.config import config_hash, parse_config, portable_dump
+from nlsearch.io import check_writable_folder
 from nlsearch.search.compile import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace, task_label
@@ -71,6 +72,7 @@ class Driver:
         self.seq_len = run_lengths(self.budget, self.tasks[0])[0][0]
         check_space(space, self.seq_len)
         self.storage = _check_storage(storage)
+        check_writable_folder(self.run_dir, "search results folder (--out)")
         self.pending: Dict[int, optuna.Trial] = {}
         self.state = SearchState()
 

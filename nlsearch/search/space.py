@@ -42,7 +42,7 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Tuple, Union
 from pydantic import (Discriminator, Field, NonNegativeInt, PositiveFloat, PositiveInt, Tag, field_validator,
                       model_validator)
 
-from nlsearch.config import Strict, is_file_ref, parse_config, read_yaml_mapping
+from nlsearch.config import Seed, Strict, is_file_ref, parse_config, read_yaml_mapping
 
 Scalar = Union[None, bool, int, float, str]
 IntRange = Tuple[int, int]           # module-level names: the fields ``int``/``float`` shadow the builtins
@@ -175,7 +175,7 @@ class Confirm(Strict):
     sampled lr on the first seed, the best (by the first objective) used for the other seeds."""
 
     top_k: PositiveInt = 2
-    seeds: List[int] = Field([0, 1, 2], min_length=2)      # at least 2: a spread needs two runs
+    seeds: List[Seed] = Field([0, 1, 2], min_length=2)     # at least 2: a spread needs two runs
     lr_factors: List[PositiveFloat] = Field([1.0], min_length=1)
     alpha: float = Field(0.05, gt=0, lt=1)                 # the verdict's significance level (Welch's t)
 
@@ -197,13 +197,13 @@ class SearchSpace(Strict):
     description: str = ""
     tasks: List[str] = Field(min_length=1)
     budget: Union[str, Dict[str, Any]] = "cpu"
-    seeds: List[int] = Field([0], min_length=1)
+    seeds: List[Seed] = Field([0], min_length=1)
     trials: PositiveInt = 16
     timeout_minutes: Optional[PositiveFloat] = None
     objectives: List[Objective] = Field(min_length=1)
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
-    seed: int = 0                            # the sampler's seed
+    seed: int = Field(0, ge=0, lt=2 ** 32)   # the sampler's seed (numpy's range)
     base: Union[str, Dict[str, Any]] = "transformer"
     fixed: Dict[str, Any] = {}
     params: Dict[str, Dimension] = Field(min_length=1)

@@ -18,6 +18,7 @@ from nlsearch.budgets import Budget, KindBudget, load_budget, run_lengths, task_
 from nlsearch.config import config_hash, parse_config
 from nlsearch.eval.forward import pick_device, precision
 from nlsearch.eval.scores import check_metrics
+from nlsearch.io import check_writable_folder
 from nlsearch.models import ModelConfig, load_model_config
 from nlsearch.tasks import Task, load_task
 from nlsearch.train.record import RECORD
@@ -96,8 +97,7 @@ def plan_run(model_config: Union[str, Path, Dict[str, Any], ModelConfig], task: 
              threads: Optional[int] = None, tasks_dir: Optional[Path] = None) -> RunPlan:
     """Resolves and validates a run; raises ValueError / KeyError / FileNotFoundError naming the bad
     input (config, task, budget, length, metric, data file, device, seed)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     task = resolve_task(task, tasks_dir)
@@ -111,8 +111,19 @@ def plan_run(model_config: Union[str, Path, Dict[str, Any], ModelConfig], task: 
     return plan
 
 
+MAX_SEED = 2 ** 63 - 1            # records and tables keep seeds as int64
+
+
+def check_seed(seed: Any, what: str = "seed") -> None:
+    """Raises ValueError unless ``seed`` is an integer in [0, 2**63 - 1]."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in [0, 2**63 - 1], got {seed!r}")
+
+
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """Raises ValueError when ``run_dir`` holds a run and ``resume`` is False (never mix two runs)."""
+    """Raises ValueError when ``run_dir`` cannot be written, or holds a run and ``resume`` is False
+    (never mix two runs)."""
+    check_writable_folder(run_dir, "run directory")
     if resume or not run_dir.exists():
         return
     if not run_dir.is_dir():

@@ -35,11 +35,11 @@ import pandas as pd
 import torch
 
 from nlsearch.budgets import Budget, load_budget
-from nlsearch.io import markdown_table, write_parquet, write_text
+from nlsearch.io import check_writable_folder, markdown_table, write_parquet, write_text
 from nlsearch.models import list_presets
 from nlsearch.tasks.batch import TaskBatch, derive_seed
 from nlsearch.train.loop import NonFiniteLossError, train
-from nlsearch.train.plan import RECORD, RunPlan, default_run_dir, plan_run
+from nlsearch.train.plan import RECORD, RunPlan, check_seed, default_run_dir, plan_run
 from nlsearch.train.record import RunRecord, finished_record
 
 # The settings the cpu budget can learn and the floors name (MQAR at T=128 with 8 pairs and its
@@ -233,8 +233,7 @@ def _check_names(presets: Sequence[ModelSpec], tasks: Sequence[Union[str, Path]]
     if not seeds:
         raise ValueError("run-suite: no seeds given")
     for seed in seeds:
-        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-            raise ValueError(f"run-suite: seed must be a non-negative integer, got {seed!r}")
+        check_seed(seed, "run-suite: seed")
 
 
 def plan_suite(presets: Sequence[ModelSpec], tasks: Sequence[Union[str, Path]], budget: Union[str, Path, Budget],
@@ -305,6 +304,7 @@ def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Seq
     plans = plan_suite(presets, tasks, budget, seeds, device, tasks_dir)
     budget = plans[0][2].budget
     out_dir = Path(out_dir)
+    check_writable_folder(out_dir, "run-suite output folder")
     log = log or (lambda _msg: None)
     labels = list(dict.fromkeys(label for label, _, _ in plans))
     refs = list(dict.fromkeys(plan.task.ref for _, _, plan in plans))
