@@ -86,10 +86,10 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tasks, tmp_p
     monkeypatch.setenv("NLSEARCH_TASKS_DIR", str(tasks))
     target = tmp_path / "README.md"
     target.write_text("a file, not a folder\n")
+    space = tiny_space(name="s", tasks=["tiny_recall"],
+                       objectives=[{"metric": "tiny_recall:accuracy", "direction": "maximize"}])
     argv = {"train": ["train", "--model", "transformer", "--task", "tiny_recall", "--quiet"],
-            "search": ["search", str(write_space(tmp_path, tiny_space(
-                name="s", tasks=["tiny_recall"], objectives=[{"metric": "tiny_recall:accuracy", "direction": "maximize"}]
-            ))), "--quiet"],
+            "search": ["search", str(write_space(tmp_path, space)), "--quiet"],
             "run-suite": ["run-suite", "--presets", "transformer", "--tasks", "tiny_recall", "--budget", "smoke"]}
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main([*argv[command], "--out", str(target)]) == 2
