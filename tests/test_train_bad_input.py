@@ -95,3 +95,31 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tasks, tmp_p
     assert main([*argv[command], "--out", str(target)]) == 2
     assert "is a file, not a folder" in " ".join(capsys.readouterr().out.split())
     assert sorted(p.name for p in tmp_path.iterdir()) == before and target.read_text() == "a file, not a folder\n"
+
+
+def test_the_memory_floor_is_weights_gradients_moments_and_logits(tasks):
+    from nlsearch.train.plan import plan_run, training_bytes
+    plan = plan_run(TINY_MODEL, "tiny_recall", tiny_budget(), 0, tasks_dir=tasks)
+    params = sum(p.numel() for p in plan.cfg.build().parameters())           # built for real, counted here
+    logits = plan.kb.batch_size * max(plan.train_lengths) * plan.cfg.vocab_size * 12
+    assert training_bytes(plan) == 16 * params + logits
+
+
+def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
+    """24 layers at width 16,384: about 1.5 TB to train. Refused in a fresh process whose peak memory
+    stays that of an idle interpreter with torch loaded (the model is never built on a real device)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "huge.yaml").write_text("name: huge\nd_model: 16384\nn_layers: 24\n"
+                                        "mixer: {kind: attention, n_heads: 16}\n")
+    code = ("import resource, sys\nfrom nlsearch.cli import main\nrc = main(sys.argv[1:])\n"
+            "print('peak-kib', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)")
+    out = subprocess.run([sys.executable, "-c", code, "train", "--model", str(tmp_path / "huge.yaml"),
+                          "--task", "recall_small", "--budget", "smoke", "--out", str(tmp_path / "runs"), "--quiet"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "model huge cannot train here: it needs at least 1,5" in out.stdout and "GiB available" in out.stdout
+    peak_kib = int(out.stdout.split("peak-kib")[1].split()[0])
+    assert peak_kib < 1.5 * 2 ** 20                                        # under 1.5 GiB
+    assert not (tmp_path / "runs").exists()

@@ -108,7 +108,50 @@ def plan_run(model_config: Union[str, Path, Dict[str, Any], ModelConfig], task: 
     plan = RunPlan(cfg, task, budget, seed, pick_device(device), threads or budget.threads,
                    train_lengths, eval_lengths)
     check_data(plan)
+    check_fits(plan)
     return plan
+
+
+BYTES_PER_PARAM = 16                   # float32 weights, their gradients and AdamW's two moments
+
+
+def training_bytes(plan: RunPlan) -> int:
+    """A floor on the memory a training step needs: every parameter x :data:`BYTES_PER_PARAM` (counted
+    on the meta device, nothing allocated) plus the logits, their softmax and gradient (3 x float32)
+    at the budget's batch and longest train length. Activations come on top."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in plan.cfg.build().parameters())
+    logits = plan.kb.batch_size * max(plan.train_lengths) * plan.cfg.vocab_size * 4 * 3
+    return params * BYTES_PER_PARAM + logits
+
+
+def available_bytes(device: torch.device) -> Optional[int]:
+    """Memory a run on ``device`` can still take: free GPU memory, or the kernel's MemAvailable;
+    None where it cannot be read."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_fits(plan: RunPlan) -> None:
+    """Raises ValueError, before anything is allocated, when :func:`training_bytes` exceeds what the
+    device has available."""
+    have = available_bytes(plan.device)
+    if have is None:
+        return
+    need = training_bytes(plan)
+    if need > have:
+        raise ValueError(f"model {plan.cfg.name or '(unnamed)'} cannot train here: it needs at least "
+                         f"{need / 2 ** 30:,.1f} GiB (parameters x {BYTES_PER_PARAM} bytes for weights, gradients "
+                         f"and AdamW's moments, plus the logits at batch x length) and {plan.device} has "
+                         f"{have / 2 ** 30:,.1f} GiB available")
 
 
 MAX_SEED = 2 ** 63 - 1            # records and tables keep seeds as int64
