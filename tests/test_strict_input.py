@@ -87,3 +87,21 @@ def test_bad_space_files_end_with_one_line_naming_the_file_and_nothing_written(t
     import re
     assert re.search(match, out), out
     assert _tree(tmp_path) == before                      # nothing written, no driver.lock left behind
+
+
+def test_an_address_with_no_cluster_is_an_error_within_seconds_naming_it(tmp_path, capsys):
+    import socket
+    import time
+    from nlsearch.cluster import host_port
+    assert host_port("10.0.0.1") == ("10.0.0.1", 6379) and host_port("ray://h:123") == ("h", 123)
+    assert host_port("ray://h") == ("h", 10001)
+    with socket.socket() as s:                       # a port nothing listens on once this socket closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = write_space(tmp_path, tiny_space(name="c"))
+    start = time.monotonic()
+    rc = main(["search", str(path), "--address", f"127.0.0.1:{port}", "--out", str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and time.monotonic() - start < 30
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"--address '127.0.0.1:{port}': no Ray cluster answers" in out
+    assert not (tmp_path / "out").exists()

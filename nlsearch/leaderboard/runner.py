@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from nlsearch.cluster import check_address
 from nlsearch.leaderboard.plugins import resolve_plugins
 
 Log = Callable[[str], Any]
@@ -118,6 +119,7 @@ def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Op
     import ray
 
     if not ray.is_initialized():
+        check_address(address)
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     has_gpus = ray.cluster_resources().get("GPU", 0.0) > 0
     options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus_per_job and has_gpus else {"num_cpus": 1}

@@ -16,6 +16,7 @@ import time
 from collections import deque
 from typing import Callable, Deque, Dict, List, Optional
 
+from nlsearch.cluster import check_address
 from nlsearch.search.space import Resources
 from nlsearch.search.trial import TrialJob, TrialOutcome, run_trial
 
@@ -141,6 +142,7 @@ class RayExecutor(Executor):
         self.address, self.resources = address, resources
         if not ray.is_initialized():
             if address:
+                check_address(address)
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
                 ray.init(num_cpus=workers * resources.cpus_per_trial, include_dashboard=False,
