@@ -105,3 +105,25 @@ def test_an_address_with_no_cluster_is_an_error_within_seconds_naming_it(tmp_pat
     out = " ".join(capsys.readouterr().out.split())
     assert f"--address '127.0.0.1:{port}': no Ray cluster answers" in out
     assert not (tmp_path / "out").exists()
+
+
+def test_a_journal_cut_mid_line_is_repaired_and_a_garbage_line_is_named(tmp_path, capsys):
+    import optuna
+    from nlsearch.search.study import JOURNAL, make_storage
+    out = tmp_path / "out"
+    out.mkdir()
+    study = optuna.create_study(study_name="j", storage=make_storage(out, None))
+    study.optimize(lambda t: t.suggest_float("a", 0, 1), n_trials=2)
+    journal = out / JOURNAL
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 4, "worker_id": "x", "tri')          # a crash mid-write
+    assert len(optuna.load_study(study_name="j", storage=make_storage(out, None)).trials) == 2
+    assert journal.read_bytes() == whole
+    lines = whole.splitlines(keepends=True)
+    journal.write_bytes(b"".join(lines[:2] + [b"garbage {not json\n"] + lines[2:]))
+    damaged = journal.read_bytes()
+    path = write_space(tmp_path, tiny_space(name="j"))
+    assert main(["search", str(path), "--out", str(out), "--quiet", "--workers", "1"]) == 2
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"{journal}: line 3 is not a journal record" in text
+    assert journal.read_bytes() == damaged                          # left as it was for the user to restore

@@ -51,14 +51,21 @@ class DriverLock:
 
 
 def repair_journal(path: Path) -> None:
-    """Drops a last line cut short by a crash (Optuna refuses to append after one); removes a
-    journal lock left by a killed writer (safe: this process holds the driver lock)."""
+    """Drops a last line cut short by a crash (Optuna refuses to append after one); raises ValueError
+    naming the file and line when another line is not a record; removes a journal lock left by a
+    killed writer (safe: this process holds the driver lock)."""
     if path.exists():
         data = path.read_bytes()
         end = data.rfind(b"\n") + 1
         if end != len(data):
             with open(path, "r+b") as f:
                 f.truncate(end)
+        for number, line in enumerate(data[:end].splitlines(), start=1):
+            try:
+                json.loads(line)
+            except ValueError:
+                raise ValueError(f"{path}: line {number} is not a journal record ({line[:60]!r}): the study "
+                                 f"cannot be read; restore the file or start a new study with another --out") from None
     stale = Path(f"{path}.lock")
     if stale.is_symlink() or stale.exists():
         stale.unlink()
