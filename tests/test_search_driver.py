@@ -272,4 +272,13 @@ def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path):
     path = write_space(tmp_path, tiny_space())
     with pytest.raises(ValueError, match=r"--storage 'postgress://x/y' is not a usable database URL"):
         run_search(path, out=tmp_path / "out", storage="postgress://x/y", log=lambda m: None)
+    with pytest.raises(ValueError, match=r"--storage sqlite:///.*/nowhere/s\.db: the database's folder"):
+        run_search(path, out=tmp_path / "out", storage=f"sqlite:///{tmp_path}/nowhere/s.db", log=lambda m: None)
+    import socket
+    with socket.socket() as s:                        # a port no server listens on once this socket closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+pg8000://u:secret@127.0.0.1:{port}/db"
+    with pytest.raises(ValueError, match=rf"--storage postgresql\+pg8000://u:\*\*\*@127.0.0.1:{port}/db: "):
+        run_search(path, out=tmp_path / "out", storage=url, log=lambda m: None)
     assert not (tmp_path / "out").exists()

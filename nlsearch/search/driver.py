@@ -254,16 +254,39 @@ class Driver:
 
 
 def _check_storage(url: Optional[str]) -> Optional[str]:
-    """An Optuna storage URL whose database driver is known, checked before anything is written."""
+    """An Optuna storage URL whose database driver is installed and whose server answers (a file
+    database: whose folder exists), checked before anything is written; ValueError naming the URL
+    (password hidden) otherwise."""
     if url is None:
         return None
+    from sqlalchemy import create_engine
     from sqlalchemy.engine import make_url
 
     try:
-        make_url(url).get_dialect()
-    except Exception as err:                     # noqa: BLE001 - any parse or driver error is the URL's
+        parsed = make_url(url)
+    except Exception as err:                     # noqa: BLE001 - any parse error is the URL's
         raise ValueError(f"--storage {url!r} is not a usable database URL: {type(err).__name__}: {err}") from None
+    shown = parsed.render_as_string(hide_password=True)
+    try:
+        parsed.get_dialect()
+    except Exception as err:                     # noqa: BLE001 - an unknown dialect or a missing driver
+        raise ValueError(f"--storage {shown!r} is not a usable database URL: {type(err).__name__}: {err}") from None
+    if parsed.get_backend_name() == "sqlite":
+        folder = Path(parsed.database or ".").parent
+        if parsed.database not in (None, "", ":memory:") and not folder.is_dir():
+            raise ValueError(f"--storage {shown}: the database's folder {folder} does not exist")
+        return url
+    args = {"connect_timeout": STORAGE_TIMEOUT_S} if parsed.get_backend_name() in ("postgresql", "mysql") else {}
+    try:
+        with create_engine(parsed, connect_args=args).connect():
+            pass
+    except Exception as err:                     # noqa: BLE001 - the server's or the driver's answer
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--storage {shown}: cannot connect: {first}") from None
     return url
+
+
+STORAGE_TIMEOUT_S = 10
 
 
 def _named(load: Callable[[], Any], space: SearchSpace, key: str) -> Any:
