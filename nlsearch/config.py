@@ -15,10 +15,11 @@ C = TypeVar("C", bound=BaseModel)
 
 
 class Strict(BaseModel):
-    """Base of every config: unknown keys are errors, instances are immutable, and a boolean is never
-    taken for a number (``trials: true`` is refused, not read as 1)."""
+    """Base of every config: unknown keys are errors, instances are immutable, a boolean is never
+    taken for a number (``trials: true`` is refused, not read as 1), and a float field never takes NaN
+    or infinity (``lr: .inf``, a range ``[.nan, 1]``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -127,3 +127,15 @@ def test_a_journal_cut_mid_line_is_repaired_and_a_garbage_line_is_named(tmp_path
     text = " ".join(capsys.readouterr().out.split())
     assert f"{journal}: line 3 is not a journal record" in text
     assert journal.read_bytes() == damaged                          # left as it was for the user to restore
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"params": {"lr": {"float": [float("nan"), 1e-3], "path": "optimizer.lr"}}}, r"params\.lr\.(param\.)?float\.0"),
+    ({"fixed": {"optimizer": {"kind": "adamw", "weight_decay": float("inf")}}}, r"optimizer\.weight_decay"),
+])
+def test_nan_and_infinite_numbers_are_refused_naming_the_key(tmp_path, change, key):
+    path = write_space(tmp_path, {**tiny_space(name="n"), **change})
+    with pytest.raises(ConfigError, match=rf"(?s)n\.yaml.*{key}.*finite number"):
+        from nlsearch.search.driver import Driver
+        Driver(load_space(path), tmp_path / "out", None)
+    assert not (tmp_path / "out").exists()
