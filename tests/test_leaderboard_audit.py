@@ -62,3 +62,25 @@ def test_an_unknown_entry_id_is_an_error(board, tmp_path):
     _copy(board, tmp_path)
     with pytest.raises(ValueError, match="no leaderboard entry 'nope'"):
         audit(tmp_path / "lb", ["nope"])
+
+
+def test_retraining_reproduces_an_honest_entry_and_catches_a_forged_one(board, tmp_path, capsys):
+    """A forgery made consistently in the entry, its record and digests passes the offline check;
+    only training again shows the number was never measured."""
+    from nlsearch.leaderboard.audit import retrain
+    from nlsearch.leaderboard.store import read_entry
+    root, _, _ = board
+    entry_file = _copy(board, tmp_path)
+    protocol = load_protocol(root / "protocol" / "protocol.yaml")
+    assert retrain(read_entry(entry_file), protocol, 1) == []
+    data = json.loads(entry_file.read_text())
+    seed0 = data["tasks"]["tiny_recall@1"]["seeds"][0]
+    honest = seed0["metrics"]["accuracy"]
+    seed0["metrics"]["accuracy"] = 0.999
+    entry_file.write_text(json.dumps(data))
+    problems = retrain(read_entry(entry_file), protocol, 1)
+    assert problems == [f"{data['id']}: tiny_recall@1 seed 0: accuracy is 0.999 in the entry, {honest:.6g} "
+                        f"retrained (tolerance 0.01 + 0.0 x |measured|)"]
+    rc = main(["leaderboard", "verify", "--dir", str(tmp_path / "lb"), "--protocol",
+               str(root / "protocol" / "protocol.yaml"), "--retrain", "1"])
+    assert rc == 1 and "0.999 in the entry" in " ".join(capsys.readouterr().out.split())

@@ -42,12 +42,22 @@ def _leaderboard(args: argparse.Namespace) -> int:
         from nlsearch.leaderboard.audit import audit
 
         checked, problems = audit(args.dir, args.entries)
+        if args.retrain:
+            from nlsearch.leaderboard.audit import retrain
+
+            protocol = load_protocol(args.protocol)
+            wanted = set(args.entries)
+            for entry in store.entries(protocol.ref):
+                if not wanted or entry.id in wanted:
+                    console.print(f"retraining {args.retrain} seed(s) of {safe(entry.id)}")
+                    problems += retrain(entry, protocol, args.retrain, args.workers, args.address,
+                                        log=lambda msg: console.print(safe(msg)))
         for problem in problems:
             console.print(f"[red]{safe(problem)}[/red]")
         console.print(f"verified {checked} entries: {len(problems) or 'no'} problem(s)")
         return 1 if problems else 0
-    if args.entries:
-        raise ValueError(f"entries {args.entries} are read by 'verify' only, not by {args.action!r}")
+    if args.entries or args.retrain:
+        raise ValueError(f"ENTRY and --retrain are for 'verify' only, not for {args.action!r}")
     if args.action == "index":
         frame = store.rebuild_index()
         console.print(f"indexed {frame.id.nunique()} entries into {safe(str(store.index_path))}")
@@ -103,6 +113,12 @@ def _run_options(p: argparse.ArgumentParser, runs: str = "results/runs/leaderboa
     p.add_argument("--address", default=None, help="a Ray cluster address: run the training there")
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def add_commands(sub) -> None:
     """Adds ``submit``, ``leaderboard`` and ``reproduce`` to the ``nlsearch`` subcommands."""
     sm = sub.add_parser("submit", help="score a model config under the leaderboard protocol and add it")
@@ -122,6 +138,10 @@ def add_commands(sub) -> None:
     lb.add_argument("entries", nargs="*", metavar="ENTRY", help="verify: these entry ids (default: every entry)")
     lb.add_argument("--task", default=None, help="only this task's column, ranked by it")
     lb.add_argument("--sort", default=None, help="order by a column (params, state, depth, tokens/s, name, a task)")
+    lb.add_argument("--retrain", type=_positive, default=0, metavar="N", help="verify: also train N measured seeds "
+                    "of each entry again from nothing and flag numbers outside the protocol's tolerance")
+    lb.add_argument("--workers", type=int, default=1, help="verify --retrain: training runs in parallel processes")
+    lb.add_argument("--address", default=None, help="verify --retrain: a Ray cluster address to train on")
     _common(lb, "the budget track to show (default: the protocol's first)")
     lb.set_defaults(func=_leaderboard)
 
