@@ -123,3 +123,10 @@ def test_a_model_that_cannot_fit_is_refused_before_allocating(tmp_path):
     peak_kib = int(out.stdout.split("peak-kib")[1].split()[0])
     assert peak_kib < 1.5 * 2 ** 20                                        # under 1.5 GiB
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_model_whose_shapes_overflow_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "huge.yaml").write_text("name: huge\nd_model: 1000000000\n")
+    assert main(["describe", str(tmp_path / "huge.yaml")]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert "error: model huge cannot be built: Storage size calculation overflowed" in out and "Traceback" not in out

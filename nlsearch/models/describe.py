@@ -33,11 +33,20 @@ def flops_per_token(cfg: ModelConfig, model: nn.Module, seq_len: int) -> float:
     return 2.0 * (cfg.loops * _matmul_params(model.blocks) + _matmul_params(model.head)) + cfg.loops * extra
 
 
+def meta_model(cfg: ModelConfig) -> torch.nn.Module:
+    """``cfg`` built on the meta device: shapes only, nothing allocated. Raises ValueError naming the
+    model when even its shapes cannot exist (a tensor's element count overflows)."""
+    try:
+        with torch.device("meta"):
+            return cfg.build()
+    except RuntimeError as err:
+        raise ValueError(f"model {cfg.name or '(unnamed)'} cannot be built: {err}") from None
+
+
 def describe(cfg: ModelConfig, seq_len: int = 512) -> Dict[str, Any]:
     """Size, state, FLOPs per token and levels of ``cfg``, from the model built on the meta device:
     shapes only, no memory allocated, so describing a model that could never fit is instant."""
-    with torch.device("meta"):
-        model = cfg.build()
+    model = meta_model(cfg)
     levels = nesting_levels(cfg)
     embedding = model.embed.weight.numel()
     params = sum(p.numel() for p in model.parameters())

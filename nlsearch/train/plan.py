@@ -119,8 +119,9 @@ def training_bytes(plan: RunPlan) -> int:
     """A floor on the memory a training step needs: every parameter x :data:`BYTES_PER_PARAM` (counted
     on the meta device, nothing allocated) plus the logits, their softmax and gradient (3 x float32)
     at the budget's batch and longest train length. Activations come on top."""
-    with torch.device("meta"):
-        params = sum(p.numel() for p in plan.cfg.build().parameters())
+    from nlsearch.models.describe import meta_model
+
+    params = sum(p.numel() for p in meta_model(plan.cfg).parameters())
     logits = plan.kb.batch_size * max(plan.train_lengths) * plan.cfg.vocab_size * 4 * 3
     return params * BYTES_PER_PARAM + logits
 
