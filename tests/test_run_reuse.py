@@ -114,3 +114,44 @@ def test_ray_gives_each_gpu_job_its_own_gpu_with_fake_gpus():
         assert cpu[2] in (None, "")
     finally:
         ray.shutdown()
+
+
+def _as_of(run_dir: Path, version: int, kind: str, tmp_path: Path) -> Path:
+    """A copy of a finished run whose record says it was trained by code at ``version`` and whose
+    config holds a mixer of ``kind`` (the identity check is not what is tested here)."""
+    import shutil
+    copy = tmp_path / f"{kind}-v{version}"
+    shutil.copytree(run_dir, copy)
+    data = json.loads((copy / RECORD).read_text())
+    data["training_version"] = version
+    data["config"]["mixer"]["kind"] = kind
+    (copy / RECORD).write_text(json.dumps(data))
+    return copy
+
+
+def test_a_run_trained_before_a_listed_change_to_its_model_is_not_reused(finished, tmp_path):
+    from nlsearch.train.record import TRAINING_CHANGES, TRAINING_VERSION
+    job, result = finished
+    identity = {}                                         # identity passes; only the code version is at stake
+    assert read_record(Path(result.run_dir)).training_version == TRAINING_VERSION
+    change = TRAINING_CHANGES[0]
+    old_mamba = _as_of(Path(result.run_dir), change.version - 1, change.kinds[0], tmp_path)
+    with pytest.raises(ValueError, match=rf"trained before a change .*\(change {change.version}: "):
+        finished_record(old_mamba, identity)
+    old_attention = _as_of(Path(result.run_dir), 0, "attention", tmp_path)       # the change is not about it
+    assert finished_record(old_attention, identity) is not None
+    new_mamba = _as_of(Path(result.run_dir), change.version, change.kinds[0], tmp_path)
+    assert finished_record(new_mamba, identity) is not None
+
+
+def test_every_committed_reproduction_run_is_reusable_from_this_checkout():
+    """What a fresh clone holds under results/reproduce/runs: each run passes the reuse gate for the
+    plan its record names (config, task, budget, seed, precision; digests; training changes)."""
+    from nlsearch.train import plan_run
+    root = Path(__file__).resolve().parents[1] / "results" / "reproduce" / "runs"
+    records = sorted(root.rglob(RECORD))
+    assert records, "no committed reproduction run"
+    for path in records:
+        record = read_record(path.parent)
+        plan = plan_run(record.config, record.task, record.budget, record.seed, "cpu")
+        assert finished_record(path.parent, plan.identity()) is not None, path

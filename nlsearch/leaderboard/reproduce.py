@@ -147,6 +147,10 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
              f"commit {git_commit()}. Seeds {list(protocol.seeds)}; lr sweep x{list(protocol.lr_sweep.factors)} "
              f"for every model; ranked metric per task as mean ± sample std over seeds (↑ higher / ↓ lower is "
              f"better).", "", markdown_table(table), ""]
+    commits = sorted({s.run.git_commit for e in store.entries(protocol.ref, budget.ref) if e.name in names
+                      for t in e.tasks.values() for s in t.seeds if s.run is not None})
+    if commits:
+        lines += [f"Runs produced by commits: {', '.join(commits)} (per seed in each entry's `run`).", ""]
     if bigram is not None:
         lines += [f"Reference: an add-one-smoothed byte bigram fitted on the same train batches scores "
                   f"{mean_std(bigram['mean'], bigram['std'])} bits per byte on {bigram['task']}.", ""]

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import pandas as pd
 import torch
@@ -29,6 +30,39 @@ from nlsearch.provenance import provenance
 
 FORMAT = 1
 RECORD = "record.json"                  # written last in a run directory: the run completed
+
+
+@dataclass(frozen=True)
+class TrainingChange:
+    """A change to what training computes for configs holding any of ``kinds`` (a mixer's or channel
+    mixer's ``kind``; ``*``: every config). A record written before it (``training_version`` below
+    ``version``) is not reused for such a config, however well its identity matches."""
+
+    version: int
+    kinds: Tuple[str, ...]
+    what: str
+
+    def affects(self, config: Dict[str, Any]) -> bool:
+        return "*" in self.kinds or bool(set(self.kinds) & set(_kinds(config)))
+
+
+# Every change to what training computes, oldest first; a record stores the newest version it knew.
+# Changes that alter only float rounding (a faster form of the same equations) are not listed.
+TRAINING_CHANGES: Tuple[TrainingChange, ...] = (
+    TrainingChange(1, ("mamba", "selfmod"), "Mamba's A_log and the self-modifying layer's gate biases are no "
+                                            "longer weight-decayed (commit 9c31f4a)"),
+)
+TRAINING_VERSION = max(c.version for c in TRAINING_CHANGES)
+
+
+def _kinds(config: Any) -> List[str]:
+    """Every ``kind`` in a config mapping, at any depth."""
+    if isinstance(config, dict):
+        own = [config["kind"]] if isinstance(config.get("kind"), str) else []
+        return own + [k for v in config.values() for k in _kinds(v)]
+    if isinstance(config, list):
+        return [k for v in config for k in _kinds(v)]
+    return []
 
 
 class RunRecord(BaseModel):
@@ -78,6 +112,9 @@ class RunRecord(BaseModel):
     # of every file written beside the record (older records have none and are never reused)
     precision: str = "fp32"
     files: Dict[str, str] = {}
+    # added with the list of training changes: the newest change the code that trained it knew (older
+    # records: 0, before every listed change)
+    training_version: int = 0
 
 
 def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
@@ -116,7 +153,7 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
         git_commit=prov["git_commit"], python=prov["python"], allocator=prov["allocator"],
         compiled_steps=prov["compiled_steps"], sessions=list(sessions), trained_as=trained_as,
-        precision=plan.precision)
+        precision=plan.precision, training_version=TRAINING_VERSION)
 
 
 def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:
@@ -178,8 +215,9 @@ def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[st
     :meth:`~nlsearch.train.plan.RunPlan.identity`, fields in ``ignore`` left out) and its metrics
     files match the digests in its record; None when the folder holds no record. Raises ValueError
     naming what differs when it holds another run (an edited budget or task file under the same
-    name@version, another study's trial folder, another precision) or files that do not match: its
-    numbers are never reused for this one. This is the one gate every reuse goes through."""
+    name@version, another study's trial folder, another precision), a run trained before a listed
+    change to what training computes for its model (``TRAINING_CHANGES``), or files that do not match:
+    its numbers are never reused for this one. This is the one gate every reuse goes through."""
     if not (Path(run_dir) / RECORD).is_file():
         return None
     record = read_record(run_dir)
@@ -189,5 +227,9 @@ def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[st
         shown = ", ".join(f"{key} {getattr(record, key)!r} there, {identity[key]!r} here" for key in differ)
         raise ValueError(f"run directory {run_dir} holds a finished run of something else ({shown}): "
                          f"remove it, or write to another directory")
+    stale = [c for c in TRAINING_CHANGES if c.version > record.training_version and c.affects(record.config)]
+    if stale:
+        raise ValueError(f"run directory {run_dir} holds a run trained before a change to what training computes "
+                         f"for this model (change {stale[0].version}: {stale[0].what}): it is not reused")
     check_files(run_dir, record)
     return record
