@@ -130,3 +130,25 @@ def test_a_model_whose_shapes_overflow_is_a_one_line_error(tmp_path, capsys):
     assert main(["describe", str(tmp_path / "huge.yaml")]) == 2
     out = " ".join(capsys.readouterr().out.split())
     assert "error: model huge cannot be built: Storage size calculation overflowed" in out and "Traceback" not in out
+
+
+def test_a_second_process_training_the_same_folder_is_refused(tasks, tmp_path):
+    """The first holds ``<run>/.lock`` while it trains; the second is refused naming the folder, and
+    the first one's checkpoints are untouched."""
+    import subprocess
+    import sys
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom filelock import FileLock\n"
+                               f"lock = FileLock({str(run_dir / '.lock')!r}); lock.acquire()\n"
+                               "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=r"is being trained by another process"):
+            train(TINY_MODEL, "tiny_recall", tiny_budget(steps=2), 0, run_dir=run_dir, tasks_dir=tasks)
+        assert sorted(p.name for p in run_dir.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    train(TINY_MODEL, "tiny_recall", tiny_budget(steps=2), 0, run_dir=run_dir, tasks_dir=tasks)   # free again
+    assert (run_dir / "record.json").is_file()

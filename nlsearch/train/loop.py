@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from nlsearch.eval.evaluate import continual_rows, evaluate, phase_scores
@@ -123,6 +124,31 @@ def _threads(n: Optional[int]) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(old)
+
+
+RUN_LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Optional[Path], resume: bool) -> Iterator[None]:
+    """Holds ``<run_dir>/.lock`` (an OS file lock, gone with its process however it dies) while a run
+    trains there: a second process training the same folder is refused, naming it, instead of both
+    writing checkpoints into it. The folder is checked again once the lock is held."""
+    if run_dir is None:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(run_dir / RUN_LOCK, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise ValueError(f"run directory {run_dir} is being trained by another process (it holds "
+                         f"{run_dir / RUN_LOCK}): wait for it, or write to another directory") from None
+    try:
+        check_run_dir(run_dir, resume)
+        yield
+    finally:
+        lock.release()
 
 
 def _rng_devices(device: torch.device) -> List[int]:
@@ -262,7 +288,7 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
     if run_dir is not None:
         check_run_dir(run_dir, resume)
     t0 = time.perf_counter()
-    with _threads(plan.threads), torch.random.fork_rng(devices=_rng_devices(plan.device)):
+    with run_lock(run_dir, resume), _threads(plan.threads), torch.random.fork_rng(devices=_rng_devices(plan.device)):
         torch.manual_seed(derive_seed("init", plan.seed))
         model = plan.cfg.build().to(plan.device)
         optimizer = build_optimizer(model, plan)
