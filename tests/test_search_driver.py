@@ -282,3 +282,35 @@ def test_a_bad_storage_url_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match=rf"--storage postgresql\+pg8000://u:\*\*\*@127.0.0.1:{port}/db: "):
         run_search(path, out=tmp_path / "out", storage=url, log=lambda m: None)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_seed_whose_metric_is_not_finite_is_left_out_of_the_mean_and_said(monkeypatch):
+    from types import SimpleNamespace
+    import nlsearch.search.trial as trial_module
+    values = {0: 0.5, 1: float("nan"), 2: 0.7}
+    monkeypatch.setattr(trial_module, "_run", lambda job, task, seed, report: SimpleNamespace(
+        metrics={"accuracy": values[seed]}, tokens_per_s=100.0, hardware="test"))
+    job = TrialJob(number=0, config={}, tasks=["recall_small"], budget={}, seeds=[0, 1, 2], run_dir="/nowhere")
+    outcome = run_trial(job)
+    assert outcome.status == "complete"
+    assert outcome.metrics["recall_small:accuracy"] == pytest.approx(0.6)
+    assert outcome.dropped == ["recall_small:accuracy seed 1"]
+
+
+def test_a_search_in_which_every_trial_fails_says_so_and_writes_no_best(tmp_path, monkeypatch, capsys):
+    import nlsearch.search.trial as trial_module
+    from nlsearch.cli import main
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError(3, float("nan"))
+    monkeypatch.setattr(trial_module, "train", diverge)
+    path = write_space(tmp_path, tiny_space(name="allfail", trials=2))
+    out = tmp_path / "out"
+    assert main(["search", str(path), "--out", str(out), "--workers", "1", "--quiet"]) == 1
+    text = " ".join(capsys.readouterr().out.split())
+    assert "no trial completed (2 fail)" in text and "no best.yaml was written" in text
+    assert not (out / "best.yaml").exists() and not (out / "confirmation.parquet").exists()
+    summary = (out / "summary.md").read_text()
+    assert "Trials: 0 complete, 0 pruned, 2 failed." in summary and "No trial completed." in summary
+    table = pd.read_parquet(out / "trials.parquet")
+    assert (table.state == "FAIL").all() and table.reason.str.contains("non-finite loss").all()

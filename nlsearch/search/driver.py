@@ -152,7 +152,8 @@ class Driver:
     def _tell(self, study: optuna.Study, outcome: TrialOutcome) -> None:
         trial = self.pending.pop(outcome.number)
         attrs = {"metrics": outcome.metrics, "tokens_per_s": outcome.tokens_per_s, "wall_s": outcome.wall_s,
-                 "hardware": outcome.hardware, "reason": outcome.reason, "pruned_at": outcome.pruned_at}
+                 "hardware": outcome.hardware, "reason": outcome.reason, "pruned_at": outcome.pruned_at,
+                 "dropped": outcome.dropped}
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         self.state.durations.append(outcome.wall_s)

@@ -1,7 +1,8 @@
 """What a search leaves in ``results/<study>/``, all derived from the Optuna study:
 
 - ``trials.parquet``: one row per trial (``p:<param>`` sampled values, canonical config and hash,
-  state, the objective values, every metric ``m:<task>:<metric>``, parameter count, state size,
+  state, the objective values, every metric ``m:<task>:<metric>`` (a mean over seeds of its finite
+  values; ``dropped`` lists the seeds' values that were not finite), parameter count, state size,
   nesting depth, FLOPs/token, tokens/s, durations, hardware, reason);
 - ``best.yaml``: the best trial's model config, as ``nlsearch train --model`` and the leaderboard
   take it (multi-objective: the Pareto trial best on the first objective);
@@ -45,6 +46,7 @@ def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
                    duration_s=(t.duration.total_seconds() if t.duration else math.nan),
                    started=str(t.datetime_start or ""), hardware=attrs.get("hardware", ""),
                    pruned_at=attrs.get("pruned_at"), retry_of=attrs.get("retry_of"),
+                   dropped="; ".join(attrs.get("dropped") or []),
                    last_report=(t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values
                                 else math.nan),
                    constraints=json.dumps(t.constraints), config=attrs.get("config", ""),

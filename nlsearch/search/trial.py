@@ -51,6 +51,7 @@ class TrialOutcome:
     wall_s: float = 0.0
     hardware: str = ""
     pid: int = 0
+    dropped: List[str] = field(default_factory=list)           # "<task>:<metric> seed <s>": non-finite, not in the mean
 
 
 def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optional[RunRecord]:
@@ -71,6 +72,7 @@ def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optio
 
 
 def _mean(values: List[float]) -> float:
+    """The mean of the finite values (NaN when there are none); the trial lists what it left out."""
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return sum(finite) / len(finite) if finite else float("nan")
 
@@ -100,6 +102,8 @@ def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
                 for name, value in record.metrics.items():
                     if "[" not in name:
                         per_seed.setdefault(name, []).append(value)
+                        if value is None or not math.isfinite(value):
+                            out.dropped.append(f"{task_label(task)}:{name} seed {seed}")
             out.metrics.update({f"{task_label(task)}:{k}": _mean(v) for k, v in per_seed.items()})
     except NonFiniteLossError as err:
         out.status, out.reason = "failed", f"non-finite loss: {err}"
