@@ -11,7 +11,7 @@ from nlsearch.display import clean, rich_table, safe
 from nlsearch.leaderboard.audit import audit
 from nlsearch.leaderboard.store import Store
 from leaderboard_fixtures import make_entry, task_result
-from tests.search_fixtures import tiny_space, write_space
+from search_fixtures import tiny_space, write_space
 
 HOSTILE = "x[/]y[bold]z\x1b]0;pwned\x07\x1b[31mred\u202eevil"
 

@@ -14,7 +14,7 @@ from nlsearch.search import load_space, run_search
 from nlsearch.search.confirm import select_finalists, t_two_sided_p, verdict, welch
 from nlsearch.search.driver import SearchInterrupted
 from nlsearch.search.space import SearchSpace
-from tests.search_fixtures import tiny_space, write_space
+from search_fixtures import tiny_space, write_space
 
 
 @pytest.mark.parametrize("t, df, p", [(12.7062, 1, 0.05), (2.776445, 4, 0.05), (2.228139, 10, 0.05),

@@ -23,7 +23,7 @@ from nlsearch.search.executors import Executor
 from nlsearch.search.study import JOURNAL, finished, make_storage
 from nlsearch.search.trial import TrialJob, TrialOutcome, run_trial
 from nlsearch.train.loop import NonFiniteLossError
-from tests.search_fixtures import tiny_space, write_space
+from search_fixtures import tiny_space, write_space
 
 ROOT = Path(__file__).parent.parent
 
@@ -168,7 +168,7 @@ def test_a_task_given_as_a_relative_spec_file_is_found_and_scored(tmp_path):
 
 
 def test_resume_refuses_an_edited_budget_file_of_the_same_name(tmp_path):
-    from tests.search_fixtures import tiny_budget
+    from search_fixtures import tiny_budget
     budget = tmp_path / "tiny_budget.yaml"
     budget.write_text(yaml.safe_dump(tiny_budget(steps=8)))
     _search(tmp_path, trials=1, budget=str(budget))

@@ -18,7 +18,7 @@ from nlsearch.search.driver import auto_workers
 from nlsearch.search.executors import Executor, InProcessExecutor, RayExecutor
 from nlsearch.search.space import Resources
 from nlsearch.search.trial import TrialJob, TrialOutcome
-from tests.search_fixtures import tiny_budget, tiny_space, write_space
+from search_fixtures import tiny_budget, tiny_space, write_space
 
 CONFIG = load_model_config({"d_model": 32, "n_layers": 1, "mixer": {"kind": "attention", "n_heads": 2}})
 

@@ -11,7 +11,7 @@ from nlsearch.config import ConfigError
 from nlsearch.search import load_space, run_search
 from nlsearch.search.compile import check_space, sample, suggest, to_mapping
 from nlsearch.search.space import SearchSpace
-from tests.search_fixtures import tiny_space, write_space
+from search_fixtures import tiny_space, write_space
 
 SPACES = sorted((Path(__file__).parent.parent / "search_spaces").glob("*.yaml"))
 

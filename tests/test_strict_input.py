@@ -6,7 +6,7 @@ import yaml
 from nlsearch.cli import main
 from nlsearch.config import ConfigError
 from nlsearch.search import load_space
-from tests.search_fixtures import tiny_space, write_space
+from search_fixtures import tiny_space, write_space
 
 
 @pytest.mark.parametrize("value", ["yes", "true", "on"])

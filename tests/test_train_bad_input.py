@@ -82,7 +82,7 @@ def test_cli_bad_input_exits_2_and_writes_nothing(tasks, tmp_path, monkeypatch, 
 
 @pytest.mark.parametrize("command", ["train", "search", "run-suite"])
 def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tasks, tmp_path, monkeypatch, capsys, command):
-    from tests.search_fixtures import tiny_space, write_space
+    from search_fixtures import tiny_space, write_space
     monkeypatch.setenv("NLSEARCH_TASKS_DIR", str(tasks))
     target = tmp_path / "README.md"
     target.write_text("a file, not a folder\n")
