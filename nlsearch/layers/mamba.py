@@ -4,9 +4,9 @@
     y = W_out (scan(x, Δ, A = −exp(A_log), B, C, D) ⊙ SiLU(z))
 
 Initialisation as in Mamba: A_log = log(1..N) per channel (S4D-real), D = 1, and b_Δ the inverse
-softplus of Δ drawn log-uniformly in [dt_min, dt_max]. With ``use_kernel`` and the optional package
-``mamba_ssm`` installed, a CUDA input without a carried state goes through its fused kernel; every
-other case (and every test) runs the pure-PyTorch scan.
+softplus of Δ drawn log-uniformly in [dt_min, dt_max]. One scan path on every device: the chunked
+scan of :mod:`nlsearch.ops.ssm` (an optional ``mamba_ssm`` kernel path was removed: no machine the
+project tests on can install it, so it was never tested).
 """
 from __future__ import annotations
 
@@ -38,7 +38,6 @@ class MambaLayerConfig(Strict):
     dt_max: PositiveFloat = 1e-1
     chunk: PositiveInt = unhashed(64, "tokens per step of the chunked scan")
     impl: Literal["fast", "naive"] = unhashed("fast", "chunked or per-token scan; same results")
-    use_kernel: bool = unhashed(True, "mamba_ssm's CUDA kernel where installed and applicable")
 
     @model_validator(mode="after")
     def _consistent(self) -> "MambaLayerConfig":
@@ -106,16 +105,12 @@ class MambaLayer(nn.Module):
 
     def _scan(self, x, delta, b, c, h0) -> Tuple[Tensor, Tensor]:
         """The scan runs in float32 at least (float64 stays float64), autocast off, every input in
-        that one dtype (the fused kernel too); so does the carried state (:mod:`nlsearch.ops.precision`)."""
+        that one dtype; so does the carried state (:mod:`nlsearch.ops.precision`)."""
         work = torch.promote_types(x.dtype, torch.float32)
         with autocast_off(x):
             a = -torch.exp(self.A_log.to(work))                             # (Dch, N)
             d = self.D.to(work)
             x, delta, b, c = (t.to(work) for t in (x, delta, b, c))
-            kernel = _kernel() if self.cfg.use_kernel and x.is_cuda and h0 is None else None
-            if kernel is not None:
-                y, h = kernel(x.mT, delta.mT, a, b.mT, c.mT, d, return_last_state=True)
-                return y.mT, h.to(work)                                     # the kernel takes no h0
             if self.cfg.impl == "naive":
                 return selective_scan_naive(x, delta, a, b, c, d, h0)
             return selective_scan(x, delta, a, b, c, d, h0, chunk=self.cfg.chunk)
@@ -127,12 +122,3 @@ class MambaLayer(nn.Module):
     def state_size(self, seq_len: Optional[int] = None) -> int:
         """Numbers carried per sequence: the SSM state (Dch × N) and the convolution's last inputs."""
         return self.dch * self.n + (self.conv.state_size() if self.conv else 0)
-
-
-def _kernel():
-    """``mamba_ssm``'s fused selective scan, or None where the package is not installed."""
-    try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    except ImportError:
-        return None
-    return selective_scan_fn
