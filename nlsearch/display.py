@@ -42,3 +42,13 @@ def rich_table(df: pd.DataFrame, title: str, floatfmt: str = "{:.3g}") -> Table:
 def save_figure(fig, path: Path) -> None:
     """A matplotlib figure as a PNG, written atomically."""
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"))
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    """A GitHub-flavoured Markdown table of ``df`` (floats formatted with ``floatfmt``)."""
+    cells = [[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row]
+             for row in df.itertuples(index=False)]
+    header = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines)

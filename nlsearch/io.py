@@ -53,13 +53,3 @@ def write_parquet(df: pd.DataFrame, path: PathLike) -> Path:
 
 def write_text(text: str, path: PathLike) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
-
-
-def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
-    """A GitHub-flavoured Markdown table of ``df`` (floats formatted with ``floatfmt``)."""
-    cells = [[floatfmt.format(x) if isinstance(x, float) else str(x) for x in row]
-             for row in df.itertuples(index=False)]
-    header = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)

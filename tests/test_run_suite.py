@@ -13,7 +13,8 @@ import nlsearch.train.suite as suite
 from nlsearch.cli import main
 from nlsearch.tasks.batch import IGNORE, TaskBatch
 from nlsearch.train import NonFiniteLossError
-from nlsearch.train.suite import SUITE_COLUMNS, bigram_bits_per_byte, fit_bigram, run_suite
+from nlsearch.eval.bigram import bigram_bits_per_byte, fit_bigram
+from nlsearch.train.suite import SUITE_COLUMNS, run_suite
 from train_fixtures import TINY_MEMORY, TINY_MODEL, tiny_budget, write_tasks
 
 BUDGET = dict(steps=6, eval_interval=6, checkpoint_interval=6, eval_size=8)

@@ -9,7 +9,7 @@ import torch
 
 from nlsearch.config import ConfigError
 from nlsearch.search import load_space, run_search
-from nlsearch.search.compile import check_space, sample, suggest, to_mapping
+from nlsearch.search.sampling import check_space, sample, suggest, to_mapping
 from nlsearch.search.space import SearchSpace
 from search_fixtures import tiny_space, write_space
 

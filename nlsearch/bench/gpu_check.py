@@ -25,7 +25,8 @@ from typing import Callable, Dict, List
 import pandas as pd
 import torch
 
-from nlsearch.io import markdown_table, write_text
+from nlsearch.display import markdown_table
+from nlsearch.io import write_text
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "results" / "bench"

@@ -6,9 +6,9 @@ from typing import List
 
 import pandas as pd
 from rich.console import Console
-from nlsearch.display import rich_table
+from nlsearch.display import markdown_table, rich_table
 
-from nlsearch.io import markdown_table, write_parquet, write_text
+from nlsearch.io import write_parquet, write_text
 
 
 def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List[str], title: str,

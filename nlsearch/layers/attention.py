@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from pydantic import PositiveFloat, PositiveInt
 from torch import Tensor, nn
 
-from nlsearch.layers.heads import head_dim
+from nlsearch.layers.head_dim import head_dim
 from nlsearch.config import Strict
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.ops.attention import causal_attention
 from nlsearch.registry import MIXERS
 

@@ -38,7 +38,7 @@ from nlsearch.config import Strict, unhashed
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
 from nlsearch.layers.mlp import SwiGLU
 from nlsearch.ops import MemoryRule
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import CHANNEL_MIXERS
 
 CMSState = Tuple[LayerState, ...]      # one memory layer state per block (clock: tokens)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.ops.precision import autocast_off
 from nlsearch.ops.ssm import selective_scan, selective_scan_naive
 from nlsearch.optim.adamw import no_weight_decay

@@ -29,7 +29,7 @@ from nlsearch.ops import MemoryState, linear_memory, linear_memory_naive
 from nlsearch.ops.linear import DEFAULT_BLOCK
 from nlsearch.ops.precision import up
 from nlsearch.optim.adamw import no_weight_decay
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import MIXERS
 
 

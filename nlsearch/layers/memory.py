@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from pydantic import PositiveInt, field_validator, model_validator
 from torch import Tensor, nn
 
-from nlsearch.layers.heads import head_dim
+from nlsearch.layers.head_dim import head_dim
 from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.ops import PRESETS, MemoryRule, MemoryState, apply_memory, mlp_forward, preset
 from nlsearch.ops.blocks import aligned_block
 from nlsearch.ops.linear import DEFAULT_BLOCK

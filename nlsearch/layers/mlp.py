@@ -8,7 +8,7 @@ from pydantic import PositiveFloat
 from torch import Tensor, nn
 
 from nlsearch.config import Strict
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import CHANNEL_MIXERS
 
 

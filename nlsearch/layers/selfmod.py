@@ -55,13 +55,13 @@ from torch import Tensor, nn
 
 from nlsearch.config import Strict, added, unhashed
 from nlsearch.layers.conv import ShortConv
-from nlsearch.layers.heads import head_dim
+from nlsearch.layers.head_dim import head_dim
 from nlsearch.layers.memory import LayerState, open_block
 from nlsearch.ops import MemoryState, mlp_forward, mlp_memory, mlp_memory_naive
 from nlsearch.optim.adamw import no_weight_decay
 from nlsearch.ops.blocks import plan_segments
 from nlsearch.ops.precision import autocast_off, up
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import MIXERS
 from nlsearch.runtime import step_function
 

@@ -45,10 +45,10 @@ from torch import Tensor, nn
 from nlsearch.config import Strict
 from nlsearch.layers.attention import KVCache, attention_mask
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
-from nlsearch.layers.heads import head_dim
+from nlsearch.layers.head_dim import head_dim
 from nlsearch.layers.titans_parts import OutputGate, PersistentAttention
 from nlsearch.ops import preset
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import MIXERS
 
 MEMORY_DEFAULTS = {"rule": "titans-lmm"}

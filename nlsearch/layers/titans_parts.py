@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nlsearch.layers.attention import KVCache, attention_mask, rotary, windowed_attention
-from nlsearch.layers.heads import head_dim as resolve_head_dim
+from nlsearch.layers.head_dim import head_dim as resolve_head_dim
 
 
 def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optional[Tensor],

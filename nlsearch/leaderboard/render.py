@@ -16,7 +16,8 @@ from typing import List, Optional, Tuple, Union
 
 import pandas as pd
 
-from nlsearch.io import markdown_table, write_text
+from nlsearch.display import markdown_table
+from nlsearch.io import write_text
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.store import DEFAULT_ROOT, Store

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from nlsearch.config import is_file_ref
-from nlsearch.io import check_writable_folder, markdown_table, write_text
+from nlsearch.display import markdown_table
+from nlsearch.io import check_writable_folder, write_text
 from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
@@ -85,13 +86,14 @@ def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
     """Bits per byte of the add-one bigram (fitted on the same train batches) on the protocol's lm task,
     mean and std over the protocol's seeds; None without an lm task."""
     from nlsearch.train.plan import plan_run
-    from nlsearch.train.suite import bigram_rows
+    from nlsearch.eval.bigram import bigram_score
 
     rule = protocol.by_role().get("lm")
     if rule is None:
         return None
-    values = [bigram_rows(plan_run("transformer", rule.task, budget, seed, tasks_dir=protocol.resolve_tasks_dir())
-                          )["value"] for seed in protocol.seeds]
+    plans = [plan_run("transformer", rule.task, budget, seed, tasks_dir=protocol.resolve_tasks_dir())
+             for seed in protocol.seeds]
+    values = [bigram_score(p.task, p.kb, p.seed, p.train_lengths, p.eval_lengths, budget.eval_seed) for p in plans]
     return {"task": rule.task, "mean": statistics.fmean(values), "std": statistics.stdev(values)}
 
 

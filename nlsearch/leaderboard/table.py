@@ -16,7 +16,7 @@ import pandas as pd
 ENTRY_COLUMNS = ("id", "name", "author", "kind", "nesting_depth", "params", "state_size", "tokens_per_s")
 
 
-def task_label(task: str, metric: str, higher_is_better: bool) -> str:
+def column_label(task: str, metric: str, higher_is_better: bool) -> str:
     return f"{task} {metric} {'↑' if higher_is_better else '↓'}"
 
 
@@ -46,7 +46,8 @@ def task_headers(index: pd.DataFrame, tasks: Sequence[str]) -> List[str]:
     heads = []
     for task in tasks:
         rows = index[index.task == task]
-        heads.append(task_label(task, rows.metric.iloc[0], bool(rows.higher_is_better.iloc[0])) if len(rows) else task)
+        heads.append(column_label(task, rows.metric.iloc[0], bool(rows.higher_is_better.iloc[0]))
+                     if len(rows) else task)
     return heads
 
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from nlsearch.config import config_hash
 from nlsearch.models.backbone import ModelConfig
-from nlsearch.profile import Level, dedupe, order_levels
+from nlsearch.nesting import Level, dedupe, order_levels
 
 WEIGHTS = Level("weights", "parameters (and the meta-learned initial fast weights)", "steps", 1,
                 "LM loss (next token)", "parameters")

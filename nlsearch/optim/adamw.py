@@ -8,7 +8,7 @@ from pydantic import PositiveFloat
 from typing_extensions import Literal
 
 from nlsearch.config import Strict
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import OPTIMIZERS
 
 

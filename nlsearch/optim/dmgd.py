@@ -37,7 +37,7 @@ from typing_extensions import Annotated, Literal
 
 from nlsearch.config import Strict
 from nlsearch.optim.adamw import closure_loss, decay_groups
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import OPTIMIZERS
 
 MEMORY_KEYS = ("a", "w_in", "w_out")

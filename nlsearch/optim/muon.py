@@ -24,7 +24,7 @@ from typing_extensions import Annotated, Literal
 
 from nlsearch.config import Strict
 from nlsearch.optim.adamw import closure_loss
-from nlsearch.profile import Level
+from nlsearch.nesting import Level
 from nlsearch.registry import OPTIMIZERS
 
 Beta = Annotated[float, Field(ge=0.0, lt=1.0)]

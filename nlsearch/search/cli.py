@@ -42,7 +42,7 @@ def _space_show(args: argparse.Namespace, console: Console) -> int:
 
     from nlsearch.budgets import run_lengths
     from nlsearch.config import to_yaml
-    from nlsearch.search.compile import sample
+    from nlsearch.search.sampling import sample
     from nlsearch.search.driver import resolve_budget
     from nlsearch.search.space import load_space
     from nlsearch.tasks import load_task

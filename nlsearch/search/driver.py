@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from nlsearch.budgets import Budget, load_budget, run_lengths, task_kind
 from nlsearch.config import config_hash, parse_config, portable_dump
 from nlsearch.io import check_writable_folder
-from nlsearch.search.compile import Candidate, base_mapping, check_space, sample
+from nlsearch.search.sampling import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace, task_label
 from nlsearch.search.study import DriverLock, finished, open_study, recover, requeue

@@ -23,9 +23,10 @@ from typing import Dict, List, Optional
 import pandas as pd
 
 from nlsearch.config import parse_config, to_yaml
-from nlsearch.io import markdown_table, write_parquet, write_text
+from nlsearch.display import markdown_table
+from nlsearch.io import write_parquet, write_text
 from nlsearch.models.backbone import ModelConfig
-from nlsearch.search.compile import candidate_text
+from nlsearch.search.sampling import candidate_text
 from nlsearch.search.space import SearchSpace, objective_columns
 
 FACTS = ("params", "state_size", "nesting_depth", "flops_per_token")

@@ -29,15 +29,15 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import pandas as pd
-import torch
 
 from nlsearch.budgets import Budget, load_budget
-from nlsearch.io import check_writable_folder, markdown_table, write_parquet, write_text
+from nlsearch.eval.bigram import bigram_score
+from nlsearch.display import markdown_table
+from nlsearch.io import check_writable_folder, write_parquet, write_text
 from nlsearch.models import list_presets
-from nlsearch.tasks.batch import TaskBatch, derive_seed
 from nlsearch.train.loop import NonFiniteLossError, train
 from nlsearch.train.plan import RECORD, RunPlan, check_seed, default_run_dir, plan_run
 from nlsearch.train.record import RunRecord, finished_record
@@ -58,42 +58,13 @@ ModelSpec = Union[str, Path, Dict[str, Any]]
 
 # --- the bigram baseline (pure) -----------------------------------------------------------------
 
-def _pairs(batch: TaskBatch) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(previous token, next token) at the scored positions of ``batch``: inputs[t] predicts targets[t]."""
-    mask = batch.mask.bool()
-    return batch.inputs[mask].long(), batch.targets[mask].long()
-
-
-def fit_bigram(batches: Iterable[TaskBatch], vocab_size: int = 256) -> torch.Tensor:
-    """Returns log2 p(next | previous), a (V, V) float64 table of an add-one-smoothed bigram model
-    counted on the scored positions of ``batches``: ``p(b | a) = (c(a, b) + 1) / (c(a) + V)``."""
-    counts = torch.zeros(vocab_size * vocab_size, dtype=torch.float64)
-    for batch in batches:
-        prev, nxt = _pairs(batch)
-        counts += torch.bincount(prev * vocab_size + nxt, minlength=vocab_size * vocab_size).double()
-    counts = counts.view(vocab_size, vocab_size) + 1.0
-    return torch.log2(counts / counts.sum(dim=1, keepdim=True))
-
-
-def bigram_bits_per_byte(table: torch.Tensor, batch: TaskBatch) -> float:
-    """Mean −log2 p(target | input) over the scored positions of ``batch`` under ``table`` (from
-    ``fit_bigram``): bits per byte, the same quantity the models' ``bits_per_byte`` reports."""
-    prev, nxt = _pairs(batch)
-    return float(-table[prev, nxt].mean())
-
-
 def bigram_rows(plan: RunPlan) -> Dict[str, Any]:
     """The bigram baseline of an ``lm`` plan: fitted on the train batches of ``plan.seed`` (exactly
     those ``train`` draws), scored on the eval batches ``evaluate`` draws; headline = mean over the
     eval lengths, like the models'."""
     start = time.perf_counter()
-    kb, task = plan.kb, plan.task
-    train_batches = (task.batch(kb.batch_size, plan.train_lengths[s % len(plan.train_lengths)],
-                                derive_seed("train", plan.seed, s), "train", 0) for s in range(kb.steps))
-    table = fit_bigram(train_batches, task.vocab_size)
-    per_length = [bigram_bits_per_byte(table, task.batch(kb.eval_size, n, plan.budget.eval_seed, "eval", 0))
-                  for n in plan.eval_lengths]
-    value = sum(per_length) / len(per_length)
+    task = plan.task
+    value = bigram_score(task, plan.kb, plan.seed, plan.train_lengths, plan.eval_lengths, plan.budget.eval_seed)
     row = _base_row(BIGRAM, plan, None)
     row.update(status="completed", headline="bits_per_byte", value=value, higher_is_better=False,
                params=task.vocab_size ** 2, state_size=1, wall_time_s=time.perf_counter() - start)
