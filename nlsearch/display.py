@@ -2,9 +2,10 @@
 them: ``bench``, ``search``, ``leaderboard`` and the CLI import from here, never from each other."""
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 from rich.markup import escape
@@ -52,3 +53,21 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, done: int, label: str, enabled: bool = True) -> Iterator[Callable[[str], None]]:
+    """A progress bar on stderr (rich; the project's one progress library) from ``done`` of ``total``;
+    yields ``advance(note)``, one step done with a short note (the loss). Disabled: a no-op."""
+    if not enabled:
+        yield lambda note="": None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn(), TextColumn("{task.fields[note]}"))
+    with Progress(*columns, console=Console(stderr=True)) as progress:
+        task = progress.add_task(clean(label), total=total, completed=done, note="")
+        yield lambda note="": progress.update(task, advance=1, note=clean(note))

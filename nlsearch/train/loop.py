@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from filelock import FileLock, Timeout
-from tqdm import tqdm
 
+from nlsearch.display import progress_bar
 from nlsearch.eval.evaluate import continual_rows, evaluate, phase_scores
 from nlsearch.eval.forward import autocast
 from nlsearch.eval.scores import MetricRow
@@ -237,7 +237,7 @@ def _after_step(plan: RunPlan, model, state: TrainerState, reporter: Optional[Re
 def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[float], reporter, run_dir,
           stop_after: Optional[int], progress: bool, t0: float) -> RunResult:
     kb, budget, total = plan.kb, plan.budget, plan.total_steps
-    with tqdm(total=total, initial=state.step, disable=not progress, unit="step", desc=plan.task.ref) as bar:
+    with progress_bar(total, state.step, plan.task.ref, progress) as advance:
         while state.step < total:
             if stop_after is not None and state.step >= stop_after:
                 return _partial("interrupted", state, run_dir)
@@ -256,8 +256,7 @@ def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[f
             state.train_tokens += batch.inputs.numel()
             state.losses.append(loss)
             state.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            advance(f"loss {loss:.3f}")
             stop = _after_step(plan, model, state, reporter, base_lrs[0] * lr_factor) and state.step < total
             interval = budget.checkpoint_interval
             if run_dir is not None and (stop or state.step == total or (interval and state.step % interval == 0)):
