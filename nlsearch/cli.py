@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlsearch.display import rich_table, safe
-from nlsearch.runtime import tune_process
+from nlsearch.runtime import tune_process, watch_interrupts
 
 console = Console()
 
@@ -273,6 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     console = Console()                       # created per call: honours COLUMNS and redirection
     args = build_parser().parse_args(argv)
     tune_process()
+    watch_interrupts()
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError) as err:

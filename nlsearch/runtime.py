@@ -103,6 +103,31 @@ def tune_process() -> None:
     tune_allocator()
 
 
+_interrupts = {"seen": False}
+
+
+def _on_sigint(signum, frame):
+    _interrupts["seen"] = True
+    raise KeyboardInterrupt
+
+
+def watch_interrupts() -> None:
+    """Remember that Ctrl-C was pressed (:func:`interrupted`), then raise KeyboardInterrupt as Python
+    does. A KeyboardInterrupt raised inside a library call can come out as another exception (torch
+    turns one inside a tensor conversion into a ValueError); code that catches broad errors asks
+    :func:`interrupted` and stops instead of recording a failure. Only where SIGINT has Python's
+    default handler (not where it is ignored, as for a background job)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed in this process since :func:`watch_interrupts`."""
+    return _interrupts["seen"]
+
+
 def compile_steps() -> bool:
     """Whether ``NLSEARCH_COMPILE`` asks for compiled layer steps (``1``, ``true``, ``yes`` or ``on``)."""
     return os.environ.get("NLSEARCH_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from postgres_fixture import postgres  # noqa: F401 - a throwaway PostgreSQL server for the shared-study tests
+
 
 @pytest.fixture(autouse=True)
 def _deterministic():

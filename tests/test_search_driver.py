@@ -314,3 +314,19 @@ def test_a_search_in_which_every_trial_fails_says_so_and_writes_no_best(tmp_path
     assert "Trials: 0 complete, 0 pruned, 2 failed." in summary and "No trial completed." in summary
     table = pd.read_parquet(out / "trials.parquet")
     assert (table.state == "FAIL").all() and table.reason.str.contains("non-finite loss").all()
+
+
+def test_ctrl_c_turned_into_another_error_by_a_library_still_stops_the_trial(monkeypatch):
+    """torch can turn a KeyboardInterrupt raised inside a tensor conversion into a ValueError: after
+    Ctrl-C a trial's broad error handling re-raises KeyboardInterrupt instead of recording a failure."""
+    import nlsearch.runtime as runtime
+    import nlsearch.search.trial as trial_module
+
+    def broken(job, task, seed, report):
+        raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'")
+    monkeypatch.setattr(trial_module, "_run", broken)
+    job = TrialJob(number=0, config={}, tasks=["recall_small"], budget={}, seeds=[0], run_dir="/nowhere")
+    assert run_trial(job).status == "failed"                                # no Ctrl-C: an ordinary failure
+    monkeypatch.setitem(runtime._interrupts, "seen", True)
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(job)

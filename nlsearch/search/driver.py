@@ -13,10 +13,12 @@ re-queues the same way.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +33,48 @@ from nlsearch.io import check_writable_folder
 from nlsearch.search.sampling import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace, task_label
-from nlsearch.search.study import DriverLock, finished, open_study, recover, requeue
+from nlsearch.search.study import (HEARTBEAT_S, SURPLUS, DriverLock, finished, open_study, recover, requeue, running,
+                                   shared)
 from nlsearch.search.trial import TrialJob, TrialOutcome
 from nlsearch.tasks import load_task
 from nlsearch.tasks.batch import derive_seed
 
 Log = Callable[[str], Any]
+
+
+class Heartbeat:
+    """A thread that records a heartbeat every ``HEARTBEAT_S`` for the trials this driver runs, so the
+    other drivers of a shared study can tell them from the trials of a driver that died (a no-op for
+    the journal: one driver owns it)."""
+
+    def __init__(self, storage):
+        self.storage, self.ids, self.lock, self.done = storage, set(), threading.Lock(), threading.Event()
+        self.thread = threading.Thread(target=self._beat, daemon=True, name="nlsearch-heartbeat")
+        if storage is not None:
+            self.thread.start()
+
+    def add(self, trial_id: int) -> None:
+        if self.storage is not None:
+            self.storage.record_heartbeat(trial_id)
+            with self.lock:
+                self.ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def _beat(self) -> None:
+        while not self.done.wait(HEARTBEAT_S):
+            with self.lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:                        # noqa: BLE001 - a lost beat is retried next time
+                    pass
+
+    def stop(self) -> None:
+        self.done.set()
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -74,6 +112,8 @@ class Driver:
         self.storage = _check_storage(storage)
         check_writable_folder(self.run_dir, "search results folder (--out)")
         self.pending: Dict[int, optuna.Trial] = {}
+        self.shared = self.storage is not None         # a database: other drivers may share the study
+        self.heartbeat = Heartbeat(None)
         self.state = SearchState()
 
     def _check_metrics(self) -> None:
@@ -99,8 +139,32 @@ class Driver:
                 broken.append(f"{key}={value:,.0f} outside [{bound.min}, {bound.max}]")
         return broken
 
+    def _surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """With several drivers on one study: whether ``trial`` was asked beyond the trials wanted (the
+        later-numbered of two drivers asking for the last slot); it is then told FAIL, flagged, and not
+        counted. Decided by trial number, so exactly one driver gets each slot."""
+        if not self.shared:
+            return False
+        ahead = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.number <= trial.number]
+        if finished(study) + len(ahead) <= self.trials:
+            return False
+        trial.set_user_attr(SURPLUS, True)
+        trial.set_user_attr("reason", "asked beyond the trials wanted: another driver took the last one")
+        study.tell(trial, state=TrialState.FAIL)
+        return True
+
     def _ask(self, study: optuna.Study) -> None:
         trial = study.ask()
+        if self._surplus(study, trial):
+            return
+        retry_dir = trial.user_attrs.get("run_dir")
+        if retry_dir and not Path(retry_dir).parent.is_dir():
+            trial.set_user_attr("reason", f"the run folder {retry_dir} of trial {trial.user_attrs.get('retry_of')} is "
+                                          f"not visible from this machine: drivers that share a study must share "
+                                          f"its results folder (--out on a network folder)")
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"trial {trial.number} failed: {trial.user_attrs['reason']}")
+            return
         try:
             cand = sample(self.space, trial, self.seq_len)
         except ValueError as err:
@@ -117,9 +181,10 @@ class Driver:
             trial.set_user_attr("reason", "infeasible (not trained): " + "; ".join(broken))
             study.tell(trial, state=TrialState.PRUNED)
             return
-        run_dir = trial.user_attrs.get("run_dir") or str(self.run_dir / "trials" / f"{trial.number:04d}")
+        run_dir = retry_dir or str((self.run_dir / "trials" / f"{trial.number:04d}").resolve())
         trial.set_user_attr("run_dir", run_dir)
         self.pending[trial.number] = trial
+        self.heartbeat.add(trial._trial_id)
         self.executor.submit(TrialJob(
             number=trial.number, config=cand.config.model_dump(mode="json"), tasks=list(self.space.tasks),
             budget=self.budget.model_dump(mode="json"), seeds=list(self.space.seeds), run_dir=run_dir,
@@ -151,6 +216,7 @@ class Driver:
 
     def _tell(self, study: optuna.Study, outcome: TrialOutcome) -> None:
         trial = self.pending.pop(outcome.number)
+        self.heartbeat.discard(trial._trial_id)
         attrs = {"metrics": outcome.metrics, "tokens_per_s": outcome.tokens_per_s, "wall_s": outcome.wall_s,
                  "hardware": outcome.hardware, "reason": outcome.reason, "pruned_at": outcome.pruned_at,
                  "dropped": outcome.dropped}
@@ -173,36 +239,70 @@ class Driver:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> optuna.Study:
-        with DriverLock(self.run_dir):
+        """Opens (or resumes) the study and runs it; with a database storage without the folder lock
+        (other drivers may share the study) and with a heartbeat for this driver's running trials."""
+        owner = contextlib.nullcontext() if self.shared else DriverLock(self.run_dir)
+        with owner:
             study = open_study(self.space, self.run_dir, self.storage, self.max_steps, self.measures())
             stale = recover(study)
             if stale:
                 self.log(f"resuming {self.space.name}: {stale} interrupted trial(s) re-queued")
+            self.heartbeat = Heartbeat(study._storage if shared(study) else None)
             self.executor.start(self.on_report)
             try:
                 self._loop(study)
                 if self.confirm and any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-                    self._confirm(study)
+                    self._confirm_once(study)
             except KeyboardInterrupt:
                 for number in self.executor.cancel_all():
                     if number in self.pending:
-                        self.pending.pop(number)
+                        trial = self.pending.pop(number)
+                        self.heartbeat.discard(trial._trial_id)
                         requeue(study, number, f"interrupted: Ctrl-C while trial {number} ran")
                 raise SearchInterrupted() from None
             finally:
+                self.heartbeat.stop()
                 self.executor.shutdown()
                 self._changed(study)
         return study
 
+    def _confirm_once(self, study: optuna.Study) -> None:
+        """The confirmation stage, by one driver of a shared study at a time (the others skip it)."""
+        if not self.shared:
+            return self._confirm(study)
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(self.run_dir / "confirm.lock", timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            self.log("confirmation: another driver of this study is running it")
+            return None
+        try:
+            self._confirm(study)
+        finally:
+            lock.release()
+        return None
+
     def _loop(self, study: optuna.Study) -> None:
         deadline = (time.monotonic() + 60 * self.space.timeout_minutes) if self.space.timeout_minutes else None
+        checked = time.monotonic()
         while True:
             asking = deadline is None or time.monotonic() < deadline
             while asking and len(self.pending) < self.executor.slots and \
-                    finished(study) + len(self.pending) < self.trials:
+                    finished(study) + running(study) < self.trials:
                 self._ask(study)
                 self._changed(study)
+            if self.shared and time.monotonic() - checked > HEARTBEAT_S:     # other drivers' dead trials
+                checked = time.monotonic()
+                stale = recover(study)
+                if stale:
+                    self.log(f"{stale} trial(s) of a driver that stopped beating re-queued")
+                    continue
             if not self.pending:
+                if self.shared and running(study) and (deadline is None or time.monotonic() < deadline):
+                    time.sleep(1.0)                        # another driver's trials may still be re-queued
+                    continue
                 return
             for outcome in self.executor.wait(timeout=0.5):
                 self._tell(study, outcome)

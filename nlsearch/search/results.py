@@ -90,6 +90,15 @@ def write_results(study, space: SearchSpace, out: Path, plots: bool = False) -> 
     frame = trials_frame(study, space)
     if frame.empty:
         return frame
+    from filelock import FileLock
+
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(out / ".results.lock"):         # several drivers of one study may finish trials at once
+        _write(study, space, out, frame, plots)
+    return frame
+
+
+def _write(study, space: SearchSpace, out: Path, frame: pd.DataFrame, plots: bool) -> None:
     write_parquet(frame, out / "trials.parquet")
     write_best(study, space, out)
     if space.multi_objective:
@@ -101,7 +110,6 @@ def write_results(study, space: SearchSpace, out: Path, plots: bool = False) -> 
         confirmation = load_confirmation(out)
         sentences = make_plots(study, space, frame, out, confirmation)
         write_text(summary_markdown(study, space, frame, sentences, confirmation), out / "summary.md")
-    return frame
 
 
 def top_table(study, space: SearchSpace, frame: pd.DataFrame, k: int = 10) -> pd.DataFrame:

@@ -1,13 +1,18 @@
 """The Optuna study of a search: storage, sampler, pruner, and recovery after a crash.
 
 Storage: by default an Optuna JournalStorage file ``<run dir>/study.journal`` (embedded, no server;
-``optuna-dashboard <run dir>/study.journal`` reads it); any Optuna storage URL (``postgresql://…``)
-for several machines. One driver at a time owns a run directory (``driver.lock``, an ``flock``).
+``optuna-dashboard <run dir>/study.journal`` reads it), which one driver at a time owns
+(``driver.lock``, an OS file lock). A database URL (``postgresql://…``) is a study that any number of
+drivers, on one machine or several, work on at once: each driver beats for its running trials
+(Optuna's heartbeat: every :data:`HEARTBEAT_S` seconds), and only a trial whose driver stopped beating
+for :data:`GRACE_S` seconds is taken for interrupted.
 
 Recovery: a trial left RUNNING by a driver that died (kill -9, power cut) or was stopped (Ctrl-C) is
 marked FAIL with the reason, flagged ``requeued``, and its parameters are enqueued again with
-``retry_of`` and its run directory, so the new trial resumes the old one's checkpoints. A journal
-whose last line was cut by a crash is truncated to its last complete line first.
+``retry_of`` and its run directory, so the new trial resumes the old one's checkpoints. With the
+journal that is every RUNNING trial when the (only) driver starts; with a database, the trials
+without a heartbeat, found by every driver as it runs. A journal whose last line was cut by a crash
+is truncated to its last complete line first.
 """
 from __future__ import annotations
 
@@ -25,7 +30,10 @@ from nlsearch.config import canonical_json, is_file_ref
 from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
 
 JOURNAL = "study.journal"
-REQUEUED = "requeued"
+REQUEUED = "requeued"                    # a FAIL that does not count: its parameters were asked again
+SURPLUS = "surplus"                      # a FAIL that does not count: asked beyond the trials wanted
+HEARTBEAT_S = int(os.environ.get("NLSEARCH_HEARTBEAT_S", 20))    # a driver's beat for its running trials
+GRACE_S = int(os.environ.get("NLSEARCH_GRACE_S", 90))            # silence after which a trial is re-queued
 # space fields that may change between runs of one study (asking for more trials, say)
 MUTABLE = ("trials", "timeout_minutes", "description", "resources", "question", "reference", "confirm")
 
@@ -72,8 +80,13 @@ def repair_journal(path: Path) -> None:
 
 
 def make_storage(run_dir: Path, url: Optional[str]):
+    """The journal file in ``run_dir``, or the database at ``url`` with heartbeats on."""
     if url:
-        return url
+        from optuna.storages import RDBStorage
+
+        # the driver beats itself (ask/tell, not Study.optimize): Optuna's warning about that is moot
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
@@ -154,30 +167,57 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
     return study
 
 
+def counts(trial) -> bool:
+    """Whether a finished trial counts towards ``trials``: complete, pruned, and failed ones that were
+    neither re-queued nor surplus."""
+    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+        trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED) and not trial.user_attrs.get(SURPLUS))
+
+
 def finished(study: optuna.Study) -> int:
-    """Trials that count towards ``trials``: complete, pruned, and failed ones not re-queued."""
-    return sum(1 for t in study.get_trials(deepcopy=False)
-               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
-               or (t.state == TrialState.FAIL and not t.user_attrs.get(REQUEUED)))
+    """Trials that count towards ``trials`` (:func:`counts`)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if counts(t))
 
 
-def requeue(study: optuna.Study, number: int, reason: str) -> None:
-    """Marks running trial ``number`` FAIL (``reason``, ``requeued``) and enqueues its parameters again."""
+def running(study: optuna.Study) -> int:
+    """Trials RUNNING now, by any driver."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def requeue(study: optuna.Study, number: int, reason: str) -> bool:
+    """Marks running trial ``number`` FAIL (``reason``, ``requeued``) and enqueues its parameters again;
+    False (nothing done) when another driver finished or re-queued it first."""
     frozen = study.get_trials(deepcopy=False)[number]
     trial = optuna.trial.Trial(study, frozen._trial_id)
-    trial.set_user_attr("reason", reason)
-    trial.set_user_attr(REQUEUED, True)
-    study.tell(number, state=TrialState.FAIL)
+    try:
+        trial.set_user_attr("reason", reason)
+        trial.set_user_attr(REQUEUED, True)
+        study.tell(number, state=TrialState.FAIL)
+    except (RuntimeError, ValueError):           # UpdateFinishedTrialError: not RUNNING any more
+        return False
     attrs = {"retry_of": number}
     if "run_dir" in frozen.user_attrs:
         attrs["run_dir"] = frozen.user_attrs["run_dir"]
     study.enqueue_trial(frozen.params, user_attrs=attrs, skip_if_exists=False)
+    return True
+
+
+def shared(study: optuna.Study) -> bool:
+    """Whether several drivers may work on ``study`` (a database with heartbeats)."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    return is_heartbeat_enabled(study._storage)
 
 
 def recover(study: optuna.Study) -> int:
-    """Re-queues every trial left RUNNING by an earlier driver; returns how many."""
-    stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
-    for number in stale:
-        requeue(study, number, f"interrupted: the driver stopped while trial {number} ran (pid {os.getpid()} "
-                               f"re-queued it)")
-    return len(stale)
+    """Re-queues the trials left RUNNING by drivers that are gone: with the journal (one driver) every
+    RUNNING trial; with a shared database those whose driver has not beaten for ``GRACE_S``. Returns
+    how many this call re-queued."""
+    if shared(study):
+        ids = study._storage._get_stale_trial_ids(study._study_id)
+        stale = [study._storage.get_trial_number_from_id(i) for i in ids]
+        why = f"its driver stopped beating (no heartbeat for {GRACE_S} s)"
+    else:
+        stale = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+        why = "the driver stopped while it ran"
+    return sum(requeue(study, n, f"interrupted: {why} (pid {os.getpid()} re-queued it)") for n in stale)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from nlsearch.budgets import Budget
+from nlsearch.runtime import interrupted
 from nlsearch.search.space import task_label
 from nlsearch.train.loop import NonFiniteLossError, train
 from nlsearch.train.plan import RECORD, plan_run
@@ -108,6 +109,8 @@ def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
     except NonFiniteLossError as err:
         out.status, out.reason = "failed", f"non-finite loss: {err}"
     except Exception as err:                                   # a broken trial must not end the search
+        if interrupted():                   # Ctrl-C that a library turned into another error: a stop, not a failure
+            raise KeyboardInterrupt from err
         out.status, out.reason = "failed", f"{type(err).__name__}: {err}"
     finally:
         out.wall_s = time.perf_counter() - start

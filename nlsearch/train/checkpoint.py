@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from nlsearch.config import to_yaml
 from nlsearch.io import write_text
+from nlsearch.runtime import interrupted
 
 LATEST = "latest"
 FILES = ("model.safetensors", "model.yaml", "optimizer.safetensors", "optimizer.json", "rng.safetensors",
@@ -131,6 +132,8 @@ def check_checkpoint(folder: Path) -> Optional[str]:
             elif name.endswith(".json"):
                 json.loads(path.read_text())
         except Exception as err:                      # noqa: BLE001 - any unreadable file is reported
+            if interrupted():                         # Ctrl-C inside the read, come out as another error
+                raise KeyboardInterrupt from err
             return f"{path} is unreadable ({type(err).__name__}: {' '.join(str(err).split())[:120]})"
     return None
 
