@@ -276,7 +276,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     watch_interrupts()
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+    except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         console.print(f"[red]error:[/red] {safe(str(message))}")
         return 2
