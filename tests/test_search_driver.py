@@ -330,3 +330,14 @@ def test_ctrl_c_turned_into_another_error_by_a_library_still_stops_the_trial(mon
     monkeypatch.setitem(runtime._interrupts, "seen", True)
     with pytest.raises(KeyboardInterrupt):
         run_trial(job)
+
+
+def test_a_retry_whose_run_folder_is_not_visible_here_is_refused_saying_so(tmp_path):
+    path = write_space(tmp_path, tiny_space(name="far", trials=1, steps=4))
+    run_search(path, out=tmp_path / "out", log=lambda m: None, confirm=False)
+    study = _load(tmp_path / "out", "far")
+    study.enqueue_trial(study.trials[0].params, user_attrs={"retry_of": 0, "run_dir": "/elsewhere/trials/0000"})
+    study, _, _ = run_search(path, out=tmp_path / "out", trials=2, log=lambda m: None, confirm=False)
+    retry = study.trials[1]
+    assert retry.state == TrialState.FAIL
+    assert "/elsewhere/trials/0000 of trial 0 is not visible from this machine" in retry.user_attrs["reason"]

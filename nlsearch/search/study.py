@@ -51,7 +51,9 @@ class DriverLock:
         try:
             self.lock.acquire()
         except Timeout:
-            raise ValueError(f"another search is running in {self.path.parent} (it holds {self.path})") from None
+            raise ValueError(f"another search is running in {self.path.parent} (it holds {self.path}): a study in a "
+                             f"journal file has one driver; for several, give every driver the same "
+                             f"--storage postgresql+psycopg://...") from None
         return self
 
     def __exit__(self, *exc) -> None:
