@@ -157,7 +157,10 @@ class RayExecutor(Executor):
             capacity = total.get("CPU", 1) // resources.cpus_per_trial
         self.slots = max(1, int(capacity)) if address else workers
         self.remote = ray.remote(max_retries=0)(nlsearch_trial).options(**self.options)
-        self.channel = _channel_class().remote()
+        # the channel lives on the driver's node: a worker node that dies must not take it along
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        self.channel = _channel_class().options(scheduling_strategy=here).remote()
         self.futures: Dict[object, int] = {}
 
     def submit(self, job: TrialJob) -> None:

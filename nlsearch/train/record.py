@@ -118,11 +118,29 @@ class RunRecord(BaseModel):
 
 
 def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
-    """Where a training session (a start or a resume) runs, for the record's ``sessions``."""
+    """Where a training session (a start or a resume) runs, for the record's ``sessions``: the
+    machine, and the Ray node when it runs in a Ray worker (several nodes may share one hostname)."""
     prov = provenance(device)
-    return {"from_step": from_step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    info = {"from_step": from_step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "threads": torch.get_num_threads(),
             **{k: prov[k] for k in ("hardware", "torch", "git_commit", "allocator", "compiled_steps", "denormals")}}
+    node = _ray_node()
+    if node:
+        info["ray_node"] = node
+    return info
+
+
+def _ray_node() -> Optional[str]:
+    """The Ray node id of this process when it is a Ray worker, else None."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return ray.get_runtime_context().get_node_id()
+    except Exception:                                  # noqa: BLE001 - provenance never fails a run
+        return None
 
 
 def _number(x: float) -> Optional[float]:
