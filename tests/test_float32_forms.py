@@ -76,7 +76,7 @@ LINEAR_GRID = [(obj, decay, order, momentum)
 @pytest.mark.parametrize("chunk,read", [(1, "after_write"), (16, "after_write"), (5, "before_write")])
 def test_linear_memory_float32(objective, decay, order, momentum, chunk, read):
     """77 tokens: two blocks of 32 (the default block) and a tail; a random initial state (and momentum);
-    θ in [0.5, 0.999] (the layers start at θ ≈ 0.95; smaller θ: the xfail test below)."""
+    θ in [0.5, 0.999] (the layers start at θ ≈ 0.95; smaller θ: the test below)."""
     inp = _with_theta(memory_inputs(t=77, decay=decay, momentum=momentum), 0.5, 0.999)
     g = torch.Generator().manual_seed(3)
     m0 = 0.3 * torch.randn(2, 2, 6, 6, generator=g, dtype=F64)
@@ -85,14 +85,10 @@ def test_linear_memory_float32(objective, decay, order, momentum, chunk, read):
     _check(linear_memory, linear_memory_naive, lambda fn, dt: _memory_run(fn, inp, state, dt, **kw))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library precision loss in float32: the fast linear form's gradient of θ is ~10x less accurate than the "
-    "naive form's for small θ (4.4e-6 vs 4.5e-7 relative, T=300, θ in [0.05, 0.95]). Source: "
-    "ops/blocks.py::_DecayMatrix.backward forms the sum over rows t >= r as total - prefix (a cancelling "
-    "subtraction); autograd through the same forward, or a suffix sum, stays within 4x. Outputs, state and "
-    "every other gradient are within 4x."))
 def test_linear_momentum_small_theta_float32():
-    """Linear attention with momentum (dot, no decay), 300 tokens."""
+    """Linear attention with momentum (dot, no decay), 300 tokens, θ down to 0.05: the gradient of θ
+    sums the decay matrix's rows t ≥ r from the end (ops/blocks.py::_DecayMatrix.backward); as a total
+    minus a prefix it was ~10x less accurate than the naive form in float32 (4.4e-6 vs 4.5e-7)."""
     inp = _with_theta(memory_inputs(t=300, momentum=True), 0.05, 0.95)
     g = torch.Generator().manual_seed(3)
     m0 = 0.3 * torch.randn(2, 2, 6, 6, generator=g, dtype=F64)

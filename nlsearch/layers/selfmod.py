@@ -162,7 +162,8 @@ class SelfModLayer(nn.Module):
         eta = self.cfg.eta_scale * torch.sigmoid(self._gate(s_eta, ETA)) / self.cfg.chunk  # (B, H, L)
         log_alpha = F.logsigmoid(self._gate(s_alpha, ALPHA))
         n_self = N_MEMORIES if self.cfg.memory_target == "self" else N_MEMORIES - 1
-        targets = mlp_forward([w[:, :n_self * h] for w in anchor], v.repeat(1, n_self, 1, 1), act, True)
+        own = anchor if n_self == N_MEMORIES else [w[:, :n_self * h] for w in anchor]   # no alias node when all
+        targets = mlp_forward(own, v.repeat(1, n_self, 1, 1), act, True)
         if n_self < N_MEMORIES:
             targets = torch.cat([targets, v], dim=1)                          # (B, 5H, L, Dh)
         op = mlp_memory if self.cfg.impl == "fast" else mlp_memory_naive

@@ -116,10 +116,11 @@ class _DecayMatrix(torch.autograd.Function):
         (r,) = ctx.saved_tensors
         length = r.shape[-1]
         g = (grad * r).cumsum_(-1)                    # P[t, j] = Σ_{j' ≤ j} ∂R ⊙ R
-        total = g.sum(-2)                             # Σ over every t
-        before = g.cumsum_(-2)                        # Σ over t' ≤ t
+        # Σ over t' ≥ t, summed from the end: a total minus a prefix would cancel most of its digits
+        # in float32 when the late rows carry little (small retention)
+        after = g.flip(-2).cumsum_(-2).flip(-2)
         cols = torch.arange(length - 1, device=r.device)                   # x_r, r = 2..L: t ≥ r, j ≤ r − 2
-        d = total[..., cols] - before[..., cols + 1, cols]
+        d = after[..., cols + 2, cols]
         return F.pad(d, (1, 0))                                             # x_1 is in no segment of R
 
 

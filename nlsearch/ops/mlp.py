@@ -55,10 +55,9 @@ def _prepare(q, k, v, eta, log_alpha, theta, state, objective, chunk, read, acti
 def mlp_forward(weights: Sequence[Tensor], x: Tensor, activation: str, residual: bool) -> Tensor:
     """Evaluate the memory on inputs ``x (B, H, ..., D)`` with per-head weights ``(B, H, out, in)``."""
     act = ACTIVATIONS[activation]
-    rows = x.reshape(*x.shape[:2], math.prod(x.shape[2:-1]), x.shape[-1])  # (B, H, N, D), N may be 0
-    h = rows
+    h = x.reshape(x.shape[0] * x.shape[1], math.prod(x.shape[2:-1]), x.shape[-1])  # (B·H, N, D), N may be 0
     for i, w in enumerate(weights):
-        h = h @ w.mT
+        h = torch.bmm(h, w.reshape(-1, *w.shape[-2:]).mT)                     # flat: no reshapes in matmul
         if i < len(weights) - 1:
             h = act(h)
     h = h.view(*x.shape[:-1], h.shape[-1])

@@ -117,18 +117,17 @@ def _add_mm_heads(acc: Optional[Tensor], a: Tensor, b: Tensor, alpha: float, bat
     if acc is None:
         acc = torch.zeros_like(like)
     part = _add_mm(None, a, b, alpha)
-    acc.unflatten(0, (batch, -1))[:, r:] += part.unflatten(0, (batch, -1))
+    acc.unflatten(0, (batch, -1))[:, r:].add_(part.unflatten(0, (batch, -1)))
     return acc
 
 
 def _outer_sum(acc: Optional[Tensor], pairs: Sequence[Tuple[Tensor, Tensor]], like: Tensor) -> Tensor:
-    """``acc + Σ leftᵀ right`` over (left ``(B·H, L, o)``, right ``(B·H, L, i)``) pairs, in one product
-    (the pairs are joined along the token axis); ``acc=None``: zero, no pairs either: zeros like ``like``."""
-    if not pairs:
-        return acc if acc is not None else torch.zeros_like(like)
-    left = pairs[0][0] if len(pairs) == 1 else torch.cat([p[0] for p in pairs], dim=-2)
-    right = pairs[0][1] if len(pairs) == 1 else torch.cat([p[1] for p in pairs], dim=-2)
-    return _add_mm(acc, left.mT, right)
+    """``acc + Σ leftᵀ right`` over (left ``(B·H, L, o)``, right ``(B·H, L, i)``) pairs, one fused product
+    each (joining the pairs along the token axis first costs more in copies than it saves); ``acc=None``:
+    zero, no pairs either: zeros like ``like``."""
+    for left, right in pairs:
+        acc = _add_mm(acc, left.mT, right)
+    return acc if acc is not None else torch.zeros_like(like)
 
 
 def _vecdot(a: Tensor, b: Tensor) -> Tensor:
