@@ -161,3 +161,13 @@ def test_report_rebuilds_the_summary_without_training(tmp_path, monkeypatch, cap
     assert "## Answer" in (tmp_path / "out" / "summary.md").read_text()
     assert "answer" in capsys.readouterr().out
     assert main(["search", str(path), "--out", str(tmp_path / "nothing"), "--report"]) == 2
+
+
+def test_enqueued_candidates_are_tried_first_and_bad_ones_refused(tmp_path):
+    path = write_space(tmp_path, tiny_space(name="first", trials=1, steps=4,
+                                            enqueue=[{"mixer": "attention", "lr": 0.002}]))
+    study, _, _ = run_search(path, out=tmp_path / "out", log=lambda m: None, confirm=False)
+    assert study.trials[0].params == {"mixer": "attention", "lr": 0.002}
+    bad = write_space(tmp_path, tiny_space(name="bad2", enqueue=[{"colour": 1}]))
+    with pytest.raises(ConfigError, match=r"enqueue\.0: \['colour'\] are not parameters of the space"):
+        load_space(bad)

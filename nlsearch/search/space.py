@@ -25,6 +25,7 @@ A space file is a strict mapping (unknown keys are errors naming their path)::
       window: {int: [16, 128], when: {mixer: attention}, path: mixer.window}   # conditional
     match_params: {target: 400000, adjust: d_model, multiple_of: 16}          # optional
     constraints: {params: {min: 3.0e5, max: 5.0e5}, state_size: {max: 1.0e6}}
+    enqueue: [{mixer: attention}]       # optional: candidates tried first (unnamed params are sampled)
     question: mixer                     # optional: the dimension the verdict compares (a param or a
     reference: attention                #   derived fact: nesting_depth, params, ...) and its reference value
     confirm: {top_k: 2, seeds: [0, 1, 2], lr_factors: [1.0], alpha: 0.05}   # the confirmation stage
@@ -210,6 +211,7 @@ class SearchSpace(Strict):
     match_params: Optional[MatchParams] = None
     constraints: Dict[Literal["params", "state_size", "nesting_depth", "flops_per_token"], Bound] = {}
     resources: Resources = Resources()
+    enqueue: List[Dict[str, Scalar]] = []    # candidates tried first (e.g. the reference): param -> value or label
     question: Optional[str] = None           # the dimension the search answers: a param or a derived fact
     reference: Optional[Scalar] = None       # the question's reference value (e.g. the plain stacked model)
     confirm: Confirm = Confirm()
@@ -235,6 +237,13 @@ class SearchSpace(Strict):
             if obj.task is not None and obj.task not in task_names:
                 raise ValueError(f"objectives.{i}.metric {obj.metric!r}: task {obj.task!r} is not in tasks "
                                  f"{self.tasks}")
+        names = set(self.params) | {f"{g}.{i}.{item}" for g, spec in self.params.items() if isinstance(spec, Group)
+                                     for i in range(spec.repeat[1]) for item in spec.each}
+        for i, point in enumerate(self.enqueue):
+            unknown = sorted(set(point) - names)
+            if unknown:
+                raise ValueError(f"enqueue.{i}: {unknown} are not parameters of the space ({sorted(self.params)}; "
+                                 f"a group's items are <group>.<i>.<name>)")
         if self.question is not None and self.question not in self.params and self.question not in QUESTION_FACTS:
             raise ValueError(f"question {self.question!r} is neither a parameter ({list(self.params)}) nor a derived "
                              f"quantity ({list(QUESTION_FACTS)})")

@@ -35,7 +35,7 @@ SURPLUS = "surplus"                      # a FAIL that does not count: asked bey
 HEARTBEAT_S = int(os.environ.get("NLSEARCH_HEARTBEAT_S", 20))    # a driver's beat for its running trials
 GRACE_S = int(os.environ.get("NLSEARCH_GRACE_S", 90))            # silence after which a trial is re-queued
 # space fields that may change between runs of one study (asking for more trials, say)
-MUTABLE = ("trials", "timeout_minutes", "description", "resources", "question", "reference", "confirm")
+MUTABLE = ("trials", "timeout_minutes", "description", "resources", "question", "reference", "confirm", "enqueue")
 
 
 class DriverLock:
@@ -166,6 +166,9 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
     done = len(study.get_trials(deepcopy=False))
     if done:            # a resumed study: a sampler seeded as at the start would draw the same candidates again
         study.sampler = make_sampler(space.sampler, space.seed + done)
+    else:               # a new study: the space's own candidates first (its reference, say)
+        for point in space.enqueue:
+            study.enqueue_trial(dict(point), skip_if_exists=True)
     return study
 
 
