@@ -107,7 +107,7 @@ def test_an_address_with_no_cluster_is_an_error_within_seconds_naming_it(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_a_journal_cut_mid_line_is_repaired_and_a_garbage_line_is_named(tmp_path, capsys):
+def test_a_journal_cut_mid_line_is_repaired_and_a_garbage_line_is_named(tmp_path, capsys, monkeypatch):
     import optuna
     from nlsearch.search.study import JOURNAL, make_storage
     out = tmp_path / "out"
@@ -123,6 +123,7 @@ def test_a_journal_cut_mid_line_is_repaired_and_a_garbage_line_is_named(tmp_path
     journal.write_bytes(b"".join(lines[:2] + [b"garbage {not json\n"] + lines[2:]))
     damaged = journal.read_bytes()
     path = write_space(tmp_path, tiny_space(name="j"))
+    monkeypatch.setenv("COLUMNS", "500")                      # one line: rich wraps long paths otherwise
     assert main(["search", str(path), "--out", str(out), "--quiet", "--workers", "1"]) == 2
     text = " ".join(capsys.readouterr().out.split())
     assert f"{journal}: line 3 is not a journal record" in text
