@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -86,9 +87,17 @@ def make_storage(run_dir: Path, url: Optional[str]):
     if url:
         from optuna.storages import RDBStorage
 
+        from sqlalchemy.exc import DBAPIError
+
         # the driver beats itself (ask/tell, not Study.optimize): Optuna's warning about that is moot
         warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
-        return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        for attempt in range(5):
+            try:
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+            except DBAPIError:            # drivers started together on a new database both create its tables:
+                if attempt == 4:          # the loser's CREATE fails; by the retry the tables are there
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
