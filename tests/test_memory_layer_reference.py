@@ -6,21 +6,15 @@ import torch
 
 from nlsearch.layers import MemoryLayerConfig
 from nlsearch.ops import preset
+from memory_layer_inputs import layer_inputs
 
 F64 = torch.float64
 
 
 def _reference(layer, x):
     b, t, _ = x.shape
-    h, dh, kernel = layer.h, layer.dh, layer.cfg.conv_size
-    z = x @ layer.qkv.weight.T                                                   # (B, T, 3HD)
-    w = layer.conv.conv.weight[:, 0, :]                                          # (C, K)
-    padded = torch.cat([z.new_zeros(b, kernel - 1, z.shape[-1]), z], dim=1)
-    conv = torch.stack([(padded[:, s:s + kernel] * w.T).sum(1) for s in range(t)], dim=1)
-    z = conv * torch.sigmoid(conv)
-    q, k, v = z.view(b, t, 3, h, dh).unbind(2)                                   # (B, T, H, D)
-    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    g = torch.sigmoid(x @ layer.gates.weight.T + layer.gates.bias).view(b, t, -1, h)
+    h, dh = layer.h, layer.dh
+    q, k, v, g, _ = layer_inputs(layer, x)
     eta = layer.eta_scale * g[:, :, 0] / layer.rule.chunk
     alpha = g[:, :, 1] if layer.rule.decay else torch.ones_like(eta)
     m = x.new_zeros(b, h, dh, dh)

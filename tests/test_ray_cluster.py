@@ -138,10 +138,7 @@ def test_trials_spread_over_both_nodes_and_each_record_names_its_node(cluster, t
 
 
 def test_a_node_killed_mid_trial_gives_a_failed_trial_with_the_reason(cluster, tmp_path):
-    space = write_space(tmp_path, tiny_space(name="lost", trials=2, steps=3000))
-    data = yaml.safe_load(space.read_text())
-    data["budget"]["checkpoint_interval"] = 4
-    space.write_text(yaml.safe_dump(data))
+    space = write_space(tmp_path, tiny_space(name="lost", trials=2, steps=3000))      # a checkpoint every 4 steps
     out = tmp_path / "out"
     proc = _search(cluster, space, out)
     deadline = time.monotonic() + 240

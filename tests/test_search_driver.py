@@ -212,10 +212,7 @@ def _wait_for_checkpoint(out: Path, trial: int, proc: subprocess.Popen, timeout:
 @pytest.mark.parametrize("how", ["kill -9", "Ctrl-C"])
 def test_stopped_search_resumes_without_losing_or_rerunning_a_finished_trial(tmp_path, how):
     # trials long enough that the signal lands mid-trial even on a loaded machine
-    space = write_space(tmp_path, tiny_space(name="resume", trials=3, steps=300))
-    space_data = yaml.safe_load(space.read_text())
-    space_data["budget"]["checkpoint_interval"] = 4
-    space.write_text(yaml.safe_dump(space_data))
+    space = write_space(tmp_path, tiny_space(name="resume", trials=3, steps=300))   # a checkpoint every 4 steps
     out = tmp_path / "out"
     proc = _cli(space, out)
     _wait_for_checkpoint(out, 1, proc)                       # trial 0 finished, trial 1 mid-way

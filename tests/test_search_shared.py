@@ -15,7 +15,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-import yaml
 from optuna.trial import TrialState
 
 from search_fixtures import tiny_space, write_space
@@ -35,11 +34,7 @@ def _driver(space: Path, out: Path, url: str, **env) -> subprocess.Popen:
 
 
 def _space(tmp_path: Path, name: str, trials: int, steps: int) -> Path:
-    path = write_space(tmp_path, tiny_space(name=name, trials=trials, steps=steps))
-    data = yaml.safe_load(path.read_text())
-    data["budget"]["checkpoint_interval"] = 4
-    path.write_text(yaml.safe_dump(data))
-    return path
+    return write_space(tmp_path, tiny_space(name=name, trials=trials, steps=steps))   # a checkpoint every 4 steps
 
 
 def _study(url: str, name: str) -> optuna.Study:

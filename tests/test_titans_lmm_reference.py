@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from nlsearch.layers import MemoryLayerConfig, TitansMAGConfig, TitansMALConfig
 from nlsearch.ops import MemoryRule, preset
+from memory_layer_inputs import layer_inputs
 from test_titans_reference import _attention, _rms
 
 F64 = torch.float64
@@ -35,16 +36,9 @@ def _silu_grad(z):
 def _lmm_reference(layer, x):
     """Per-token Titans memory layer; returns (out (B, T, d), dict of the final state)."""
     b, t, _ = x.shape
-    h, dh, kernel, chunk = layer.h, layer.dh, layer.cfg.conv_size, layer.rule.chunk
-    pre = x @ layer.qkv.weight.T                                                   # (B, T, 3HD)
-    w = layer.conv.conv.weight[:, 0, :]                                            # (C, K)
-    padded = torch.cat([pre.new_zeros(b, kernel - 1, pre.shape[-1]), pre], dim=1)
-    conv = torch.stack([(padded[:, s:s + kernel] * w.T).sum(1) for s in range(t)], dim=1)
-    z = conv * torch.sigmoid(conv)
-    q, k, v = z.view(b, t, 3, h, dh).unbind(2)                                     # (B, T, H, D)
-    q, k = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    g = torch.sigmoid(x @ layer.gates.weight.T + layer.gates.bias).view(b, t, 3, h)
-    eta_hat, alpha, theta = g.unbind(2)                                            # (B, T, H)
+    h, dh, chunk = layer.h, layer.dh, layer.rule.chunk
+    q, k, v, g, conv_state = layer_inputs(layer, x)
+    eta_hat, alpha, theta = g.unbind(2)                                            # (B, T, H) each
     eta = layer.eta_scale * eta_hat / chunk * (1 - theta)
     w1, w2 = (p.expand(b, *p.shape) for p in layer.init_weights)                   # (B, H, out, in)
     s1, s2 = torch.zeros_like(w1), torch.zeros_like(w2)
@@ -65,7 +59,7 @@ def _lmm_reference(layer, x):
     y = torch.stack(ys, dim=1)                                                       # (B, T, H, D)
     y = y / torch.sqrt(y.square().mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)
     out = y.reshape(b, t, h * dh) @ layer.out.weight.T
-    state = dict(weights=(w1, w2), momentum=(s1, s2), conv=padded[:, -(kernel - 1):].transpose(1, 2))
+    state = dict(weights=(w1, w2), momentum=(s1, s2), conv=conv_state)
     if t % chunk:
         state.update(anchor=(a1, a2), anchor_decay=since)
     return out, state
