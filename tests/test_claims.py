@@ -95,3 +95,26 @@ def test_far_below_the_sources_scale_with_calibration_is_not_testable_naming_bot
     close = claim.model_copy(update={"source_setting": claim.source_setting.model_copy(
         update={"train_sequences": 3200})})
     assert judge(close, entries, recall_protocol, "tiny", budget=budget).outcome == "reproduced"
+
+
+def test_a_check_can_read_a_metric_other_than_the_ranked_one(tmp_path):
+    """Forgetting (BWT) decides a claim about forgetting, though the continual task ranks by ACC."""
+    protocol = load_protocol()
+    task = protocol.by_role()["continual"].task
+    hope = task_result(task, [0.40, 0.42, 0.44], metric="acc", kind="continual", extra={"bwt": [-0.20, -0.25, -0.30]})
+    dense = task_result(task, [0.50, 0.52, 0.54], metric="acc", kind="continual", extra={"bwt": [-0.90, -0.80, -0.85]})
+    entries = [make_entry("hope", {task: hope}, kind="baseline"), make_entry("transformer", {task: dense}, kind="baseline")]
+    setting = {"task": {"setting": "phases"}, "metric": "m", "models": ["HOPE"]}
+    forgets = Claim(id="f", claim="f", source="s", budgets=["cpu"], source_setting=setting,
+                    check={"kind": "beats", "winners": ["hope"], "losers": ["transformer"], "roles": ["continual"],
+                           "metric": "bwt"})
+    verdict = judge(forgets, entries, protocol, "cpu")
+    assert verdict.outcome == "reproduced"                           # -0.25 > -0.85
+    assert verdict.numbers[f"hope {task} bwt"] == pytest.approx((-0.25, 0.05, 3))
+    ranked = forgets.model_copy(update={"check": forgets.check.model_copy(update={"metric": None})})
+    assert judge(ranked, entries, protocol, "cpu").outcome == "not reproduced"     # acc 0.42 < 0.52
+    path = _write_claims(tmp_path, source_setting=setting,
+                         check={"kind": "beats", "winners": ["hope"], "losers": ["transformer"], "roles": ["continual"],
+                                "metric": "forgetting"})
+    with pytest.raises(ConfigError, match=r"check.metric 'forgetting' is not a metric of continual's task .*'bwt'"):
+        load_claims(path, protocol)

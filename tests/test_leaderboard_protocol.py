@@ -17,7 +17,10 @@ from leaderboard_fixtures import write_protocol
 
 def test_the_shipped_protocol_names_real_tasks_metrics_budgets_and_claims():
     protocol = load_protocol()
-    assert protocol.ref == "standard@3" and len(protocol.seeds) >= 3
+    assert protocol.ref == "standard@4" and len(protocol.seeds) >= 3
+    # recall@1 (8,192-token vocabulary) is ranked on the gpu track only: cpu@3 leaves it near chance
+    assert "recall@1" in protocol.task_refs("gpu") and "recall@1" not in protocol.task_refs("cpu")
+    assert set(protocol.task_refs("cpu")) == set(protocol.task_refs()) - {"recall@1"}
     for rule in protocol.tasks + protocol.claim_tasks:
         task = load_task(rule.task, protocol.resolve_tasks_dir())
         assert rule.metric in {m.name for m in task.spec.metrics}, rule
@@ -62,6 +65,30 @@ def test_bad_tracks_and_folders_are_protocol_errors(tmp_path):
     assert protocol.load_budget("smoke").ref == "smoke@1"
     with pytest.raises(ProtocolError, match="not one of its tracks"):
         protocol.load_budget("cpu")
+
+
+def test_a_task_can_be_ranked_on_some_tracks_only(tmp_path):
+    from nlsearch.leaderboard.scoring import planned_runs
+
+    path = write_protocol(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["tasks"][0]["tracks"] = ["smoke"]
+    path.write_text(yaml.safe_dump(data))
+    protocol = load_protocol(path)
+    first, rest = data["tasks"][0]["task"], [t["task"] for t in data["tasks"][1:]]
+    assert list(protocol.task_refs("tiny")) == rest and list(protocol.task_refs("smoke")) == [first] + rest
+    assert list(protocol.task_refs()) == [first] + rest          # every track's
+    runs = planned_runs({"d_model": 32}, "m", None, protocol, protocol.load_budget("tiny"), tmp_path / "runs")
+    assert len(runs) == len(rest) * len(protocol.seeds)           # the reproduction trains only the track's tasks
+    data["tasks"][0]["tracks"] = ["gpu"]                          # not a budget name of this protocol's tracks
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProtocolError, match=r"tasks\[0\].*tracks \['gpu'\] are not budget names"):
+        load_protocol(path)
+    data["tasks"] = data["tasks"][:1]                             # then the tiny track would rank nothing
+    data["tasks"][0]["tracks"] = ["smoke"]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ProtocolError, match="no task is ranked on track"):
+        load_protocol(path)
 
 
 def test_the_hash_changes_with_any_content(tmp_path):

@@ -10,6 +10,8 @@ and baseline names (the baselines are named after their presets):
 - ``gap_grows``: the lead of ``reference`` over each of ``models`` is larger on ``roles[1]`` than on
   ``roles[0]`` (recurrent models fall behind as the task gets harder).
 
+``metric`` names the metric a check reads when it is not the role's ranked one (e.g. ``bwt``, the
+forgetting a continual task reports beside its ranked ``acc``); it must be one the tasks declare.
 ``length`` says where a check reads the metric: ``headline`` (the task's ranked metric, which may
 average several eval lengths), ``longest`` (the longest eval length of the track) or a length in
 tokens (``accuracy@128``). A check reads the metric where its source measured it: a headline that
@@ -57,6 +59,7 @@ class Check(Strict):
     models: Tuple[str, ...] = ()
     reference: Optional[str] = None
     length: Union[PositiveInt, Literal["headline", "longest"]] = "headline"
+    metric: Optional[str] = None          # a metric the roles' tasks report (default: each task's ranked one)
 
     def read_roles(self) -> Tuple[str, ...]:
         return self.roles + ((self.role,) if self.role else ())
@@ -150,6 +153,10 @@ def check_claim(claim: Claim, protocol: Protocol) -> None:
             shown = "; ".join(f"{k}: " + ", ".join(f"{r}={settings[r].get(k)}" for r in settings) for k in extra)
             raise ValueError(f"its roles' tasks differ in {extra}, which the claim does not vary "
                              f"(varies: {list(claim.varies)}): {shown}")
+    for role, spec in specs.items() if check.metric else ():
+        declared = [m.name for m in spec.metrics]
+        if check.metric not in declared:
+            raise ValueError(f"check.metric {check.metric!r} is not a metric of {role}'s task ({declared})")
     measured = set(claim.source_setting.eval_lengths)
     if measured and check.length == "headline":
         for role, spec in specs.items():
@@ -183,14 +190,14 @@ class _Lookup:
     baseline whatever its name) and from the claim tasks' results, in 'higher is better' orientation."""
 
     def __init__(self, entries: List[Entry], protocol: Protocol, length: Union[int, str],
-                 extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None):
+                 extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None, metric: Optional[str] = None):
         baselines = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
         self.results: Dict[str, Dict[str, TaskResult]] = {n: dict(e.tasks) for n, e in baselines.items()}
         for name, tasks in (extra or {}).items():
             if name in self.results:                      # claim tasks count only beside a measured baseline
                 self.results[name].update(tasks)
         self.roles = protocol.by_role()
-        self.length = length
+        self.length, self.metric = length, metric
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
 
     def get(self, model: str, role: str) -> Tuple[float, bool]:
@@ -202,9 +209,10 @@ class _Lookup:
         result = tasks.get(self.roles[role].task)
         if result is None:
             raise _Untestable(f"{model} has no result on {self.roles[role].task}")
-        metric = result.metric
+        metric = self.metric or result.metric
+        hib = result.directions.get(metric, result.higher_is_better)
         if self.length == "longest":
-            lengths = sorted(result.per_length())
+            lengths = sorted(result.per_length(metric))
             metric = f"{metric}@{lengths[-1]}" if lengths else metric
         elif isinstance(self.length, int):
             metric = f"{metric}@{self.length}"
@@ -212,7 +220,7 @@ class _Lookup:
         self.numbers[f"{model} {result.task} {metric}"] = (mean, std, n)
         if math.isnan(mean):
             raise _Untestable(f"{model} has no finite {metric} on {result.task}")
-        return (mean if result.higher_is_better else -mean), result.higher_is_better
+        return (mean if hib else -mean), hib
 
 
 def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
@@ -282,7 +290,7 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
         return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
     scale = claim_scale(claim, protocol, budget)
     small = too_small(claim, scale, budget_name)
-    look = _Lookup(entries, protocol, claim.check.length, extra)
+    look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric)
     try:
         ok, what = _judge(claim.check, look)
     except _Untestable as why:

@@ -35,6 +35,8 @@ class ProtocolTask(Strict):
     task: str                                   # name@version of a frozen task spec
     metric: str                                 # the spec metric this task is ranked by
     role: Optional[str] = Field(None, pattern=ROLE)   # what the reproduction's claims call this task
+    # the budget names (``cpu``, ``gpu``) on which the task is ranked; empty: every track
+    tracks: Tuple[str, ...] = added((), "the budget names on which the task is ranked (empty: every track)")
 
     @model_validator(mode="after")
     def _versioned(self) -> "ProtocolTask":
@@ -111,8 +113,15 @@ class Protocol(Strict):
     def sha256(self) -> str:
         return hashlib.sha256(canonical_json(self).encode()).hexdigest()
 
-    def task_refs(self) -> Tuple[str, ...]:
-        return tuple(t.task for t in self.tasks)
+    def task_refs(self, budget: Union[Budget, str, None] = None) -> Tuple[str, ...]:
+        """The ranked tasks' refs: every track's (``budget`` None), or those ranked on ``budget``."""
+        return tuple(t.task for t in (self.tasks if budget is None else self.ranked(budget)))
+
+    def ranked(self, budget: Union[Budget, str, None] = None) -> Tuple[ProtocolTask, ...]:
+        """The tasks ranked on a track (a Budget, a track name or ref; None: the default track): those
+        without ``tracks`` and those that list the track's budget name."""
+        name = (budget if isinstance(budget, Budget) else self.load_budget(budget)).name
+        return tuple(t for t in self.tasks if not t.tracks or name in t.tracks)
 
     def by_role(self) -> Dict[str, ProtocolTask]:
         """Ranked tasks and claim tasks by role."""
@@ -154,6 +163,15 @@ def load_protocol(path: Union[str, Path, None] = None) -> Protocol:
             protocol._budget_of(track)
         except (ValueError, FileNotFoundError) as err:
             raise ProtocolError(f"protocol {path}: budgets: {track!r}: {err}") from None
+    names = {protocol._budget_of(track).name for track in protocol.budgets}
+    for i, rule in enumerate(protocol.tasks):
+        unknown = sorted(set(rule.tracks) - names)
+        if unknown:
+            raise ProtocolError(f"protocol {path}: tasks[{i}] ({rule.task}): tracks {unknown} are not budget names "
+                                f"of its tracks {sorted(names)}")
+    if not all(protocol.ranked(track) for track in protocol.budgets):
+        empty = [track for track in protocol.budgets if not protocol.ranked(track)]
+        raise ProtocolError(f"protocol {path}: no task is ranked on track(s) {empty}")
     folder = protocol.resolve_tasks_dir()
     if folder is not None and not folder.is_dir():
         raise ProtocolError(f"protocol {path}: tasks_dir {protocol.tasks_dir!r} is not a folder ({folder})")

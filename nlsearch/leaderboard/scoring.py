@@ -87,12 +87,12 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
                 seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
                 workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
                 tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[str, TaskResult]:
-    """Trains and evaluates ``model`` (a config mapping) on every protocol task (or on ``tasks``: the
+    """Trains and evaluates ``model`` (a config mapping) on the tasks ranked on ``budget``'s track (or on ``tasks``: the
     claim tasks a reproduction scores, by the same rules); returns the task results by task ref.
     ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``: a fixed
     factor per task instead of the sweep (a claimed, verified choice)."""
     seeds = list(protocol.seeds if seeds is None else seeds)
-    rules = tuple(protocol.tasks if tasks is None else tasks)
+    rules = tuple(protocol.ranked(budget) if tasks is None else tasks)
     tasks_dir = protocol.resolve_tasks_dir()
     check_tasks(protocol)
     common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
@@ -153,7 +153,7 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
     factors = tuple(protocol.lr_sweep.factors)
     device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
     out: List[PlannedRun] = []
-    for rule in protocol.tasks if tasks is None else tasks:
+    for rule in protocol.ranked(budget) if tasks is None else tasks:
         for seed in protocol.seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
             done = []

@@ -3,7 +3,7 @@
 A result file (YAML or JSON, read with safe parsing) claims the numbers of a config under a protocol
 and budget track::
 
-    protocol: standard@3
+    protocol: standard@4
     budget: cpu@3
     config_sha256: 3f1c...            # nlsearch's hash of the submitted config (``nlsearch describe``)
     tasks:
@@ -65,7 +65,7 @@ def load_results_file(path: Path, protocol: Protocol, budget_ref: str, config_sh
     if claims.config_sha256 != config_sha256:
         raise LeaderboardError(f"{path}: config_sha256 {claims.config_sha256[:12]}... does not match the hash of "
                                f"{config_file} ({config_sha256[:12]}...): these results are for another config")
-    for rule in protocol.tasks:
+    for rule in protocol.ranked(budget_ref):
         task = claims.tasks.get(rule.task)
         if task is None:
             raise LeaderboardError(f"{path}: tasks: no results for protocol task {rule.task}")
@@ -76,9 +76,10 @@ def load_results_file(path: Path, protocol: Protocol, budget_ref: str, config_sh
             metrics = task.seeds.get(seed)
             if metrics is None or metrics.get(rule.metric) is None:
                 raise LeaderboardError(f"{path}: tasks.{rule.task}.seeds.{seed}: no {rule.metric!r} claimed")
-    extra = sorted(set(claims.tasks) - set(protocol.task_refs()))
+    ranked = protocol.task_refs(budget_ref)
+    extra = sorted(set(claims.tasks) - set(ranked))
     if extra:
-        raise LeaderboardError(f"{path}: tasks: {extra} are not protocol tasks {list(protocol.task_refs())}")
+        raise LeaderboardError(f"{path}: tasks: {extra} are not tasks the protocol ranks on {budget_ref} {list(ranked)}")
     return claims, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
