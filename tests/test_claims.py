@@ -103,7 +103,8 @@ def test_a_check_can_read_a_metric_other_than_the_ranked_one(tmp_path):
     task = protocol.by_role()["continual"].task
     hope = task_result(task, [0.40, 0.42, 0.44], metric="acc", kind="continual", extra={"bwt": [-0.20, -0.25, -0.30]})
     dense = task_result(task, [0.50, 0.52, 0.54], metric="acc", kind="continual", extra={"bwt": [-0.90, -0.80, -0.85]})
-    entries = [make_entry("hope", {task: hope}, kind="baseline"), make_entry("transformer", {task: dense}, kind="baseline")]
+    entries = [make_entry("hope", {task: hope}, kind="baseline"),
+               make_entry("transformer", {task: dense}, kind="baseline")]
     setting = {"task": {"setting": "phases"}, "metric": "m", "models": ["HOPE"]}
     forgets = Claim(id="f", claim="f", source="s", budgets=["cpu"], source_setting=setting,
                     check={"kind": "beats", "winners": ["hope"], "losers": ["transformer"], "roles": ["continual"],

@@ -232,3 +232,46 @@ def test_a_claim_reading_a_baseline_still_to_score_is_pending():
                   check={"kind": "beats", "winners": ["x"], "losers": ["y"], "roles": ["recall"]})
     verdict = judge(claim, [], None, "cpu", pending=["y", "z"])
     assert verdict.outcome == "pending" and verdict.reason == "runs missing for y"
+
+
+def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_for(reproduced, tmp_path):
+    """From a runs folder where some runs are missing (a reproduction in progress), the report shows the
+    seeds done per cell with their mean, the runs done per baseline, and each pending claim names the
+    runs it still waits for; the means are checked against the runs' own records."""
+    import shutil
+
+    from nlsearch.leaderboard.claims import load_claims
+    from nlsearch.leaderboard.reproduce import _write_report
+
+    root, protocol, _ = reproduced
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    gone = [d for d in runs.glob("tiny_recall@1/*/*seed[12]") if _objective(d) == "l2"]        # DeltaNet's
+    assert len(gone) == 2, gone
+    for folder in gone:
+        shutil.rmtree(folder)
+    kept = json.loads(next(gone[0].parent.glob("*seed0/record.json")).read_text())["metrics"]["accuracy"]
+    specs = [str(root / f"{n}.yaml") for n in ("transformer", "deltanet", "linear-attention")]
+    claims = load_claims(protocol.claims_path(), protocol).claims
+    track = protocol.load_budget("tiny")
+    out = tmp_path / "out"
+    _write_report(protocol, track, Store(tmp_path / "lb"), claims, None, specs, ["transformer", "deltanet",
+                  "linear-attention"], out, {}, runs)
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| deltanet |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "7/9"                   # 2 ranked tasks x 3 seeds, its claim task x 3, less the 2 removed
+    assert cells[2] == f"{kept:.4f} (n=1)"     # the one seed left on tiny_recall, as its record says
+    assert cells[3].endswith("(n=3)") and cells[-1] == "-"       # tiny_lm complete; no entry on this leaderboard
+    data = json.loads((out / "report.json").read_text())
+    assert data["runs"]["deltanet"]["tiny_recall@1"]["done"] == 1
+    assert data["runs"]["deltanet"]["tiny_recall@1"]["mean_std_n"][0] == pytest.approx(kept)
+    delta = next(c for c in data["claims"] if c["id"] == "delta-beats-dot")
+    assert delta["outcome"] == "pending" and "deltanet 7/9 runs done" in delta["reason"]
+    assert "linear-attention 6/6 runs done" in delta["reason"]
+
+
+def _objective(run_dir):
+    """The memory objective of the config a finished run's record holds (None: attention)."""
+    rule = json.loads((run_dir / "record.json").read_text())["config"]["mixer"].get("rule")
+    return rule["objective"] if isinstance(rule, dict) else None

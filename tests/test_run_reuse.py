@@ -155,3 +155,20 @@ def test_every_committed_reproduction_run_is_reusable_from_this_checkout():
         record = read_record(path.parent)
         plan = plan_run(record.config, record.task, record.budget, record.seed, "cpu")
         assert finished_record(path.parent, plan.identity()) is not None, path
+
+
+def test_run_jobs_hands_over_every_result_as_it_finishes(finished):
+    """A reproduction rewrites its report after every run: ``on_result`` sees each job's result, failed
+    ones too, by the time ``run_jobs`` moves on; results come back in the jobs' order."""
+    from dataclasses import replace
+
+    from nlsearch.leaderboard.runner import run_jobs
+
+    job, _ = finished
+    broken = replace(job, task="no_such_task@1")
+    seen, logged = [], []
+    results = run_jobs([broken, job], 1, log=logged.append, on_result=lambda r: seen.append((r.job.task, r.status,
+                                                                                           len(logged))))
+    assert [r.job.task for r in results] == [broken.task, job.task]
+    assert seen[0][0] == broken.task and seen[0][1].startswith("failed") and seen[0][2] == 1   # logged, handed over
+    assert seen[1] == (job.task, "completed", 2) and results[1].reused

@@ -24,7 +24,8 @@ Rules a claims file is held to when loaded with its protocol (:func:`load_claims
   ``varies`` (generator parameters, or ``lengths``): otherwise the gap could come from anything
   else that changed between them, and the claim is refused naming the keys that differ.
 
-Verdicts: ``reproduced``, ``not reproduced``, ``pending`` (a baseline it reads is still to be scored),
+Verdicts: ``reproduced``, ``not reproduced`` (saying whether a budget effect we can name, the claim's
+calibration finding for the track, explains it), ``pending`` (a baseline it reads is still to be scored),
 or ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
 track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
 sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
@@ -304,4 +305,8 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
                                               f"{'holds' if ok else 'fails'}", look.numbers, scale)
     if scale is not None and scale[0] < MIN_SCALE_RATIO * scale[1]:
         what += f" (at {scale_text(scale)})"
+    if not ok:
+        effect = claim.calibration.get(budget_name)
+        what += (f"; a budget effect we can name: {effect}" if effect else
+                 "; no budget effect we can name (the claim records no calibration finding for this track)")
     return Verdict(claim, "reproduced" if ok else "not reproduced", what, look.numbers, scale)

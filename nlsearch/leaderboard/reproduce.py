@@ -13,7 +13,7 @@ import math
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
@@ -22,7 +22,8 @@ from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scal
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Log
-from nlsearch.leaderboard.scoring import score_model
+from nlsearch.leaderboard.render import render
+from nlsearch.leaderboard.scoring import partial_results, score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import display, mean_std
@@ -43,8 +44,9 @@ def _name(spec: ModelSpec) -> str:
 
 
 def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs_dir: Path, workers: int,
-                 address: Optional[str], log: Log) -> str:
-    """Scores one baseline and adds it (or finds it already there); returns its entry id."""
+                 address: Optional[str], log: Log, on_result: Optional[Callable[[Any], Any]] = None) -> str:
+    """Scores one baseline and adds it (or finds it already there), re-rendering the leaderboard's page;
+    returns its entry id. ``on_result``: called with every run as it finishes."""
     name = _name(spec)
     sub = load_submission(spec, protocol)
     existing = store.find(sub.sha256, protocol.ref, budget.ref)
@@ -56,10 +58,12 @@ def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs
                                    f"reproduce this baseline")
         log(f"{name}: already on the leaderboard ({existing})")
         return entry.id
-    tasks = score_model(sub.data, protocol, budget, runs_dir, workers=workers, address=address, log=log)
+    tasks = score_model(sub.data, protocol, budget, runs_dir, workers=workers, address=address, log=log,
+                        on_result=on_result)
     entry = build_entry(sub, name, AUTHOR, "baseline", protocol, budget, tasks)
     path = store.add(entry)
-    log(f"{name}: added {path}")
+    render(store.root, protocol)                  # the page shows every baseline as soon as it is complete
+    log(f"{name}: added {path}; {store.root / 'README.md'} and index.html re-rendered")
     return entry.id
 
 
@@ -71,7 +75,8 @@ def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budg
 
 
 def score_claim_tasks(spec: ModelSpec, claims: Sequence[Claim], protocol: Protocol, budget, runs_dir: Path,
-                      workers: int, address: Optional[str], log: Log) -> Dict[str, TaskResult]:
+                      workers: int, address: Optional[str], log: Log,
+                      on_result: Optional[Callable[[Any], Any]] = None) -> Dict[str, TaskResult]:
     """Baseline ``spec`` on the claim tasks its claims read on this track (same seeds, sweep and runs
     folder as its ranked tasks: finished runs are reused); by task ref."""
     rules = claim_tasks_for(_name(spec), claims, protocol, budget)
@@ -79,7 +84,7 @@ def score_claim_tasks(spec: ModelSpec, claims: Sequence[Claim], protocol: Protoc
         return {}
     log(f"{_name(spec)}: claim tasks {[r.task for r in rules]}")
     return score_model(load_submission(spec, protocol).data, protocol, budget, runs_dir, workers=workers,
-                       address=address, log=log, tasks=rules)
+                       address=address, log=log, tasks=rules, on_result=on_result)
 
 
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
@@ -137,8 +142,54 @@ def setting_lines(verdicts: Sequence[Verdict], protocol: Protocol) -> List[str]:
     return lines
 
 
+Progress = Dict[str, Dict[str, Tuple[int, int, Optional[TaskResult]]]]   # name -> task -> (done, needed, so far)
+
+
+def progress(specs: Sequence[ModelSpec], claims: Sequence[Claim], protocol: Protocol, budget,
+             runs_dir: Path) -> Progress:
+    """Per baseline and task (ranked tasks, then the claim tasks its claims read): runs finished, runs
+    the protocol needs, and the result over the seeds finished so far (``scoring.partial_results``)."""
+    out: Progress = {}
+    for spec in specs:
+        data = load_submission(spec, protocol).data
+        tasks = list(protocol.ranked(budget)) + claim_tasks_for(_name(spec), claims, protocol, budget)
+        out[_name(spec)] = partial_results(data, protocol, budget, runs_dir, tasks)
+    return out
+
+
+def _runs_done(tasks: Dict[str, Tuple[int, int, Optional[TaskResult]]]) -> str:
+    return f"{sum(d for d, _, _ in tasks.values())}/{sum(n for _, n, _ in tasks.values())}"
+
+
+def _cell(done: int, result: Optional[TaskResult], factors: int) -> str:
+    if result is None:
+        return f"sweep {done}/{factors}" if done else "-"
+    mean, std, n = result.aggregate()
+    return f"{mean_std(mean, std)} (n={n})"
+
+
+def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence[str]) -> List[str]:
+    """The table of runs so far: per baseline its runs done, and per ranked task its mean ± std over the
+    seeds finished (n), "sweep k/3" while the lr sweep is still running, "-" before its first run."""
+    from nlsearch.tasks import load_task
+
+    rules = protocol.ranked(budget)
+    heads = []
+    for rule in rules:
+        spec = load_task(rule.task, protocol.resolve_tasks_dir()).spec
+        hib = {m.name: m.higher_is_better for m in spec.metrics}[rule.metric]
+        heads.append(f"{rule.task} {rule.metric} {'↑' if hib else '↓'}")
+    lines = ["| model | runs done | " + " | ".join(heads) + " | entry |",
+             "|---|---|" + "---|" * len(heads) + "---|"]
+    for name, tasks in prog.items():
+        cells = [_cell(tasks[r.task][0], tasks[r.task][2], len(protocol.lr_sweep.factors)) for r in rules]
+        entry = "yes" if name in entries else "-"
+        lines.append(f"| {name} | {_runs_done(tasks)} | " + " | ".join(cells) + f" | {entry} |")
+    return lines
+
+
 def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Verdict],
-                bigram: Optional[Dict[str, float]], names: Sequence[str]) -> str:
+                bigram: Optional[Dict[str, float]], names: Sequence[str], prog: Optional[Progress] = None) -> str:
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
@@ -146,9 +197,17 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
               for o in ("reproduced", "not reproduced", "not testable", "pending")}
     lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
              f"Written by `nlsearch reproduce` on {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
-             f"commit {git_commit()}. Seeds {list(protocol.seeds)}; lr sweep x{list(protocol.lr_sweep.factors)} "
-             f"for every model; ranked metric per task as mean ± sample std over seeds (↑ higher / ↓ lower is "
-             f"better).", "", markdown_table(table), ""]
+             f"commit {git_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
+             f"x{list(protocol.lr_sweep.factors)} for every model on seed {protocol.seeds[0]}, the best factor "
+             f"then for every seed; ranked metric per task as mean ± sample std over the seeds finished (n) "
+             f"(↑ higher / ↓ lower is better).", ""]
+    if prog is not None:
+        done = sum(d for tasks in prog.values() for d, _, _ in tasks.values())
+        needed = sum(n for tasks in prog.values() for _, n, _ in tasks.values())
+        lines += [f"## Runs so far: {done} of {needed}", "",
+                  *progress_lines(prog, protocol, budget, set(table.name)), ""]
+    if len(table):
+        lines += ["## Complete baselines (leaderboard entries, ranked among themselves)", "", markdown_table(table), ""]
     commits = sorted({s.run.git_commit for e in store.entries(protocol.ref, budget.ref) if e.name in names
                       for t in e.tasks.values() for s in t.seeds if s.run is not None})
     if commits:
@@ -217,15 +276,23 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     bigram = bigram_reference(protocol, track)
     names = [_name(s) for s in specs]
     extra: Dict[str, Dict[str, TaskResult]] = {}
+    state = {"pending": names}
+
+    def write(_result: Any = None) -> Path:     # after every finished run, and after every baseline
+        return _write_report(protocol, track, store, claims, bigram, specs, state["pending"], Path(out_dir), extra,
+                             Path(runs_dir))
+
+    report = write()
     for i, spec in enumerate(specs):
+        state["pending"] = names[i:]
         try:
-            add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log)
-            extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log)
+            add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log, on_result=write)
+            extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log,
+                                                on_result=write)
         except LeaderboardError as err:
             raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
-        report = _write_report(protocol, track, store, claims, bigram, names, names[i + 1:], Path(out_dir), extra)
-    if not specs:
-        report = _write_report(protocol, track, store, claims, bigram, names, [], Path(out_dir), extra)
+        state["pending"] = names[i + 1:]
+        report = write()
     return report
 
 
@@ -249,15 +316,21 @@ def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[Mo
     return [by_name[n] for n in order]
 
 
-def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram, names: Sequence[str],
-                  pending: Sequence[str], out: Path, extra: Optional[Dict[str, Dict[str, TaskResult]]] = None
-                  ) -> Path:
-    """``out/report.md`` and ``report.json`` from the entries so far and the claim tasks' results
-    (``extra``: by baseline name and task ref); claims that read a baseline still to score are
-    ``pending``."""
+def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram,
+                  specs: Sequence[ModelSpec], pending: Sequence[str], out: Path,
+                  extra: Optional[Dict[str, Dict[str, TaskResult]]] = None, runs_dir: Optional[Path] = None) -> Path:
+    """``out/report.md`` and ``report.json`` from the entries so far, the claim tasks' results (``extra``:
+    by baseline name and task ref) and, with ``runs_dir``, every run finished so far; claims that read a
+    baseline still to score (``pending``) are ``pending``, naming the runs each still misses."""
+    names = [_name(s) for s in specs]
+    prog = progress(specs, claims, protocol, track, runs_dir) if runs_dir is not None else None
     entries = store.entries(protocol.ref, track.ref)
     verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra) for c in claims]
-    text = report_text(protocol, track, store, verdicts, bigram, names)
+    for v in verdicts:
+        if v.outcome == "pending" and prog is not None:
+            missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models() if m in pending and m in prog]
+            v.reason = f"waiting for {', '.join(missing)}"
+    text = report_text(protocol, track, store, verdicts, bigram, names, prog)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
                                              for k, xs in v.numbers.items()},
@@ -266,6 +339,11 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
              "claim_tasks": {n: {t: r.aggregate() for t, r in tasks.items()} for n, tasks in (extra or {}).items()
                              if n in v.claim.models() and tasks}}
             for v in verdicts]
-    write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "claims": data}, indent=1) + "\n",
-               out / "report.json")
+    runs = None if prog is None else {
+        name: {task: {"done": d, "needed": n, "lr_factor": None if r is None else r.lr_factor,
+                      "mean_std_n": None if r is None else [None if isinstance(x, float) and math.isnan(x) else x
+                                                            for x in r.aggregate()]}
+               for task, (d, n, r) in tasks.items()} for name, tasks in prog.items()}
+    write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "runs": runs, "claims": data}, indent=1)
+               + "\n", out / "report.json")
     return write_text(text, out / "report.md")

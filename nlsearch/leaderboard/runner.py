@@ -112,10 +112,11 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None
-            ) -> List[Any]:
+def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None,
+            on_done: Optional[Callable[[Any], Any]] = None) -> List[Any]:
     """Each job as a Ray task on the cluster at ``address``, asking for ``gpus_per_job`` GPUs where the
-    cluster has any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise."""
+    cluster has any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise; results in
+    the jobs' order, ``on_done`` called with each as it finishes."""
     import ray
 
     if not ray.is_initialized():
@@ -124,7 +125,16 @@ def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Op
     has_gpus = ray.cluster_resources().get("GPU", 0.0) > 0
     options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus_per_job and has_gpus else {"num_cpus": 1}
     remote = ray.remote(fn or run_job).options(**options)
-    return list(ray.get([remote.remote(job) for job in jobs]))
+    refs = [remote.remote(job) for job in jobs]
+    index = {ref: i for i, ref in enumerate(refs)}
+    out: List[Any] = [None] * len(refs)
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        out[index[done[0]]] = ray.get(done[0])
+        if on_done is not None:
+            on_done(out[index[done[0]]])
+    return out
 
 
 def place(jobs: Sequence[Job], gpus_per_job: float, visible_gpus: int) -> List[Job]:
@@ -138,39 +148,41 @@ def place(jobs: Sequence[Job], gpus_per_job: float, visible_gpus: int) -> List[J
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
-             budget_threads: Optional[int] = None, gpus_per_job: float = 0.0) -> List[JobResult]:
-    """Runs ``jobs``; returns their results in the same order. ``workers > 1``: that many spawned
-    processes, each with ``budget_threads // workers`` CPU threads (at least 1), spread over the
+             budget_threads: Optional[int] = None, gpus_per_job: float = 0.0,
+             on_result: Optional[Callable[[JobResult], Any]] = None) -> List[JobResult]:
+    """Runs ``jobs``; returns their results in the same order, logging each and passing it to
+    ``on_result`` as it finishes (a reproduction rewrites its report then). ``workers > 1``: that many
+    spawned processes, each with ``budget_threads // workers`` CPU threads (at least 1), spread over the
     visible GPUs on a GPU track; ``address``: Ray, asking for ``gpus_per_job`` GPUs per job."""
     log = log or (lambda _msg: None)
+
+    def finished(result: JobResult) -> None:
+        _log_result(log, result)
+        if on_result is not None:
+            on_result(result)
+
     if not jobs:
         return []
     if address:
         if not gpus_per_job:
             jobs = [replace(job, device="cpu") for job in jobs]
-        results = _on_ray(jobs, address, gpus_per_job)
-    elif workers <= 1:
-        jobs = place(jobs, gpus_per_job, _visible_gpus())
+        return _on_ray(jobs, address, gpus_per_job, on_done=finished)
+    if workers <= 1:
         results = []
-        for job in jobs:
+        for job in place(jobs, gpus_per_job, _visible_gpus()):
             results.append(run_job(job))
-            _log_result(log, results[-1])
+            finished(results[-1])
         return results
-    elif workers <= 1:
-        results = []
-        for job in jobs:
-            results.append(run_job(job))
-            log(f"{job.label()}: {results[-1].status}{' (reused)' if results[-1].reused else ''}")
-        return results
-    else:
-        each = _threads_each(workers, budget_threads)
-        jobs = [replace(job, threads=job.threads or each) for job in place(jobs, gpus_per_job, _visible_gpus())]
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            results = list(pool.map(run_job, jobs))
-    for result in results:
-        _log_result(log, result)
-    return results
+    each = _threads_each(workers, budget_threads)
+    jobs = [replace(job, threads=job.threads or each) for job in place(jobs, gpus_per_job, _visible_gpus())]
+    context = multiprocessing.get_context("spawn")
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        index = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
+        out: List[Optional[JobResult]] = [None] * len(jobs)
+        for future in futures.as_completed(index):
+            out[index[future]] = future.result()
+            finished(out[index[future]])
+    return [r for r in out if r is not None]
 
 
 def _visible_gpus() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from nlsearch.budgets import Budget, task_kind
 from nlsearch.config import is_file_ref
@@ -86,11 +86,13 @@ def check_tasks(protocol: Protocol) -> None:
 def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path, *,
                 seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
                 workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
-                tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[str, TaskResult]:
+                tasks: Optional[Sequence[ProtocolTask]] = None,
+                on_result: Optional[Callable[[JobResult], Any]] = None) -> Dict[str, TaskResult]:
     """Trains and evaluates ``model`` (a config mapping) on the tasks ranked on ``budget``'s track (or on ``tasks``: the
     claim tasks a reproduction scores, by the same rules); returns the task results by task ref.
     ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``: a fixed
-    factor per task instead of the sweep (a claimed, verified choice)."""
+    factor per task instead of the sweep (a claimed, verified choice); ``on_result``: called with every
+    run as it finishes."""
     seeds = list(protocol.seeds if seeds is None else seeds)
     rules = tuple(protocol.ranked(budget) if tasks is None else tasks)
     tasks_dir = protocol.resolve_tasks_dir()
@@ -101,7 +103,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     factors = tuple(protocol.lr_sweep.factors)
     sweeping = [r for r in rules if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
     sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
-    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share())
+    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share(), on_result)
 
     chosen: Dict[str, float] = {}
     sweeps: Dict[str, Dict[float, JobResult]] = {}
@@ -117,7 +119,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
             chosen[rule.task] = factors[0] if len(factors) == 1 else 1.0
     rest = [Job(model, r.task, s, chosen[r.task], **common) for r in rules for s in seeds
             if not (r.task in sweeps and s == sweep_seed)]
-    results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share())
+    results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share(), on_result)
     return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
             for rule in rules}
 
@@ -139,32 +141,75 @@ def _finite(x: Optional[float]) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
 
 
+def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
+                  tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[Tuple[str, int, float], Any]:
+    """Every run :func:`score_model` may train for ``model`` ((task, seed, lr factor): every factor on
+    every seed), mapped to its ``RunPlan`` and its record where a run that passes the reuse check is
+    there (else None): ``(plan, record)``. Reads the runs folder; trains nothing."""
+    from nlsearch.leaderboard.runner import scale_lr
+    from nlsearch.train import default_run_dir, plan_run
+    from nlsearch.train.record import finished_record
+
+    tasks_dir = protocol.resolve_tasks_dir()
+    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
+    out: Dict[Tuple[str, int, float], Any] = {}
+    for rule in protocol.ranked(budget) if tasks is None else tasks:
+        for seed in protocol.seeds:
+            for factor in protocol.lr_sweep.factors:
+                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
+                try:
+                    record = finished_record(default_run_dir(runs_dir, plan), plan.identity())
+                except ValueError:
+                    record = None
+                out[(rule.task, seed, factor)] = (plan, record)
+    return out
+
+
+def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
+                    tasks: Optional[Sequence[ProtocolTask]] = None
+                    ) -> Dict[str, Tuple[int, int, Optional[TaskResult]]]:
+    """Per task: (runs finished, runs the protocol needs, the result so far or None). The result exists
+    once the sweep has finished (the factor is then chosen as :func:`score_model` chooses it) and holds
+    the seeds finished at that factor, so a report can show a mean over the seeds done so far."""
+    runs = finished_runs(model, protocol, budget, runs_dir, tasks)
+    factors, first = tuple(protocol.lr_sweep.factors), protocol.seeds[0]
+    sweeping = len(factors) > 1
+    out: Dict[str, Tuple[int, int, Optional[TaskResult]]] = {}
+    for rule in protocol.ranked(budget) if tasks is None else tasks:
+        def result(seed: int, factor: float) -> Optional[JobResult]:
+            record = runs[(rule.task, seed, factor)][1]
+            job = Job(model, rule.task, seed, factor, budget.ref, str(runs_dir))
+            return None if record is None else JobResult(job, "completed", True, record.model_dump(mode="json"), None)
+        sweep = {f: r for f in factors if (r := result(first, f)) is not None} if sweeping else {}
+        total = len(protocol.seeds) + (len(factors) - 1 if sweeping else 0)
+        if sweeping and len(sweep) < len(factors):
+            out[rule.task] = (len(sweep), total, None)
+            continue
+        hib = check_metric(rule, _directions(rule, list(sweep.values()), protocol.resolve_tasks_dir())[1])
+        factor = _pick(rule, {f: seed_result(j) for f, j in sweep.items()}, hib) if sweeping else 1.0
+        rest = [r for s in protocol.seeds if not (sweeping and s == first) and (r := result(s, factor)) is not None]
+        result_ = _task_result(rule, factor, sweep, rest, protocol.seeds, protocol.resolve_tasks_dir())
+        out[rule.task] = (len(sweep) + len(rest), total, result_)
+    return out
+
+
 def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], protocol: Protocol, budget: Budget,
                  runs_dir: Path, tasks: Optional[Sequence[ProtocolTask]] = None) -> list:
     """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
     passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
     (at the factor the sweep will choose: finished when a run of any factor is there)."""
     from nlsearch.bench.estimate import PlannedRun
-    from nlsearch.leaderboard.runner import scale_lr
-    from nlsearch.train import default_run_dir, plan_run
-    from nlsearch.train.record import finished_record
 
-    tasks_dir = protocol.resolve_tasks_dir()
+    runs = finished_runs(model, protocol, budget, runs_dir, tasks)
     factors = tuple(protocol.lr_sweep.factors)
-    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
     out: List[PlannedRun] = []
     for rule in protocol.ranked(budget) if tasks is None else tasks:
         for seed in protocol.seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
-            done = []
-            for factor in factors:
-                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
-                try:
-                    done.append(finished_record(default_run_dir(runs_dir, plan), plan.identity()) is not None)
-                except ValueError:
-                    done.append(False)
-                if sweep:
-                    out.append(PlannedRun.of(label, preset, plan, done[-1]))
-            if not sweep:
-                out.append(PlannedRun.of(label, preset, plan, any(done)))
+            done = [runs[(rule.task, seed, f)][1] is not None for f in factors]
+            plans = [runs[(rule.task, seed, f)][0] for f in factors]
+            if sweep:
+                out += [PlannedRun.of(label, preset, p, d) for p, d in zip(plans, done)]
+            else:
+                out.append(PlannedRun.of(label, preset, plans[-1], any(done)))
     return out

@@ -79,7 +79,8 @@ def load_results_file(path: Path, protocol: Protocol, budget_ref: str, config_sh
     ranked = protocol.task_refs(budget_ref)
     extra = sorted(set(claims.tasks) - set(ranked))
     if extra:
-        raise LeaderboardError(f"{path}: tasks: {extra} are not tasks the protocol ranks on {budget_ref} {list(ranked)}")
+        raise LeaderboardError(f"{path}: tasks: {extra} are not tasks the protocol ranks on {budget_ref} "
+                               f"{list(ranked)}")
     return claims, hashlib.sha256(path.read_bytes()).hexdigest()
 
 

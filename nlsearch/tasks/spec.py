@@ -6,6 +6,7 @@ a spec, including inside ``generator.params``, are errors that name the key and 
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -79,10 +80,23 @@ def _explain(err: ValidationError, path: Path, prefix: Tuple[str, ...] = ()) -> 
     return f"{path}: " + "; ".join(lines)
 
 
+_PARSED: Dict[Tuple[str, int, int], Dict[str, Any]] = {}     # (path, mtime_ns, size) -> the file's YAML mapping
+
+
+def _read_mapping(path: Path) -> Dict[str, Any]:
+    """The YAML mapping in ``path``, parsed once per file version (resolving a task reads every spec of
+    its folder; a report that plans hundreds of runs would otherwise parse them thousands of times)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _PARSED:
+        _PARSED[key] = read_yaml_mapping(path)
+    return copy.deepcopy(_PARSED[key])
+
+
 def read_spec(path: Union[str, Path]) -> TaskSpec:
     """Returns the validated spec in ``path``; raises ValueError naming the file and the bad key."""
     path = Path(path)
-    raw = read_yaml_mapping(path)
+    raw = _read_mapping(path) if path.is_file() else read_yaml_mapping(path)
     try:
         spec = TaskSpec.model_validate(raw)
     except ValidationError as e:
