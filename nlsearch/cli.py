@@ -37,13 +37,17 @@ def _bench_models(args: argparse.Namespace) -> int:
     from nlsearch.bench.report import report
 
     cfg = ModelsBenchConfig(presets=args.presets, lengths=args.lengths, batch=args.batch, d_model=args.d_model,
-                            n_layers=args.n_layers, repeats=args.repeats, device=args.device)
+                            n_layers=args.n_layers, repeats=args.repeats, device=args.device,
+                            compile=args.compile)
     device = pick_device(cfg.device)
     df = run_models_bench(cfg, log=console.print)
-    report(console, df, model_floor_checks(df), ["preset", "T", "seconds", "tokens_per_s",
-                                                 "saved_bytes_per_token", "peak_bytes"],
-           f"bench models: training step, B={cfg.batch} d_model={cfg.d_model} layers={cfg.n_layers}",
-           Path(args.out), f"models-{device.type}")
+    shown = ["preset", "T", "seconds", "tokens_per_s", "saved_bytes_per_token", "peak_bytes"]
+    if cfg.compile:
+        shown[3:3] = ["compiled_seconds", "compile_seconds"]
+    report(console, df, model_floor_checks(df), shown,
+           f"bench models: training step, B={cfg.batch} d_model={cfg.d_model} layers={cfg.n_layers}"
+           + (", eager and compiled layer steps" if cfg.compile else ""),
+           Path(args.out), f"models-compile-{device.type}" if cfg.compile else f"models-{device.type}")
     return 0
 
 
@@ -52,11 +56,11 @@ def _bench_search(args: argparse.Namespace) -> int:
     from nlsearch.bench.search import run_search_bench, search_floor_checks
 
     df = run_search_bench(args.space, minutes=args.minutes, workers=args.workers, budget=args.budget,
-                          trials=args.trials, log=console.print)
+                          trials=args.trials, seeds=args.seeds, log=console.print)
     report(console, df, search_floor_checks(df), ["arm", "trial_span_s", "finished", "complete", "pruned", "failed",
-                                                  "trials_per_hour", "best"],
-           f"bench search: {df.space.iloc[0]}, scaling on {args.trials} trials, samplers {args.minutes} min each",
-           Path(args.out), "search-cpu")
+                                                  "trials_per_hour", "best", "pruner_agreement", "would_prune"],
+           f"bench search: {df.space.iloc[0]}, scaling on {args.trials} trials, samplers {args.minutes:g} min each "
+           f"over sampler seeds {list(args.seeds)}", Path(args.out), "search-cpu")
     return 0
 
 
@@ -233,15 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--n-layers", type=int, default=2)
     models.add_argument("--repeats", type=int, default=3)
     models.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    models.add_argument("--compile", action="store_true",
+                        help="also time each preset with its layers' steps compiled, and the compile (writes "
+                             "models-compile-<device>.*, the table runs choose compiled steps from)")
     models.add_argument("--out", default="results/bench")
     models.set_defaults(func=_bench_models)
     from nlsearch.bench.search import DEFAULT_SPACE
-    srch = bench.add_parser("search", help="trials/hour with 1 vs N workers; TPE+pruning vs random, equal time")
+    srch = bench.add_parser("search", help="trials/hour with 1 vs N workers; the space's sampler and pruner vs "
+                                           "random at equal time, over sampler seeds")
     srch.add_argument("--space", default=DEFAULT_SPACE)
     srch.add_argument("--minutes", type=float, default=3.0, help="asking time per sampler arm")
-    srch.add_argument("--trials", type=int, default=12, help="trials of each scaling arm (same candidates)")
+    srch.add_argument("--trials", type=int, default=12, help="trials of each scaling arm (same candidates; 0: skip)")
+    srch.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampler seeds of the timed arms")
     srch.add_argument("--workers", type=int, default=2)
-    srch.add_argument("--budget", default=None, help="trial budget (default: a 60-step MQAR budget)")
+    srch.add_argument("--budget", default=None, help="trial budget (default: bench_budget(): 120 LM steps, "
+                                                      "60 MQAR steps, at T=128)")
     srch.add_argument("--out", default="results/bench")
     srch.set_defaults(func=_bench_search)
 
