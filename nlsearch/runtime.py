@@ -22,18 +22,26 @@ Entry points call :func:`tune_process` (the CLI, :func:`nlsearch.train.loop.trai
 the test session); ``NLSEARCH_MALLOC=default`` leaves the allocator alone and
 ``NLSEARCH_DENORMALS=keep`` keeps subnormals.
 
-``NLSEARCH_COMPILE=1`` compiles the sequential step of the chunked layers (one mini-batch of an MLP
-memory, one chunk of the self-modifying layer) with ``torch.compile``: the step runs 32-256 times per
-sequence on small tensors, so fusing its elementwise work and dropping its per-op overhead pays, and
-its graph is small and compiled once per shape (:func:`step_function`). Off by default: compiling
-takes a minute or more per shape on a small CPU and needs a C++ compiler.
+Compiled layer steps: :func:`step_function` hands a chunked layer's sequential step (one mini-batch
+of an MLP memory, one chunk of the self-modifying layer) to ``torch.compile``, when steps are compiled
+(:func:`compile_steps`). The step runs 32-256 times per sequence on small tensors, so fusing its
+elementwise work and dropping its per-op overhead pays, and its graph is small and compiled once per
+shape. Compiling takes a minute or more per shape on a small CPU and needs a C++ compiler
+(:func:`cpp_compiler`), so whether a run compiles is decided per run (``nlsearch.train.plan.
+choose_compile``: where the run's training steps save more than the compile costs, from the timings
+of ``nlsearch bench models --compile``) and set for its training steps with :func:`compiled_steps`.
+``NLSEARCH_COMPILE=1`` forces compiled steps on (everywhere, also outside a run), ``NLSEARCH_COMPILE=0``
+forces them off, unset leaves the choice to the run (:func:`compile_setting`).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import shutil
 import sys
+from typing import Iterator, Optional
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -43,6 +51,8 @@ _TRIM_THRESHOLD = 1 << 30           # give memory back to the kernel only above 
 _state = {"done": False, "tuned": False}
 _denormals = {"done": False, "flushed": False}
 _compiled: dict = {}
+_seen: set = set()                  # step functions passed to step_function (compiled or not)
+_mode = {"on": None}                # the setting of the innermost compiled_steps() block, None outside
 
 
 def tune_allocator() -> bool:
@@ -128,17 +138,84 @@ def interrupted() -> bool:
     return _interrupts["seen"]
 
 
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def compile_setting() -> Optional[bool]:
+    """``NLSEARCH_COMPILE``: True when it forces compiled steps on (``1``, ``true``, ``yes``, ``on``),
+    False when it forces them off (``0``, ``false``, ``no``, ``off``), None when unset or empty (each
+    run decides); raises ValueError naming any other value."""
+    value = os.environ.get("NLSEARCH_COMPILE", "").strip().lower()
+    if value in _ON:
+        return True
+    if value in _OFF:
+        return False
+    if not value:
+        return None
+    raise ValueError(f"NLSEARCH_COMPILE={value!r}: use 1 (compile the layers' steps), 0 (never) or leave it "
+                     f"unset (each run decides)")
+
+
 def compile_steps() -> bool:
-    """Whether ``NLSEARCH_COMPILE`` asks for compiled layer steps (``1``, ``true``, ``yes`` or ``on``)."""
-    return os.environ.get("NLSEARCH_COMPILE", "").strip().lower() in ("1", "true", "yes", "on")
+    """Whether :func:`step_function` compiles now: the setting of the enclosing :func:`compiled_steps`
+    block, else whether ``NLSEARCH_COMPILE`` forces it on (an unreadable value: off)."""
+    if _mode["on"] is not None:
+        return _mode["on"]
+    try:
+        return compile_setting() is True
+    except ValueError:
+        return False
+
+
+@contextlib.contextmanager
+def compiled_steps(on: bool) -> Iterator[None]:
+    """Compile the layers' steps (``on``) or run them eager inside this block, whatever the
+    environment says (a run applies its choice to its training steps this way)."""
+    before = _mode["on"]
+    _mode["on"] = bool(on)
+    try:
+        yield
+    finally:
+        _mode["on"] = before
+
+
+def cpp_compiler() -> Optional[str]:
+    """The C++ compiler inductor would use on the CPU (its own search: ``CXX``, then ``g++`` ...), or
+    None where there is none: compiled CPU steps need one."""
+    try:
+        from torch._inductor import cpp_builder
+
+        found = cpp_builder.get_cpp_compiler()
+    except Exception:                                  # noqa: BLE001 - no compiler, or inductor unusable
+        return None
+    return found if found and shutil.which(found) else None
 
 
 def step_function(fn):
-    """``fn`` itself, or with ``NLSEARCH_COMPILE=1`` ``torch.compile(fn, dynamic=False)``, made once per
-    process and function (layers pass their step's plain function, ``self`` as its first argument)."""
+    """``fn`` itself, or when steps are compiled (:func:`compile_steps`) ``torch.compile(fn,
+    dynamic=False)``, made once per process and function (layers pass their step's plain function,
+    ``self`` as its first argument). Layers call it on every forward, so the choice in effect then
+    applies."""
+    _seen.add(fn)
     if not compile_steps():
         return fn
     if fn not in _compiled:
         import torch
         _compiled[fn] = torch.compile(fn, dynamic=False)
     return _compiled[fn]
+
+
+def step_functions_seen() -> int:
+    """How many distinct step functions went through :func:`step_function` since
+    :func:`forget_compiled_steps` (a model without any has nothing to compile)."""
+    return len(_seen)
+
+
+def forget_compiled_steps() -> None:
+    """Drop every compiled step and torch's compile caches, and the functions seen (the benchmark
+    times each model's compile from scratch)."""
+    _seen.clear()
+    _compiled.clear()
+    import torch
+    torch._dynamo.reset()

@@ -1,7 +1,19 @@
-"""``nlsearch bench models``: training throughput and memory of every preset at a small size."""
+"""``nlsearch bench models``: training throughput and memory of every preset at a small size.
+
+With ``compile`` (``--compile``) each preset whose layers have a sequential step (``nlsearch.runtime.
+step_function``) is also timed with that step compiled, in the same round-robin as the eager steps:
+``compiled_seconds`` (the median compiled step), ``compile_seconds`` (the first compiled step, which
+compiles, less the median one: from scratch, with torch's compile caches reset and an empty inductor
+cache folder per preset and length) and ``step_functions`` (how many step functions its forward
+passes through; 0: nothing to compile, the compiled columns are NaN). ``seconds`` stays the eager
+step. Runs choose compiled steps from this table (``nlsearch.train.plan.choose_compile``).
+"""
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -13,7 +25,7 @@ from nlsearch.bench.ops import pick_device
 from nlsearch.bench.timing import measure_many
 from nlsearch.models import list_presets, load_model_config
 from nlsearch.provenance import provenance
-from nlsearch.runtime import tune_process
+from nlsearch.runtime import compiled_steps, forget_compiled_steps, step_functions_seen, tune_process
 
 
 
@@ -36,6 +48,7 @@ class ModelsBenchConfig:
     n_layers: int = 2
     repeats: int = 3
     device: str = "auto"
+    compile: bool = False                    # also time each preset's compiled layer steps (and the compile)
 
 
 def make_train_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.device) -> Callable:
@@ -59,6 +72,35 @@ def make_train_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.dev
     return step
 
 
+def _in_mode(step: Callable, on: bool, cache: Optional[str] = None) -> Callable:
+    """``step`` with the layers' steps compiled (``on``) or eager, whatever ``NLSEARCH_COMPILE`` says;
+    ``cache``: the inductor cache folder its compiles read and write."""
+    def run():
+        if cache is not None:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+        with compiled_steps(on):
+            return step()
+    return run
+
+
+def _first_compiled_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.device, cache: str):
+    """A fresh compiled training step of ``name``, its first run timed from scratch (compile caches
+    reset, empty inductor folder): (step, seconds of that first run, step functions seen)."""
+    forget_compiled_steps()
+    torch.manual_seed(0)
+    step = _in_mode(make_train_step(name, cfg, t, device), True, cache)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step().backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return step, time.perf_counter() - t0, step_functions_seen()
+
+
+COMPILED = "+compiled"                   # key suffix of a compiled step in one round-robin with the eager ones
+
+
 def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     tune_process()
     device = pick_device(cfg.device)
@@ -68,21 +110,40 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
     if unknown:
         raise KeyError(f"unknown model presets {unknown}; known: {list_presets()}")
     rows: List[Dict] = []
-    for t in cfg.lengths:
-        steps = {}
-        for name in names:
-            torch.manual_seed(0)
-            steps[name] = make_train_step(name, cfg, t, device)
-        results = measure_many(steps, device, repeats=cfg.repeats, budget_s=30.0)   # presets in turn
-        for name, res in results.items():
-            tokens = cfg.batch * t
-            rows.append(dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,
-                             seconds=res["seconds"], tokens_per_s=tokens / res["seconds"],
-                             saved_bytes=res["saved_bytes"], saved_bytes_per_token=res["saved_bytes"] / tokens,
-                             peak_bytes=res["peak_bytes"], device=device.type, threads=torch.get_num_threads(), **prov))
-            if log:
-                log(f"{name:>16} T={t:>5} {res['seconds'] * 1e3:9.1f} ms {tokens / res['seconds']:>9.0f} tok/s "
-                    f"{res['saved_bytes'] / 2**20:7.1f} MiB")
+    with tempfile.TemporaryDirectory(prefix="nlsearch-inductor-") as caches:
+        for t in cfg.lengths:
+            steps, first = {}, {}
+            for name in names:
+                torch.manual_seed(0)
+                step = make_train_step(name, cfg, t, device)
+                steps[name] = _in_mode(step, False) if cfg.compile else step    # else NLSEARCH_COMPILE decides
+            for name in names if cfg.compile else ():
+                cache = tempfile.mkdtemp(dir=caches)
+                step, seconds, n_fns = _first_compiled_step(name, cfg, t, device, cache)
+                first[name] = (seconds, n_fns)
+                if n_fns:
+                    steps[name + COMPILED] = step
+                if log:
+                    log(f"{name:>16} T={t:>5} first compiled step {seconds:7.1f} s, {n_fns} step function(s)")
+            results = measure_many(steps, device, repeats=cfg.repeats, budget_s=30.0)   # presets in turn
+            for name in names:
+                res, tokens = results[name], cfg.batch * t
+                row = dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,
+                           seconds=res["seconds"], tokens_per_s=tokens / res["seconds"],
+                           saved_bytes=res["saved_bytes"], saved_bytes_per_token=res["saved_bytes"] / tokens,
+                           peak_bytes=res["peak_bytes"], device=device.type, threads=torch.get_num_threads(), **prov)
+                if cfg.compile:
+                    fast = results.get(name + COMPILED, {}).get("seconds", math.nan)
+                    row.update(compiled_seconds=fast, compile_seconds=first[name][0] - fast,
+                               step_functions=first[name][1])
+                rows.append(row)
+                if log:
+                    extra = (f"  compiled {fast * 1e3:9.1f} ms after {row['compile_seconds']:.1f} s"
+                             if cfg.compile and not math.isnan(fast) else "")
+                    log(f"{name:>16} T={t:>5} {res['seconds'] * 1e3:9.1f} ms {tokens / res['seconds']:>9.0f} tok/s "
+                        f"{res['saved_bytes'] / 2**20:7.1f} MiB{extra}")
+    if cfg.compile:
+        forget_compiled_steps()
     return pd.DataFrame(rows)
 
 
@@ -99,10 +160,13 @@ def model_floor_checks(df: pd.DataFrame) -> pd.DataFrame:
         checks.append(dict(check=f"{name} time per token, T={hi} / T={lo}", value=ratio, floor="<= 2",
                            ok=None if math.isnan(ratio) else bool(ratio <= 2)))
     for name, t, most in RATIO_FLOORS:             # the baseline-speed floors: step time / the Transformer's
-        ratio = _get(df, name, t) / _get(df, "transformer", t)
-        checks.append(dict(check=f"{name} step / transformer step, T={t}", value=ratio,
-                           floor=f"< {most}" if most == 1.0 else f"<= {most}",
-                           ok=None if math.isnan(ratio) else bool(ratio < most if most == 1.0 else ratio <= most)))
+        for col, what in (("seconds", "step"), ("compiled_seconds", "compiled step")):
+            if col not in df or (col != "seconds" and math.isnan(_get(df, name, t, col))):
+                continue
+            ratio = _get(df, name, t, col) / _get(df, "transformer", t)
+            checks.append(dict(check=f"{name} {what} / transformer step, T={t}", value=ratio,
+                               floor=f"< {most}" if most == 1.0 else f"<= {most}",
+                               ok=None if math.isnan(ratio) else bool(ratio < most if most == 1.0 else ratio <= most)))
     return pd.DataFrame(checks)
 
 
