@@ -146,7 +146,8 @@ def test_multi_objective_search_writes_the_pareto_front(tmp_path):
     study, _, out = _search(tmp_path, trials=3, objectives=objectives,
                             params={"width": {"choices": [16, 32], "path": "d_model"}})
     pareto = pd.read_parquet(out / "pareto.parquet")
-    assert set(pareto.number) == {t.number for t in study.best_trials}
+    # each config once: a trial that re-proposed a trained config (two widths, three trials) is not a new point
+    assert set(pareto.number) == {t.number for t in study.best_trials if "duplicate_of" not in t.user_attrs}
     assert (out / "pareto.png").is_file()
 
 
@@ -338,3 +339,32 @@ def test_a_retry_whose_run_folder_is_not_visible_here_is_refused_saying_so(tmp_p
     retry = study.trials[1]
     assert retry.state == TrialState.FAIL
     assert "/elsewhere/trials/0000 of trial 0 is not visible from this machine" in retry.user_attrs["reason"]
+
+
+def test_a_candidate_already_trained_takes_its_result_without_training_and_does_not_count(tmp_path):
+    """Two mixers: the sampler soon proposes a config it has trained. That trial is told the earlier
+    trial's value (flagged ``duplicate_of``), trains nothing and does not count, so the two configs are
+    trained once each; when only known configs come back, the search stops asking after a bounded
+    number of them, and the summary and rankings show each config once."""
+    from nlsearch.search.driver import REPEAT_LIMIT
+
+    space = tiny_space(trials=3, params={"mixer": tiny_space()["params"]["mixer"]})     # 2 configs in all
+    space = load_space(write_space(tmp_path, space))
+    executor = ScriptedExecutor([[0.25 * (n + 1)] for n in range(100)])
+    study, frame, out = run_search(space, out=tmp_path / "out", executor=executor, log=lambda m: None,
+                                   confirm=False)
+    trained = [t for t in study.trials if "duplicate_of" not in t.user_attrs]
+    copies = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert len(trained) == 2 and len({t.user_attrs["config_sha256"] for t in trained}) == 2
+    assert len(copies) == REPEAT_LIMIT and finished(study) == 2             # the third trial was never trainable
+    by_number = {t.number: t for t in trained}
+    for copy in copies:
+        original = by_number[copy.user_attrs["duplicate_of"]]
+        assert copy.values == original.values and copy.state == TrialState.COMPLETE
+        assert copy.user_attrs["config_sha256"] == original.user_attrs["config_sha256"]
+    table = pd.read_parquet(out / "trials.parquet")
+    assert table.duplicate_of.notna().sum() == REPEAT_LIMIT
+    summary = (out / "summary.md").read_text()
+    assert f"{REPEAT_LIMIT} of the complete ones proposed a config an earlier trial had trained" in summary
+    top = summary.split("## Best trials")[1].split("##")[0]
+    assert sum(line.startswith("| ") and line[2].isdigit() for line in top.splitlines()) == 2   # each config once

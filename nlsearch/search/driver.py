@@ -33,8 +33,8 @@ from nlsearch.io import check_writable_folder
 from nlsearch.search.sampling import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace, task_label
-from nlsearch.search.study import (HEARTBEAT_S, SURPLUS, DriverLock, finished, open_study, recover, requeue, running,
-                                   shared)
+from nlsearch.search.study import (DUPLICATE_OF, HEARTBEAT_S, SURPLUS, DriverLock, finished, open_study, recover,
+                                   requeue, running, shared)
 from nlsearch.search.trial import TrialJob, TrialOutcome
 from nlsearch.tasks import load_task
 from nlsearch.tasks.batch import derive_seed
@@ -97,6 +97,7 @@ class Driver:
         if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
             raise ValueError(f"trials must be a positive integer (finished trials wanted), got {trials!r}")
         self.trials = trials if trials is not None else space.trials
+        self.repeats = 0                      # candidates in a row that an earlier trial already trained
         self.device, self.tasks_dir, self.log, self.on_change = device, tasks_dir, log, on_change
         self.report_budget = resolve_budget(space)             # the confirmation stage's: the report eval set
         self.budget = selection_budget(self.report_budget)
@@ -153,6 +154,26 @@ class Driver:
         study.tell(trial, state=TrialState.FAIL)
         return True
 
+    def _reuse_identical(self, study: optuna.Study, trial: optuna.Trial, sha: str) -> bool:
+        """A candidate whose config an earlier complete trial already trained (same tasks, budget and
+        seeds) gets that trial's values without training, flagged ``duplicate_of`` and not counted
+        towards ``trials``; after :data:`REPEAT_LIMIT` such candidates in a row the search stops asking
+        (the sampler keeps proposing what it has)."""
+        same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("config_sha256") == sha and DUPLICATE_OF not in t.user_attrs]
+        if not same:
+            return False
+        original = min(same, key=lambda t: t.number)
+        for key in ("metrics", "wall_s", "tokens_per_s", "hardware", "run_dir"):
+            if key in original.user_attrs:
+                trial.set_user_attr(key, original.user_attrs[key])
+        trial.set_user_attr(DUPLICATE_OF, original.number)
+        trial.set_user_attr("reason", f"the config of trial {original.number}: its result reused, not trained")
+        study.tell(trial, original.values)
+        self.repeats += 1
+        self.log(f"trial {trial.number}: the config of trial {original.number}, its result reused (not trained)")
+        return True
+
     def _ask(self, study: optuna.Study) -> None:
         trial = study.ask()
         if self._surplus(study, trial):
@@ -181,6 +202,9 @@ class Driver:
             trial.set_user_attr("reason", "infeasible (not trained): " + "; ".join(broken))
             study.tell(trial, state=TrialState.PRUNED)
             return
+        if self._reuse_identical(study, trial, trial.user_attrs["config_sha256"]):
+            return
+        self.repeats = 0
         run_dir = retry_dir or str((self.run_dir / "trials" / f"{trial.number:04d}").resolve())
         trial.set_user_attr("run_dir", run_dir)
         self.pending[trial.number] = trial
@@ -286,11 +310,16 @@ class Driver:
 
     def _loop(self, study: optuna.Study) -> None:
         deadline = (time.monotonic() + 60 * self.space.timeout_minutes) if self.space.timeout_minutes else None
-        checked = time.monotonic()
+        checked, stop_asking = time.monotonic(), False
         while True:
-            asking = deadline is None or time.monotonic() < deadline
+            asking = not stop_asking and (deadline is None or time.monotonic() < deadline)
             while asking and len(self.pending) < self.executor.slots and \
                     finished(study) + running(study) < self.trials:
+                if self.repeats >= REPEAT_LIMIT:
+                    self.log(f"the sampler proposed {self.repeats} already-trained configs in a row: "
+                             f"stopped asking ({finished(study)} of {self.trials} trials)")
+                    stop_asking = True
+                    break
                 self._ask(study)
                 self._changed(study)
             if self.shared and time.monotonic() - checked > HEARTBEAT_S:     # other drivers' dead trials
@@ -388,6 +417,7 @@ def _check_storage(url: Optional[str]) -> Optional[str]:
 
 
 STORAGE_TIMEOUT_S = 10
+REPEAT_LIMIT = 20         # already-trained candidates in a row after which a search stops asking
 
 
 def _named(load: Callable[[], Any], space: SearchSpace, key: str) -> Any:

@@ -28,6 +28,7 @@ from nlsearch.io import write_parquet, write_text
 from nlsearch.models.backbone import ModelConfig
 from nlsearch.search.sampling import candidate_text
 from nlsearch.search.space import SearchSpace, objective_columns
+from nlsearch.search.study import DUPLICATE_OF
 
 FACTS = ("params", "state_size", "nesting_depth", "flops_per_token")
 
@@ -47,6 +48,7 @@ def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
                    duration_s=(t.duration.total_seconds() if t.duration else math.nan),
                    started=str(t.datetime_start or ""), hardware=attrs.get("hardware", ""),
                    pruned_at=attrs.get("pruned_at"), retry_of=attrs.get("retry_of"),
+                   duplicate_of=attrs.get(DUPLICATE_OF),
                    dropped="; ".join(attrs.get("dropped") or []),
                    last_report=(t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values
                                 else math.nan),
@@ -54,7 +56,7 @@ def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
                    config_sha256=attrs.get("config_sha256", ""), run_dir=attrs.get("run_dir", ""))
         rows.append(row)
     frame = pd.DataFrame(rows)
-    for col in ("pruned_at", "retry_of"):
+    for col in ("pruned_at", "retry_of", "duplicate_of"):
         if col in frame:
             frame[col] = frame[col].astype("Int64")
     for col in frame.columns:
@@ -64,11 +66,18 @@ def trials_frame(study, space: SearchSpace) -> pd.DataFrame:
 
 
 def best_trials(study, space: SearchSpace):
-    """Complete trials ranked best first (multi-objective: the Pareto front, by the first objective)."""
+    """Complete trials ranked best first (multi-objective: the Pareto front, by the first objective),
+    each config once (the first trial that trained it: a duplicate carries no new evidence)."""
     sign = -1.0 if space.objectives[0].direction == "maximize" else 1.0
     pool = study.best_trials if space.multi_objective else \
         [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-    return sorted(pool, key=lambda t: sign * t.values[0])
+    seen, out = set(), []
+    for t in sorted(pool, key=lambda t: (t.user_attrs.get(DUPLICATE_OF) is not None, sign * t.values[0], t.number)):
+        sha = t.user_attrs.get("config_sha256") or f"trial {t.number}"
+        if sha not in seen:
+            seen.add(sha)
+            out.append(t)
+    return sorted(out, key=lambda t: sign * t.values[0])
 
 
 def write_best(study, space: SearchSpace, out: Path) -> Optional[Path]:
@@ -122,7 +131,9 @@ def top_table(study, space: SearchSpace, frame: pd.DataFrame, k: int = 10) -> pd
 
 
 def counts(frame: pd.DataFrame) -> Dict[str, int]:
-    return {s.lower(): int((frame.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    out = {s.lower(): int((frame.state == s).sum()) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+    out["duplicate"] = int(frame.duplicate_of.notna().sum()) if "duplicate_of" in frame else 0
+    return out
 
 
 def lr_sentence(space: SearchSpace) -> str:
@@ -164,7 +175,9 @@ def summary_markdown(study, space: SearchSpace, frame: pd.DataFrame, sentences: 
              space.description.strip(), "",
              f"Tasks {', '.join(space.tasks)}; budget {space.budget if isinstance(space.budget, str) else 'inline'}; "
              f"seeds {space.seeds}; sampler {space.sampler.kind}; pruner {space.pruner.kind}.",
-             f"Trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed.", "",
+             f"Trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed"
+             + (f"; {c['duplicate']} of the complete ones proposed a config an earlier trial had trained, and "
+                f"took its result without training" if c["duplicate"] else "") + ".", "",
              "## Best trials of the search (one run each, selection eval set)", ""]
     if c["complete"]:
         lines.append(markdown_table(top_table(study, space, frame)))

@@ -33,6 +33,7 @@ from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
 JOURNAL = "study.journal"
 REQUEUED = "requeued"                    # a FAIL that does not count: its parameters were asked again
 SURPLUS = "surplus"                      # a FAIL that does not count: asked beyond the trials wanted
+DUPLICATE_OF = "duplicate_of"            # a COMPLETE that does not count: the config of an earlier trial
 HEARTBEAT_S = int(os.environ.get("NLSEARCH_HEARTBEAT_S", 20))    # a driver's beat for its running trials
 GRACE_S = int(os.environ.get("NLSEARCH_GRACE_S", 90))            # silence after which a trial is re-queued
 # space fields that may change between runs of one study (asking for more trials, say)
@@ -182,9 +183,12 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
 
 
 def counts(trial) -> bool:
-    """Whether a finished trial counts towards ``trials``: complete, pruned, and failed ones that were
-    neither re-queued nor surplus."""
-    return trial.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+    """Whether a finished trial counts towards ``trials``: complete ones that trained (not a duplicate
+    given an earlier trial's result), pruned ones, and failed ones that were neither re-queued nor
+    surplus."""
+    if trial.state == TrialState.COMPLETE:
+        return DUPLICATE_OF not in trial.user_attrs
+    return trial.state == TrialState.PRUNED or (
         trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED) and not trial.user_attrs.get(SURPLUS))
 
 
