@@ -299,19 +299,23 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
 def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[ModelSpec]:
     """The baselines in the order that decides claims soonest: the cheapest claim's models first (cost:
     the sum of its models' measured core-seconds per training token at T=512; every baseline trains
-    the same runs), then the next claim's, then every other baseline in the given order."""
+    the same runs), cheapest model first within a claim (so the baselines it shares with other claims
+    become entries early), then the next claim's, then every other baseline in the given order."""
     from nlsearch.bench.estimate import core_seconds_per_token, load_timing
 
     by_name = {_name(s): s for s in specs}
     table = load_timing()
 
+    def model_cost(model: str) -> float:
+        seconds = core_seconds_per_token(table, model, 512)
+        return seconds if seconds == seconds else math.inf              # an unmeasured model: last
+
     def cost(claim: Claim) -> float:              # every baseline trains the same runs: its step time decides
-        times = [core_seconds_per_token(table, m, 512) for m in claim.models()]
-        return sum(t if t == t else math.inf for t in times)            # an unmeasured model: last
+        return sum(model_cost(m) for m in claim.models())
 
     order: List[str] = []
     for claim in sorted(claims, key=cost):
-        order += [m for m in claim.models() if m in by_name and m not in order]
+        order += [m for m in sorted(claim.models(), key=model_cost) if m in by_name and m not in order]
     order += [n for n in by_name if n not in order]
     return [by_name[n] for n in order]
 
