@@ -3,11 +3,13 @@ eval set, reused and resumed like trials; the verdict's statistics against hand 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import math
 
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from nlsearch.config import ConfigError
 from nlsearch.search import load_space, run_search
@@ -109,9 +111,18 @@ def test_a_search_ends_with_its_confirmation_and_a_verdict_and_reuses_it(tmp_pat
     finalists = select_finalists(study, load_space(path))
     assert sorted(table.trial.unique()) == sorted(f.number for f in finalists)
     assert len(table) == 2 * len(finalists) and (table.status == "complete").all()
+    runs = {t.number: Path(t.user_attrs["run_dir"]) for t in study.trials}
     for row in table.itertuples():                     # on the report eval set, with its own seeds
-        record = json.loads((out / "confirm" / f"{row.trial:04d}" / "recall_small" / f"seed{row.seed}" /
-                             "record.json").read_text())
+        if row.seed == 0:                              # the seed the search trial trained: its checkpoint, evaluated
+            assert row.trained_in == str(runs[row.trial])
+            folder = runs[row.trial] / "recall_small" / "seed0" / "evals"
+            record = json.loads(next(folder.glob("*-tiny@1/record.json")).read_text())
+            assert record["status"] == "evaluated" and record["trained_as"]["budget"] == "tiny-select@1"
+            assert not (out / "confirm" / f"{row.trial:04d}" / "recall_small" / "seed0").exists()   # not trained
+        else:
+            assert row.trained_in == ""
+            record = json.loads((out / "confirm" / f"{row.trial:04d}" / "recall_small" / f"seed{row.seed}" /
+                                 "record.json").read_text())
         assert record["budget"] == "tiny@1" and record["seed"] == row.seed
         assert record["metrics"]["accuracy"] == pytest.approx(row.value)
     summary = (out / "summary.md").read_text()
@@ -123,6 +134,27 @@ def test_a_search_ends_with_its_confirmation_and_a_verdict_and_reuses_it(tmp_pat
     monkeypatch.setattr(trial_module, "train", lambda *a, **k: pytest.fail("trained again"))
     run_search(path, out=tmp_path / "out", log=lambda m: None)
     assert pd.read_parquet(out / "confirmation.parquet").equals(table)
+
+
+def test_training_does_not_depend_on_the_eval_set(tmp_path):
+    """What lets a confirmation evaluate a search trial's checkpoint instead of training again: the
+    budget and its selection twin (another eval set) train the same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from nlsearch.budgets import Budget
+    from nlsearch.search.driver import selection_budget
+    from nlsearch.train.checkpoint import latest_checkpoint
+    from nlsearch.train.loop import train
+
+    budget = Budget.model_validate(tiny_space()["budget"])
+    twin = selection_budget(budget)
+    assert twin.eval_seed != budget.eval_seed
+    weights = []
+    for b, name in ((budget, "report"), (twin, "select")):
+        train({"d_model": 32, "n_layers": 1}, "recall_small", b, 0, run_dir=tmp_path / name, device="cpu")
+        weights.append(load_file(latest_checkpoint(tmp_path / name) / "model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
 def test_an_interrupted_confirmation_resumes_without_rerunning_a_finished_run(tmp_path, monkeypatch):

@@ -287,7 +287,7 @@ def test_a_seed_whose_metric_is_not_finite_is_left_out_of_the_mean_and_said(monk
     import nlsearch.search.trial as trial_module
     values = {0: 0.5, 1: float("nan"), 2: 0.7}
     monkeypatch.setattr(trial_module, "_run", lambda job, task, seed, report: SimpleNamespace(
-        metrics={"accuracy": values[seed]}, tokens_per_s=100.0, hardware="test"))
+        metrics={"accuracy": values[seed]}, tokens_per_s=100.0, hardware="test", status="completed"))
     job = TrialJob(number=0, config={}, tasks=["recall_small"], budget={}, seeds=[0, 1, 2], run_dir="/nowhere")
     outcome = run_trial(job)
     assert outcome.status == "complete"

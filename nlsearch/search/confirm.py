@@ -7,7 +7,9 @@ finalists:
 - the ``confirm.top_k`` best complete trials, and the best trial of every value of the space's
   ``question`` (a parameter, e.g. ``strategy``, or a derived quantity, e.g. ``nesting_depth``);
 - every finalist with every seed of ``confirm.seeds``, on the budget's report eval set (the budget
-  itself, not the search's ``-select`` twin), the same budget otherwise; with several
+  itself, not the search's ``-select`` twin), the same budget otherwise; a seed the search trial
+  itself trained (at the finalist's own learning rate) is not trained again: the trial's final
+  checkpoint is evaluated on the report eval set (``trained_in`` in the table); with several
   ``confirm.lr_factors`` the finalist's learning rate is re-tuned first (each factor on the first
   seed, the best by the first objective kept for the other seeds, as the leaderboard's sweep does).
 
@@ -110,6 +112,7 @@ class Finalist:
     value: Any                 # its value of the question (None without one)
     config: Dict[str, Any]
     why: str
+    run_dir: Optional[str] = None          # the search trial's runs (its seeds' training is reused)
 
 
 def question_value(space: SearchSpace, trial) -> Any:
@@ -134,7 +137,7 @@ def select_finalists(study, space: SearchSpace) -> List[Finalist]:
     chosen: Dict[int, Finalist] = {}
     for t in ranked[:space.confirm.top_k]:
         chosen[t.number] = Finalist(t.number, question_value(space, t), json.loads(t.user_attrs["config"]),
-                                    f"top {space.confirm.top_k}")
+                                    f"top {space.confirm.top_k}", t.user_attrs.get("run_dir"))
     if space.question is not None:
         seen = {f.value for f in chosen.values()}
         for t in ranked:
@@ -142,7 +145,7 @@ def select_finalists(study, space: SearchSpace) -> List[Finalist]:
             if value is not None and value not in seen:
                 seen.add(value)
                 chosen[t.number] = Finalist(t.number, value, json.loads(t.user_attrs["config"]),
-                                            f"best of {space.question}={value}")
+                                            f"best of {space.question}={value}", t.user_attrs.get("run_dir"))
     return list(chosen.values())
 
 
@@ -164,7 +167,9 @@ def run_confirmation(space: SearchSpace, study, out: Path, budget: Dict[str, Any
                      make_job: Callable[..., TrialJob]) -> pd.DataFrame:
     """Retrains the finalists (module docstring) through ``submit`` (runs jobs, returns their outcomes,
     in any order); writes and returns the confirmation table. ``make_job(number, config, seeds,
-    run_dir, budget)`` builds a job the executor can run."""
+    run_dir, budget, trained_in)`` builds a job the executor can run; ``trained_in`` is the search
+    trial's run folder where it trained this config with this seed (its checkpoint is evaluated on the
+    report eval set instead of training again: ``trial.TrialJob``)."""
     finalists = select_finalists(study, space)
     seeds, factors = list(space.confirm.seeds), list(space.confirm.lr_factors)
     first = space.objectives[0]
@@ -178,7 +183,8 @@ def run_confirmation(space: SearchSpace, study, out: Path, budget: Dict[str, Any
             run_dir = out / "confirm" / f"{f.number:04d}"
             if len(factors) > 1:
                 run_dir = run_dir / f"lr{factor:g}"
-            job = make_job(number, _with_lr(f.config, factor), [seed], str(run_dir), budget)
+            reuse = f.run_dir if factor == 1.0 and seed in space.seeds else None    # the trial trained it
+            job = make_job(number, _with_lr(f.config, factor), [seed], str(run_dir), budget, reuse)
             jobs[number] = (f, factor, seed, job)
         outcomes = submit([j[3] for j in jobs.values()])
         for o in outcomes:
@@ -186,6 +192,7 @@ def run_confirmation(space: SearchSpace, study, out: Path, budget: Dict[str, Any
             value = o.metrics.get(first.metric) if first.task is not None else o.tokens_per_s
             rows.append({"trial": f.number, "question": "" if f.value is None else str(f.value), "why": f.why,
                          "lr_factor": factor, "seed": seed, "status": o.status, "reason": o.reason,
+                         "trained_in": o.trained_in or "",
                          "value": math.nan if value is None else float(value),
                          **{f"m:{k}": v for k, v in o.metrics.items()}, "run_dir": job.run_dir})
 

@@ -338,10 +338,13 @@ class Driver:
                 self._changed(study)
 
     def _job(self, number: int, config: Dict[str, Any], seeds: List[int], run_dir: str,
-             budget: Dict[str, Any]) -> TrialJob:
+             budget: Dict[str, Any], trained_in: Optional[str] = None) -> TrialJob:
+        """A job; ``trained_in``: a search trial's run folder that trained this config under the
+        selection budget (a confirmation evaluates its checkpoints instead of training again)."""
         return TrialJob(number=number, config=config, tasks=list(self.space.tasks), budget=budget, seeds=seeds,
                         run_dir=run_dir, threads=self.executor.threads(), device=self.device,
-                        tasks_dir=str(self.tasks_dir) if self.tasks_dir else None)
+                        tasks_dir=str(self.tasks_dir) if self.tasks_dir else None, trained_in=trained_in,
+                        trained_budget=self.budget.model_dump(mode="json") if trained_in else None)
 
     def _run_all(self, jobs: List[TrialJob]) -> List[TrialOutcome]:
         """Runs ``jobs`` on the executor, as many at once as it has slots; returns every outcome."""

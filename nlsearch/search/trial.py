@@ -6,6 +6,12 @@ send their intermediate metric through ``report(step, value) -> prune?``; a True
 run (status ``pruned``). The worker never touches the study: it returns an outcome, and the driver
 tells Optuna. A run whose ``record.json`` exists is reused; a run with checkpoints resumes (a trial
 re-queued after a crash continues where it stopped).
+
+A confirmation job may name ``trained_in``, the run folder of the search trial that trained the same
+config with the same seed under ``trained_budget`` (the selection twin of its budget, which differs
+only in the eval set): its final checkpoint is then evaluated on the job's eval set instead of being
+trained again (the training is the same, batch for batch), except for continual tasks, whose
+forgetting needs the training run. A source run that is not that run is not used: the job trains.
 """
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ class TrialJob:
     threads: Optional[int] = None
     device: str = "auto"
     tasks_dir: Optional[str] = None
+    trained_in: Optional[str] = None     # a search trial's run folder that trained this config (module doc)
+    trained_budget: Optional[Dict] = None    # the budget it trained under
 
 
 @dataclass
@@ -53,13 +61,44 @@ class TrialOutcome:
     hardware: str = ""
     pid: int = 0
     dropped: List[str] = field(default_factory=list)           # "<task>:<metric> seed <s>": non-finite, not in the mean
+    trained_in: Optional[str] = None     # set when every run was a source trial's checkpoint, evaluated
+
+
+TRAINING_ONLY = ("name", "eval_seed")     # budget fields that do not change what training computes
+
+
+def _evaluated(job: TrialJob, task: str, seed: int, budget: Budget, tasks_dir: Optional[Path]) -> Optional[RunRecord]:
+    """The record of the source trial's checkpoint evaluated under ``budget`` (written beside that run,
+    under ``evals/``), or None when there is no source, it trained differently, or the task is continual."""
+    from nlsearch.budgets import task_kind
+    from nlsearch.train.reevaluate import evaluate_checkpoint
+
+    if job.trained_in is None or job.trained_budget is None:
+        return None
+    trained = Budget.model_validate(job.trained_budget)
+    if trained.model_dump(exclude=set(TRAINING_ONLY)) != budget.model_dump(exclude=set(TRAINING_ONLY)):
+        return None
+    source = Path(job.trained_in) / task_label(task) / f"seed{seed}"
+    plan = plan_run(job.config, task, trained, seed, job.device, job.threads, tasks_dir)
+    if task_kind(plan.task) == "continual" or not (source / RECORD).exists():
+        return None
+    try:
+        finished_record(source, plan.identity())
+    except ValueError:                       # not the run it must be: train instead
+        return None
+    record, _, _ = evaluate_checkpoint(source, plan.task, budget, job.device, tasks_dir)
+    return record
 
 
 def _run(job: TrialJob, task: str, seed: int, report: Optional[Report]) -> Optional[RunRecord]:
-    """One training run; returns its record, or None when the reporter stopped it."""
+    """One training run (or the evaluation of the search trial's run of it: ``trained_in``); returns its
+    record, or None when the reporter stopped it."""
     run_dir = Path(job.run_dir) / task_label(task) / f"seed{seed}"
     tasks_dir = Path(job.tasks_dir) if job.tasks_dir else None
     budget = Budget.model_validate(job.budget)
+    evaluated = _evaluated(job, task, seed, budget, tasks_dir) if report is None else None
+    if evaluated is not None:
+        return evaluated
     if (run_dir / RECORD).exists():         # a finished run: reused only when it is this one (ValueError else)
         return finished_record(run_dir, plan_run(job.config, task, budget, seed, job.device, job.threads,
                                                  tasks_dir).identity())
@@ -106,6 +145,8 @@ def run_trial(job: TrialJob, report: Optional[Report] = None) -> TrialOutcome:
                         if value is None or not math.isfinite(value):
                             out.dropped.append(f"{task_label(task)}:{name} seed {seed}")
             out.metrics.update({f"{task_label(task)}:{k}": _mean(v) for k, v in per_seed.items()})
+        if records and all(r.status == "evaluated" for r in records):
+            out.trained_in = job.trained_in
     except NonFiniteLossError as err:
         out.status, out.reason = "failed", f"non-finite loss: {err}"
     except Exception as err:                                   # a broken trial must not end the search
