@@ -127,7 +127,8 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = default_run_dir(args.out, plan)
     try:
         result = train(plan.cfg, plan.task, plan.budget, args.seed, run_dir=run_dir, resume=args.resume,
-                       device=args.device, threads=args.threads, progress=not args.quiet)
+                       device=args.device, threads=args.threads, progress=not args.quiet,
+                       log=lambda msg: console.print(safe(msg)))
     except NonFiniteLossError as err:
         console.print(f"[red]diverged:[/red] {safe(str(err))}; checkpoints, if any, are in {safe(str(run_dir))}")
         return 1

@@ -206,15 +206,18 @@ def step_function(fn):
     return _compiled[fn]
 
 
-def step_functions_seen() -> int:
-    """How many distinct step functions went through :func:`step_function` since
-    :func:`forget_compiled_steps` (a model without any has nothing to compile)."""
-    return len(_seen)
+def step_functions_seen(reset: bool = False) -> int:
+    """How many distinct step functions went through :func:`step_function` since the last reset (a
+    model without any has nothing to compile); ``reset``: start counting again."""
+    n = len(_seen)
+    if reset:
+        _seen.clear()
+    return n
 
 
 def forget_compiled_steps() -> None:
     """Drop every compiled step and torch's compile caches, and the functions seen (the benchmark
-    times each model's compile from scratch)."""
+    times compiles from scratch)."""
     _seen.clear()
     _compiled.clear()
     import torch

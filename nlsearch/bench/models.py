@@ -3,8 +3,9 @@
 With ``compile`` (``--compile``) each preset whose layers have a sequential step (``nlsearch.runtime.
 step_function``) is also timed with that step compiled, in the same round-robin as the eager steps:
 ``compiled_seconds`` (the median compiled step), ``compile_seconds`` (the first compiled step, which
-compiles, less the median one: from scratch, with torch's compile caches reset and an empty inductor
-cache folder per preset and length) and ``step_functions`` (how many step functions its forward
+compiles, less the median one: torch's compile caches are reset once per length, and each preset and
+length compiles into an empty inductor cache folder; presets that share a step function, as the MLP
+memories do, compile their own shapes) and ``step_functions`` (how many step functions its forward
 passes through; 0: nothing to compile, the compiled columns are NaN). ``seconds`` stays the eager
 step. Runs choose compiled steps from this table (``nlsearch.train.plan.choose_compile``).
 """
@@ -84,9 +85,9 @@ def _in_mode(step: Callable, on: bool, cache: Optional[str] = None) -> Callable:
 
 
 def _first_compiled_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.device, cache: str):
-    """A fresh compiled training step of ``name``, its first run timed from scratch (compile caches
-    reset, empty inductor folder): (step, seconds of that first run, step functions seen)."""
-    forget_compiled_steps()
+    """A fresh compiled training step of ``name``, its first run timed (it compiles, into an empty
+    inductor folder): (step, seconds of that first run, step functions seen)."""
+    step_functions_seen(reset=True)
     torch.manual_seed(0)
     step = _in_mode(make_train_step(name, cfg, t, device), True, cache)
     if device.type == "cuda":
@@ -96,6 +97,12 @@ def _first_compiled_step(name: str, cfg: ModelsBenchConfig, t: int, device: torc
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return step, time.perf_counter() - t0, step_functions_seen()
+
+
+def _max_rss_gib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
 
 
 COMPILED = "+compiled"                   # key suffix of a compiled step in one round-robin with the eager ones
@@ -117,6 +124,8 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
                 torch.manual_seed(0)
                 step = make_train_step(name, cfg, t, device)
                 steps[name] = _in_mode(step, False) if cfg.compile else step    # else NLSEARCH_COMPILE decides
+            if cfg.compile:
+                forget_compiled_steps()          # from scratch at each length (the same shapes, else cached)
             for name in names if cfg.compile else ():
                 cache = tempfile.mkdtemp(dir=caches)
                 step, seconds, n_fns = _first_compiled_step(name, cfg, t, device, cache)
@@ -126,6 +135,8 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
                 if log:
                     log(f"{name:>16} T={t:>5} first compiled step {seconds:7.1f} s, {n_fns} step function(s)")
             results = measure_many(steps, device, repeats=cfg.repeats, budget_s=30.0)   # presets in turn
+            if log:
+                log(f"T={t}: peak resident memory of this process so far {_max_rss_gib():.1f} GiB")
             for name in names:
                 res, tokens = results[name], cfg.batch * t
                 row = dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,

@@ -11,6 +11,11 @@ A continual task trains phase by phase (``steps`` each, the lr schedule restarti
 untrained model is scored on every phase (FWT's baseline) and, after each phase, the model is scored on
 every phase: row i of the GEM matrix R.
 
+Compiled layer steps: each session chooses (``nlsearch.train.plan.choose_compile``, from the steps it
+has left) whether its training steps compile the layers' sequential step; the choice and its reason
+are logged once, and kept in the session and the record. Evaluation always runs eager (no-grad, other
+lengths: other shapes to compile), also under ``NLSEARCH_COMPILE=1``.
+
 The outer optimizer is ``model_config.optimizer.build(model)``. When a module reports parameters of
 period C > 1 (``param_groups_by_period()``, the CMS ``steps`` clock) it is wrapped in
 ``PeriodicOptimizer``, which steps those every C training steps with their gradients summed over the
@@ -38,9 +43,9 @@ from nlsearch.eval.scores import MetricRow
 from nlsearch.optim.periodic import PeriodicOptimizer, parameter_periods
 from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
-from nlsearch.train.plan import RunPlan, check_run_dir, plan_run
+from nlsearch.train.plan import CompileChoice, RunPlan, check_run_dir, choose_compile, plan_run
 from nlsearch.train.record import RunRecord, build_record, session_info, write_run
-from nlsearch.runtime import tune_process
+from nlsearch.runtime import compile_setting, compiled_steps, tune_process
 
 Reporter = Callable[[int, Dict[str, float]], bool]
 
@@ -194,14 +199,15 @@ def _save(plan: RunPlan, run_dir: Path, model, optimizer, state: TrainerState, w
     save_checkpoint(run_dir, state.step, model, optimizer, trainer, plan.device)
 
 
-def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], wall: float) -> RunResult:
+def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], wall: float,
+            compile: CompileChoice) -> RunResult:
     if plan.n_phases > 1:
         rows = tuple(continual_rows(plan.task, state.r_rows, state.baseline, plan.eval_lengths[0]))
     else:
         rows = evaluate(model, plan.task, plan.budget, lengths=plan.eval_lengths, device=plan.device).rows
     record = build_record(status="completed", plan=plan, model=model, rows=rows, steps=state.step,
                           train_tokens=state.train_tokens, train_time=state.train_time, wall_time=wall,
-                          sessions=state.sessions)
+                          sessions=state.sessions, compile=compile)
     if run_dir is not None:
         write_run(run_dir, record, rows, state.history)
     return RunResult("completed", state.step, {r.name: r.value for r in rows},
@@ -235,7 +241,7 @@ def _after_step(plan: RunPlan, model, state: TrainerState, reporter: Optional[Re
 
 
 def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[float], reporter, run_dir,
-          stop_after: Optional[int], progress: bool, t0: float) -> RunResult:
+          stop_after: Optional[int], progress: bool, t0: float, compile: CompileChoice) -> RunResult:
     kb, budget, total = plan.kb, plan.budget, plan.total_steps
     with progress_bar(total, state.step, plan.task.ref, progress) as advance:
         while state.step < total:
@@ -249,7 +255,8 @@ def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[f
             length = plan.train_lengths[step % len(plan.train_lengths)]
             batch = plan.task.batch(kb.batch_size, length, derive_seed("train", plan.seed, step), "train", phase)
             start = time.perf_counter()
-            loss = train_step(model, optimizer, batch, plan.device, budget.grad_clip, step)
+            with compiled_steps(compile.on):
+                loss = train_step(model, optimizer, batch, plan.device, budget.grad_clip, step)
             if plan.device.type == "cuda":
                 torch.cuda.synchronize(plan.device)
             state.train_time += time.perf_counter() - start
@@ -263,13 +270,13 @@ def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[f
                 _save(plan, run_dir, model, optimizer, state, state.wall_time + time.perf_counter() - t0)
             if stop:
                 return _partial("stopped", state, run_dir)
-    return _finish(plan, model, state, run_dir, state.wall_time + time.perf_counter() - t0)
+    return _finish(plan, model, state, run_dir, state.wall_time + time.perf_counter() - t0, compile)
 
 
 def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter] = None,
           run_dir: Optional[Path] = None, resume: bool = False, *, device: Optional[str] = None,
           threads: Optional[int] = None, stop_after: Optional[int] = None, progress: bool = False,
-          tasks_dir: Optional[Path] = None) -> RunResult:
+          tasks_dir: Optional[Path] = None, log: Optional[Callable[[str], Any]] = None) -> RunResult:
     """Trains ``model_config`` (preset name, YAML path, mapping or ModelConfig) on ``task`` (``name[@v]``,
     spec path or Task) under ``budget`` (name, YAML path or Budget) and evaluates it.
 
@@ -280,21 +287,28 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
     ``cpu``, ``cuda``; ``threads`` overrides ``budget.threads``. ``stop_after``: end after this many
     steps as if killed (status ``interrupted``; no extra checkpoint, no record). Every input is
     validated before anything is written; raises NonFiniteLossError when the loss is NaN or infinite.
+    ``log(str)``: told once whether the training steps compile the layers' steps, and why.
     """
     tune_process()                            # first: before anything makes the thread pool
     plan = plan_run(model_config, task, budget, seed, device, threads, tasks_dir)
+    compile_setting()                         # an unreadable NLSEARCH_COMPILE fails here, before any write
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         check_run_dir(run_dir, resume)
     t0 = time.perf_counter()
-    with run_lock(run_dir, resume), _threads(plan.threads), torch.random.fork_rng(devices=_rng_devices(plan.device)):
+    with run_lock(run_dir, resume), _threads(plan.threads), torch.random.fork_rng(devices=_rng_devices(plan.device)), \
+            compiled_steps(False):            # evaluation eager; training steps as chosen (in _loop)
         torch.manual_seed(derive_seed("init", plan.seed))
         model = plan.cfg.build().to(plan.device)
         optimizer = build_optimizer(model, plan)
         base_lrs = [group["lr"] for group in optimizer.param_groups]
         state = _start(plan, model, optimizer, run_dir, resume)
+        compile = choose_compile(plan, plan.total_steps - state.step)
+        state.sessions[-1].update(compiled_steps=compile.setting, compile_reason=compile.reason)
+        if log is not None:
+            log(f"compiled layer steps {compile.setting}: {compile.reason}")
         model.train()
-        result = _loop(plan, model, optimizer, state, base_lrs, reporter, run_dir, stop_after, progress, t0)
+        result = _loop(plan, model, optimizer, state, base_lrs, reporter, run_dir, stop_after, progress, t0, compile)
     if result.status == "completed":
         return result
     directions = {name: _direction(name, plan) for name in result.metrics}

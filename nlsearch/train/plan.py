@@ -4,6 +4,18 @@ the task's vocabulary), the task, the budget, lengths, data, device and the run 
 Vocabulary rule: a config that does not set ``vocab_size`` takes the task's (``task.vocab_size``;
 presets leave it unset); a config that sets it must cover the task's vocabulary, else ValueError.
 The record's config (and its sha256) is the one trained, with the vocabulary filled in.
+
+Compiled layer steps (:func:`choose_compile`, per run and session): the training steps compile the
+layers' sequential step (``nlsearch.runtime.step_function``) when ``NLSEARCH_COMPILE=1``, never when
+``NLSEARCH_COMPILE=0``, and otherwise when (a) inductor can compile for the device (CUDA, or a C++
+compiler for the CPU), (b) the config is a preset (with the task's vocabulary) that ``nlsearch bench
+models --compile`` timed on this device type at its width and depth, with a layer step to compile,
+and (c) the steps left to train save more than compiling costs. The saving is the table's eager less
+compiled core-seconds per training token (interpolated in the length, as the dry-run estimate does),
+times the run's training tokens (steps x batch x mean train length), over the run's threads; the cost
+is the table's compile seconds once per distinct train length (each length is a new shape). The choice
+and its reason go into the run's record and every session; it is not part of the run's identity (a
+compiled and an eager run compute the same numbers up to float rounding).
 """
 from __future__ import annotations
 
@@ -11,6 +23,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
 
 import torch
 
@@ -20,6 +35,8 @@ from nlsearch.eval.forward import pick_device, precision
 from nlsearch.eval.scores import check_metrics
 from nlsearch.io import check_writable_folder
 from nlsearch.models import ModelConfig, load_model_config
+from nlsearch.models import list_presets
+from nlsearch.runtime import compile_setting, cpp_compiler
 from nlsearch.tasks import Task, load_task
 from nlsearch.train.record import RECORD
 
@@ -181,3 +198,74 @@ def default_run_dir(out: Union[str, Path], plan: RunPlan) -> Path:
     label = re.sub(r"[^A-Za-z0-9._-]+", "-", plan.cfg.name or "model")
     model = f"{label}-{config_hash(plan.cfg)[:12]}"
     return Path(out) / plan.task.ref / model / f"{plan.budget.ref}-seed{plan.seed}"
+
+
+COMPILE_TABLES = Path(__file__).resolve().parents[2] / "results" / "bench"
+"""Where ``nlsearch bench models --compile`` writes ``models-compile-<device type>.parquet``."""
+
+
+@dataclass(frozen=True)
+class CompileChoice:
+    """Whether a run's training steps compile the layers' steps, and why (one short line)."""
+
+    on: bool
+    reason: str
+
+    @property
+    def setting(self) -> str:
+        return "on" if self.on else "off"
+
+
+def compile_table(device: torch.device) -> Optional[pd.DataFrame]:
+    """The compile timings measured for ``device``'s type, or None where there are none."""
+    path = COMPILE_TABLES / f"models-compile-{device.type}.parquet"
+    return pd.read_parquet(path) if path.is_file() else None
+
+
+def measured_preset(plan: RunPlan) -> Optional[str]:
+    """The preset ``plan`` trains (its config is the preset's, with the task's vocabulary), or None."""
+    name = plan.cfg.name
+    if name not in list_presets():
+        return None
+    preset = with_task_vocab(load_model_config(name), plan.task)
+    return name if config_hash(preset) == config_hash(plan.cfg) else None
+
+
+def _per_token(rows: pd.DataFrame, seconds: pd.Series) -> np.ndarray:
+    threads = rows["threads"].astype(float) if "threads" in rows else 1.0
+    return (seconds * threads / (rows["B"] * rows["T"])).to_numpy(dtype=float)
+
+
+def choose_compile(plan: RunPlan, steps: int, table: Optional[pd.DataFrame] = None) -> CompileChoice:
+    """Whether the ``steps`` training steps ``plan`` has left compile the layers' steps (module doc);
+    ``table``: the compile timings (default :func:`compile_table`). Raises ValueError on an unreadable
+    ``NLSEARCH_COMPILE``."""
+    forced = compile_setting()
+    if forced is not None:
+        return CompileChoice(forced, f"NLSEARCH_COMPILE={int(forced)}")
+    if plan.device.type != "cuda" and cpp_compiler() is None:
+        return CompileChoice(False, "no C++ compiler for inductor")
+    preset = measured_preset(plan)
+    if preset is None:
+        return CompileChoice(False, f"{plan.cfg.name or 'the config'} is not a preset: no compile timing")
+    table = compile_table(plan.device) if table is None else table
+    need = {"compiled_seconds", "compile_seconds", "step_functions"}
+    rows = pd.DataFrame() if table is None or not need <= set(table.columns) else table[
+        (table.preset == preset) & (table.device == plan.device.type) & (table.d_model == plan.cfg.d_model)
+        & (table.n_layers == plan.cfg.n_layers)].sort_values("T")
+    if rows.empty:
+        return CompileChoice(False, f"{preset}: no compile timing on {plan.device.type} "
+                                    f"(nlsearch bench models --compile)")
+    if not (rows.step_functions > 0).any():
+        return CompileChoice(False, f"{preset} has no layer step to compile")
+    rows = rows[(rows.step_functions > 0) & rows.compiled_seconds.notna()]
+    lengths = plan.train_lengths
+    mean = sum(lengths) / len(lengths)
+    ts = rows["T"].to_numpy(dtype=float)
+    saving = float(np.interp(mean, ts, _per_token(rows, rows.seconds - rows.compiled_seconds)))
+    threads = plan.threads or torch.get_num_threads()
+    per_step = saving * plan.kb.batch_size * mean / threads
+    cost = float(np.interp(mean, ts, rows.compile_seconds.to_numpy(dtype=float))) * len(set(lengths))
+    saved = per_step * steps
+    why = f"{preset}: {steps} steps x {per_step:.2f} s saved = {saved:.0f} s {{}} {cost:.0f} s to compile"
+    return CompileChoice(True, why.format(">")) if saved > cost else CompileChoice(False, why.format("<="))

@@ -115,15 +115,21 @@ class RunRecord(BaseModel):
     # added with the list of training changes: the newest change the code that trained it knew (older
     # records: 0, before every listed change)
     training_version: int = 0
+    # added with the automatic choice of compiled layer steps: why the last session compiled its training
+    # steps or not (``compiled_steps``; nlsearch.train.plan.choose_compile); older records: None
+    compile_reason: Optional[str] = None
 
 
-def session_info(device: torch.device, from_step: int) -> Dict[str, Any]:
+def session_info(device: torch.device, from_step: int, compile: Any = None) -> Dict[str, Any]:
     """Where a training session (a start or a resume) runs, for the record's ``sessions``: the
-    machine, and the Ray node when it runs in a Ray worker (several nodes may share one hostname)."""
+    machine, and the Ray node when it runs in a Ray worker (several nodes may share one hostname).
+    ``compile``: the session's :class:`~nlsearch.train.plan.CompileChoice` (None: the environment's)."""
     prov = provenance(device)
     info = {"from_step": from_step, "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "device": str(device), "threads": torch.get_num_threads(),
             **{k: prov[k] for k in ("hardware", "torch", "git_commit", "allocator", "compiled_steps", "denormals")}}
+    if compile is not None:
+        info.update(compiled_steps=compile.setting, compile_reason=compile.reason)
     node = _ray_node()
     if node:
         info["ray_node"] = node
@@ -149,9 +155,10 @@ def _number(x: float) -> Optional[float]:
 
 def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[MetricRow], steps: int,
                  train_tokens: int, train_time: float, wall_time: float,
-                 sessions: Sequence[Dict[str, Any]] = (), trained_as: Optional[Dict[str, Any]] = None
-                 ) -> RunRecord:
-    """Returns the record of ``model`` trained (or evaluated) under ``plan`` with ``rows``."""
+                 sessions: Sequence[Dict[str, Any]] = (), trained_as: Optional[Dict[str, Any]] = None,
+                 compile: Any = None) -> RunRecord:
+    """Returns the record of ``model`` trained (or evaluated) under ``plan`` with ``rows``; ``compile``:
+    the last session's :class:`~nlsearch.train.plan.CompileChoice` (None: the environment's setting)."""
     prov = provenance(plan.device)
     longest = max(plan.eval_lengths)
     return RunRecord(
@@ -170,8 +177,9 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         device=str(plan.device), threads=torch.get_num_threads(), hardware=prov["hardware"],
         cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
         git_commit=prov["git_commit"], python=prov["python"], allocator=prov["allocator"],
-        compiled_steps=prov["compiled_steps"], sessions=list(sessions), trained_as=trained_as,
-        precision=plan.precision, training_version=TRAINING_VERSION)
+        compiled_steps=compile.setting if compile is not None else prov["compiled_steps"],
+        compile_reason=compile.reason if compile is not None else None, sessions=list(sessions),
+        trained_as=trained_as, precision=plan.precision, training_version=TRAINING_VERSION)
 
 
 def metrics_frame(record: RunRecord, rows: Sequence[MetricRow]) -> pd.DataFrame:

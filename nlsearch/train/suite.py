@@ -305,7 +305,7 @@ def run_suite(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Seq
             start = time.perf_counter()
             try:
                 result = train(plan.cfg, plan.task, plan.budget, plan.seed, run_dir=run_dir, resume=True,
-                               device=device, progress=progress)
+                               device=device, progress=progress, log=lambda msg, head=head: log(f"{head}: {msg}"))
             except Exception as err:                    # noqa: BLE001 - a failed run is a row, not the end
                 row["status"], row["wall_time_s"] = _failure(err), time.perf_counter() - start
             else:
