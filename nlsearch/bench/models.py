@@ -3,10 +3,12 @@
 With ``compile`` (``--compile``) each preset whose layers have a sequential step (``nlsearch.runtime.
 step_function``) is also timed with that step compiled, in the same round-robin as the eager steps:
 ``compiled_seconds`` (the median compiled step), ``compile_seconds`` (the first compiled step, which
-compiles, less the median one: torch's compile caches are reset once per length, and each preset and
-length compiles into an empty inductor cache folder; presets that share a step function, as the MLP
-memories do, compile their own shapes) and ``step_functions`` (how many step functions its forward
-passes through; 0: nothing to compile, the compiled columns are NaN). ``seconds`` stays the eager
+compiles, less the median one: from scratch, torch's compile caches reset and an empty inductor cache
+folder for each preset and length, since presets share step functions and shapes: after ``hope`` the
+``cms`` preset's MLP-memory step compiled in 0.3 s) and ``step_functions`` (how many step functions
+its forward passes through; 0: nothing to compile, the compiled columns are NaN). Before the timed
+round-robin the caches are reset once more and every compiled step compiles again (from its warm
+folder), so no reset falls between timed runs. ``seconds`` stays the eager
 step. Runs choose compiled steps from this table (``nlsearch.train.plan.choose_compile``).
 """
 from __future__ import annotations
@@ -85,9 +87,9 @@ def _in_mode(step: Callable, on: bool, cache: Optional[str] = None) -> Callable:
 
 
 def _first_compiled_step(name: str, cfg: ModelsBenchConfig, t: int, device: torch.device, cache: str):
-    """A fresh compiled training step of ``name``, its first run timed (it compiles, into an empty
-    inductor folder): (step, seconds of that first run, step functions seen)."""
-    step_functions_seen(reset=True)
+    """A fresh compiled training step of ``name``, its first run timed from scratch (compile caches
+    reset, empty inductor folder): (step, seconds of that first run, step functions seen)."""
+    forget_compiled_steps()
     torch.manual_seed(0)
     step = _in_mode(make_train_step(name, cfg, t, device), True, cache)
     if device.type == "cuda":
@@ -124,8 +126,6 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
                 torch.manual_seed(0)
                 step = make_train_step(name, cfg, t, device)
                 steps[name] = _in_mode(step, False) if cfg.compile else step    # else NLSEARCH_COMPILE decides
-            if cfg.compile:
-                forget_compiled_steps()          # from scratch at each length (the same shapes, else cached)
             for name in names if cfg.compile else ():
                 cache = tempfile.mkdtemp(dir=caches)
                 step, seconds, n_fns = _first_compiled_step(name, cfg, t, device, cache)
@@ -134,6 +134,11 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
                     steps[name + COMPILED] = step
                 if log:
                     log(f"{name:>16} T={t:>5} first compiled step {seconds:7.1f} s, {n_fns} step function(s)")
+            if cfg.compile:                      # one compile state for the whole round-robin (untimed)
+                forget_compiled_steps()
+                for name in names:
+                    if name + COMPILED in steps:
+                        steps[name + COMPILED]().backward()
             results = measure_many(steps, device, repeats=cfg.repeats, budget_s=30.0)   # presets in turn
             if log:
                 log(f"T={t}: peak resident memory of this process so far {_max_rss_gib():.1f} GiB")
