@@ -119,3 +119,15 @@ def test_a_check_can_read_a_metric_other_than_the_ranked_one(tmp_path):
                                 "metric": "forgetting"})
     with pytest.raises(ConfigError, match=r"check.metric 'forgetting' is not a metric of continual's task .*'bwt'"):
         load_claims(path, protocol)
+
+
+def test_a_claim_too_small_to_test_is_not_testable_before_its_models_are_scored(recall_protocol):
+    budget = recall_protocol.load_budget("tiny")
+    claim = Claim(id="c", claim="c", source="s", budgets=["tiny"], source_setting=ZOOLOGY,
+                  calibration={"tiny": "the reference model stays on the plateau here"},
+                  check={"kind": "at_least", "model": "transformer", "role": "recall", "value": 0.9, "length": 128})
+    verdict = judge(claim, [], recall_protocol, "tiny", pending=["transformer"], budget=budget)
+    assert verdict.outcome == "not testable" and "stays on the plateau" in verdict.reason
+    assert "runs missing for transformer" in verdict.reason and verdict.scale == (32, 6_400_000, "sequences")
+    bare = claim.model_copy(update={"calibration": {}})             # testable at this scale: it waits
+    assert judge(bare, [], recall_protocol, "tiny", pending=["transformer"], budget=budget).outcome == "pending"

@@ -247,6 +247,10 @@ def test_a_claim_reading_a_baseline_still_to_score_is_pending():
                   check={"kind": "beats", "winners": ["x"], "losers": ["y"], "roles": ["recall"]})
     verdict = judge(claim, [], None, "cpu", pending=["y", "z"])
     assert verdict.outcome == "pending" and verdict.reason == "runs missing for y"
+    # a claim the track cannot test is said so at once, not left pending until its models are scored
+    elsewhere = judge(claim.model_copy(update={"budgets": ("gpu",)}), [], None, "cpu", pending=["y"])
+    assert elsewhere.outcome == "not testable" and "testable at ['gpu']" in elsewhere.reason
+    assert "runs missing for y" in elsewhere.reason
 
 
 def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_for(reproduced, tmp_path):

@@ -252,8 +252,10 @@ def claim_scale(claim: Claim, protocol: Protocol, budget) -> Optional[Tuple[int,
     src = claim.source_setting
     unit = "sequences" if src.train_sequences else "tokens" if src.train_tokens else None
     roles = claim.check.read_roles()
-    rule = protocol.by_role().get(roles[0]) if roles else None
-    if unit is None or rule is None or budget is None:
+    if unit is None or budget is None or not roles:
+        return None
+    rule = protocol.by_role().get(roles[0])
+    if rule is None:
         return None
     task = load_task(rule.task, protocol.resolve_tasks_dir())
     ours = budget_scale(budget, task, unit)
@@ -287,10 +289,14 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
     score; a claim that reads one of them is ``pending``, naming them. ``budget``: the track's Budget,
     for the training-scale rule (None: no scale comparison)."""
     waiting = [m for m in claim.models() if m in pending]
-    if waiting:
-        return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
     scale = claim_scale(claim, protocol, budget)
     small = too_small(claim, scale, budget_name)
+    if waiting and (small or budget_name not in claim.budgets):     # decided by the track alone: no need to wait
+        why = small or f"not at budget {budget_name!r} (testable at {list(claim.budgets)})"
+        return Verdict(claim, "not testable", f"{why}; the numbers are still to come (runs missing for "
+                                              f"{', '.join(waiting)})", {}, scale)
+    if waiting:
+        return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
     look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric)
     try:
         ok, what = _judge(claim.check, look)
