@@ -203,3 +203,24 @@ def test_enqueued_candidates_are_tried_first_and_bad_ones_refused(tmp_path):
     bad = write_space(tmp_path, tiny_space(name="bad2", enqueue=[{"colour": 1}]))
     with pytest.raises(ConfigError, match=r"enqueue\.0: \['colour'\] are not parameters of the space"):
         load_space(bad)
+
+
+def test_the_confirmation_retunes_each_finalists_lr_on_the_first_seed_and_keeps_the_best(tmp_path):
+    """``confirm.lr_factors``: every factor on seed 0 (x1 is the trial's own checkpoint, evaluated;
+    the others train in ``lr<factor>`` folders), the best by the objective (ties: closest to x1) for
+    the other seeds; the summary says the lr was re-tuned."""
+    space = tiny_space(name="conf", trials=2, question="mixer",
+                       confirm={"top_k": 1, "seeds": [0, 1], "lr_factors": [0.5, 1.0, 2.0]})
+    path = write_space(tmp_path, space)
+    study, _, out = run_search(path, out=tmp_path / "out", log=lambda m: None)
+    table = pd.read_parquet(out / "confirmation.parquet")
+    for trial, rows in table.groupby("trial"):
+        first = rows[rows.seed == 0].set_index("lr_factor")
+        assert sorted(first.index) == [0.5, 1.0, 2.0]
+        assert first.loc[1.0, "trained_in"] != "" and first.loc[0.5, "trained_in"] == ""
+        assert (out / "confirm" / f"{trial:04d}" / "lr0.5" / "recall_small" / "seed0" / "record.json").is_file()
+        best = max(first.index, key=lambda f: (first.loc[f, "value"], -abs(math.log(f))))
+        later = rows[rows.seed == 1]
+        assert list(later.lr_factor) == [best]                     # the other seed only at the chosen factor
+        assert set(rows[rows.chosen].lr_factor) == {best}
+    assert "re-tuned per finalist in the confirmation" in (out / "summary.md").read_text()

@@ -181,8 +181,8 @@ def run_confirmation(space: SearchSpace, study, out: Path, budget: Dict[str, Any
         for i, (f, factor, seed) in enumerate(stage):
             number = -(1 + len(rows) + i)                  # never an Optuna trial's number
             run_dir = out / "confirm" / f"{f.number:04d}"
-            if len(factors) > 1:
-                run_dir = run_dir / f"lr{factor:g}"
+            if factor != 1.0:                              # the finalist's own lr keeps the plain folder
+                run_dir = run_dir / f"lr{factor:g}"        # (its runs are reused when a sweep is added later)
             reuse = f.run_dir if factor == 1.0 and seed in space.seeds else None    # the trial trained it
             job = make_job(number, _with_lr(f.config, factor), [seed], str(run_dir), budget, reuse)
             jobs[number] = (f, factor, seed, job)
