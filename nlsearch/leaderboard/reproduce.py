@@ -26,7 +26,7 @@ from nlsearch.leaderboard.render import render
 from nlsearch.leaderboard.scoring import partial_results, score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
-from nlsearch.leaderboard.table import display, mean_std
+from nlsearch.leaderboard.table import column_label, display, mean_std
 from nlsearch.provenance import git_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
@@ -178,7 +178,7 @@ def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence
     for rule in rules:
         spec = load_task(rule.task, protocol.resolve_tasks_dir()).spec
         hib = {m.name: m.higher_is_better for m in spec.metrics}[rule.metric]
-        heads.append(f"{rule.task} {rule.metric} {'↑' if hib else '↓'}")
+        heads.append(column_label(rule.task, rule.metric, hib))
     lines = ["| model | runs done | " + " | ".join(heads) + " | entry |",
              "|---|---|" + "---|" * len(heads) + "---|"]
     for name, tasks in prog.items():

@@ -174,22 +174,25 @@ def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, r
     runs = finished_runs(model, protocol, budget, runs_dir, tasks)
     factors, first = tuple(protocol.lr_sweep.factors), protocol.seeds[0]
     sweeping = len(factors) > 1
+
+    def finished(task: str, seed: int, factor: float) -> Optional[JobResult]:
+        record = runs[(task, seed, factor)][1]
+        job = Job(model, task, seed, factor, budget.ref, str(runs_dir))
+        return None if record is None else JobResult(job, "completed", True, record.model_dump(mode="json"), None)
+
     out: Dict[str, Tuple[int, int, Optional[TaskResult]]] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
-        def result(seed: int, factor: float) -> Optional[JobResult]:
-            record = runs[(rule.task, seed, factor)][1]
-            job = Job(model, rule.task, seed, factor, budget.ref, str(runs_dir))
-            return None if record is None else JobResult(job, "completed", True, record.model_dump(mode="json"), None)
-        sweep = {f: r for f in factors if (r := result(first, f)) is not None} if sweeping else {}
-        total = len(protocol.seeds) + (len(factors) - 1 if sweeping else 0)
+        sweep = {f: r for f in factors if (r := finished(rule.task, first, f)) is not None} if sweeping else {}
+        needed = len(protocol.seeds) + (len(factors) - 1 if sweeping else 0)
         if sweeping and len(sweep) < len(factors):
-            out[rule.task] = (len(sweep), total, None)
+            out[rule.task] = (len(sweep), needed, None)
             continue
         hib = check_metric(rule, _directions(rule, list(sweep.values()), protocol.resolve_tasks_dir())[1])
-        factor = _pick(rule, {f: seed_result(j) for f, j in sweep.items()}, hib) if sweeping else 1.0
-        rest = [r for s in protocol.seeds if not (sweeping and s == first) and (r := result(s, factor)) is not None]
-        result_ = _task_result(rule, factor, sweep, rest, protocol.seeds, protocol.resolve_tasks_dir())
-        out[rule.task] = (len(sweep) + len(rest), total, result_)
+        factor = _pick(rule, {f: seed_result(j) for f, j in sweep.items()}, hib) if sweeping else factors[0]
+        rest = [r for s in protocol.seeds
+                if not (sweeping and s == first) and (r := finished(rule.task, s, factor)) is not None]
+        so_far = _task_result(rule, factor, sweep, rest, protocol.seeds, protocol.resolve_tasks_dir())
+        out[rule.task] = (len(sweep) + len(rest), needed, so_far)
     return out
 
 
