@@ -287,6 +287,7 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
         state["pending"] = names[i:]
         try:
             add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log, on_result=write)
+            write()                                # the new entry, before its claim tasks run
             extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log,
                                                 on_result=write)
         except LeaderboardError as err:
