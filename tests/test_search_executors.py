@@ -91,6 +91,23 @@ class TestRay(ExecutorContract):
             executor.shutdown()
         assert outcome.number == 3 and outcome.status == "failed" and "worker died" in outcome.reason
 
+    def test_a_lost_report_channel_is_replaced_and_the_trial_holding_it_trains_on(self, tmp_path):
+        """The channel actor dies (as with a node that goes away): the trial that holds it finishes
+        unpruned, the driver goes on, and a trial submitted after it reports through a new channel."""
+        reports = []
+        executor = self.make(tmp_path)
+        executor.start(lambda number, step, value: reports.append((number, step)) and False)
+        try:
+            executor.ray.kill(executor.channel)
+            executor.submit(job(tmp_path, 1))                      # handed the dead channel
+            (first,) = drain(executor, 1)
+            executor.submit(job(tmp_path, 2))
+            (second,) = drain(executor, 1)
+        finally:
+            executor.shutdown()
+        assert (first.number, first.status, second.number, second.status) == (1, "complete", 2, "complete")
+        assert reports == [(2, 4)]
+
 
 def _parent(pid: int) -> int:
     """The parent pid of ``pid`` (0 when it is gone): field 4 of /proc/<pid>/stat, after the command."""

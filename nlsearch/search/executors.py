@@ -120,14 +120,21 @@ def nlsearch_trial(job: TrialJob, channel) -> TrialOutcome:
     """The Ray task (its process is titled ``ray::nlsearch_trial`` while it runs)."""
     import ray
 
+    lost = []                            # the channel died (its node went away): train on, unpruned
+
     def report(step: int, value: float) -> bool:
-        ray.get(channel.put.remote(job.number, step, value))
-        deadline = time.monotonic() + ANSWER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            answer = ray.get(channel.take.remote(job.number, step))
-            if answer is not None:
-                return answer
-            time.sleep(0.05)
+        if lost:
+            return False
+        try:
+            ray.get(channel.put.remote(job.number, step, value))
+            deadline = time.monotonic() + ANSWER_TIMEOUT_S
+            while time.monotonic() < deadline:
+                answer = ray.get(channel.take.remote(job.number, step))
+                if answer is not None:
+                    return answer
+                time.sleep(0.05)
+        except ray.exceptions.RayActorError:
+            lost.append(step)
         return False
     return run_trial(job, report)
 
@@ -157,11 +164,15 @@ class RayExecutor(Executor):
             capacity = total.get("CPU", 1) // resources.cpus_per_trial
         self.slots = max(1, int(capacity)) if address else workers
         self.remote = ray.remote(max_retries=0)(nlsearch_trial).options(**self.options)
-        # the channel lives on the driver's node: a worker node that dies must not take it along
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
-        self.channel = _channel_class().options(scheduling_strategy=here).remote()
+        self.channel = self._new_channel()
         self.futures: Dict[object, int] = {}
+
+    def _new_channel(self):
+        """The channel asks to live on the driver's node, so that a worker node that goes away does not
+        take it along; Ray may still place it elsewhere (soft affinity), so its death is survived too."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        here = NodeAffinitySchedulingStrategy(node_id=self.ray.get_runtime_context().get_node_id(), soft=True)
+        return _channel_class().options(scheduling_strategy=here).remote()
 
     def submit(self, job: TrialJob) -> None:
         self.futures[self.remote.remote(job, self.channel)] = job.number
@@ -170,7 +181,14 @@ class RayExecutor(Executor):
         return len(self.futures)
 
     def _relay_reports(self) -> None:
-        for number, step, value in self.ray.get(self.channel.drain.remote()):
+        """Relays the workers' reports to ``on_report``. A channel that died with its node is replaced
+        for the trials submitted from now on; the running trials that held it train on unpruned."""
+        try:
+            reports = self.ray.get(self.channel.drain.remote())
+        except self.ray.exceptions.RayActorError:
+            self.channel = self._new_channel()
+            return
+        for number, step, value in reports:
             prune = self.on_report(number, step, value)
             self.channel.answer.remote(number, step, bool(prune))
 
