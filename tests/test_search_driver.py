@@ -368,3 +368,21 @@ def test_a_candidate_already_trained_takes_its_result_without_training_and_does_
     assert f"{REPEAT_LIMIT} of the complete ones proposed a config an earlier trial had trained" in summary
     top = summary.split("## Best trials")[1].split("##")[0]
     assert sum(line.startswith("| ") and line[2].isdigit() for line in top.splitlines()) == 2   # each config once
+
+
+def test_the_progress_line_counts_each_state_as_it_is_not_counting_duplicates_or_requeued_fails():
+    """Two trained trials, one duplicate given a trained trial's result, one pruned, one failed that
+    counts and one failed that was re-queued: 4 done (2 trained + pruned + counted fail), failed 1."""
+    from types import SimpleNamespace
+
+    from nlsearch.search.run import progress_line
+    from nlsearch.search.study import DUPLICATE_OF, REQUEUED
+    study = optuna.create_study(direction="maximize")
+    for value, state, attrs in [(0.5, TrialState.COMPLETE, {}), (0.7, TrialState.COMPLETE, {}),
+                                (0.7, TrialState.COMPLETE, {DUPLICATE_OF: 1}), (None, TrialState.PRUNED, {}),
+                                (None, TrialState.FAIL, {}), (None, TrialState.FAIL, {REQUEUED: True})]:
+        study.add_trial(optuna.trial.create_trial(state=state, value=value, user_attrs=attrs))
+    space = SimpleNamespace(objectives=[SimpleNamespace(metric="acc", direction="maximize")])
+    driver = SimpleNamespace(trials=8, space=space, state=SimpleNamespace(running=1, durations=[]),
+                             executor=SimpleNamespace(slots=2))
+    assert progress_line(driver, study) == "trials 4/8 · running 1 · pruned 1 · failed 1 · best acc 0.7 (#1)"

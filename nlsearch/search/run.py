@@ -14,7 +14,7 @@ from nlsearch.search.driver import Driver, auto_workers, default_executor
 from nlsearch.search.executors import Executor
 from nlsearch.search.results import write_results
 from nlsearch.search.space import SearchSpace, load_space
-from nlsearch.search.study import finished
+from nlsearch.search.study import counts, finished
 
 
 def _best_text(study: optuna.Study, space: SearchSpace) -> str:
@@ -28,10 +28,10 @@ def _best_text(study: optuna.Study, space: SearchSpace) -> str:
 
 def progress_line(driver: Driver, study: optuna.Study) -> str:
     """``trials 5/16 · running 2 · pruned 1 · failed 0 · best … · ETA 6m``."""
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    trials = study.get_trials(deepcopy=False)
     done = finished(study)
-    pruned = states.count(TrialState.PRUNED)
-    failed = done - states.count(TrialState.COMPLETE) - pruned          # counted ones: not re-queued
+    pruned = sum(1 for t in trials if t.state == TrialState.PRUNED)
+    failed = sum(1 for t in trials if t.state == TrialState.FAIL and counts(t))   # not re-queued, not surplus
     line = (f"trials {done}/{driver.trials} · running {driver.state.running} · pruned {pruned} · "
             f"failed {failed} · {_best_text(study, driver.space)}")
     durations = driver.state.durations
