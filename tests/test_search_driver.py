@@ -61,10 +61,11 @@ class ScriptedExecutor(Executor):
     """A worker stand-in: trial n reports ``curves[n]`` one value per step and obeys the prune answer."""
 
     def __init__(self, curves: List[List[float]]):
-        self.curves, self.jobs = curves, []
+        self.curves, self.jobs, self.all_jobs = curves, [], []
 
     def submit(self, job: TrialJob) -> None:
         self.jobs.append(job)
+        self.all_jobs.append(job)
 
     def running(self) -> int:
         return len(self.jobs)
@@ -386,3 +387,32 @@ def test_the_progress_line_counts_each_state_as_it_is_not_counting_duplicates_or
     driver = SimpleNamespace(trials=8, space=space, state=SimpleNamespace(running=1, durations=[]),
                              executor=SimpleNamespace(slots=2))
     assert progress_line(driver, study) == "trials 4/8 · running 1 · pruned 1 · failed 1 · best acc 0.7 (#1)"
+
+
+@pytest.mark.parametrize("first", ["complete", "failed"])
+def test_a_candidate_proposed_while_its_config_trains_waits_for_that_trial_instead_of_training_it(tmp_path, first):
+    """One config in the space, two slots: the second trial is asked while the first trains the same
+    config. It trains nothing and waits: when the first completes it takes its values (flagged
+    ``duplicate_of``, not counted); when the first fails it fails too, saying why, also not counted."""
+    class Scripted(ScriptedExecutor):
+        slots = 2
+
+        def wait(self, timeout):
+            (outcome,) = super().wait(timeout)
+            return [outcome if first == "complete" or outcome.number else TrialOutcome(0, "failed", reason="boom")]
+
+    space = tiny_space(trials=2, params={"mixer": {"choices": {"attention": {"kind": "attention", "n_heads": 2}}}})
+    executor, lines = Scripted([[0.25 * (n + 1)] for n in range(100)]), []
+    run_search(load_space(write_space(tmp_path, space)), out=tmp_path / "out", executor=executor,
+               log=lines.append, confirm=False)
+    study = _load(tmp_path / "out", "tiny")
+    waited = study.trials[1]
+    assert waited.user_attrs["waits_for"] == 0 and waited.user_attrs["duplicate_of"] == 0
+    assert "trial 1: the config of trial 0, which is training" in "\n".join(lines)
+    if first == "complete":
+        assert waited.state == TrialState.COMPLETE and waited.values == study.trials[0].values == [0.25]
+        assert finished(study) == 1
+    else:
+        assert waited.state == TrialState.FAIL and "which ended FAIL: not trained" in waited.user_attrs["reason"]
+        assert finished(study) == 2                       # trial 0's failure counts, its duplicate's does not
+    assert 0 in {job.number for job in executor.all_jobs} and 1 not in {job.number for job in executor.all_jobs}

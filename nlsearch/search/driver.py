@@ -33,8 +33,8 @@ from nlsearch.io import check_writable_folder
 from nlsearch.search.sampling import Candidate, base_mapping, check_space, sample
 from nlsearch.search.executors import Executor, InProcessExecutor
 from nlsearch.search.space import SearchSpace, task_label
-from nlsearch.search.study import (DUPLICATE_OF, HEARTBEAT_S, SURPLUS, DriverLock, finished, open_study, recover,
-                                   requeue, running, shared)
+from nlsearch.search.study import (DUPLICATE_OF, HEARTBEAT_S, SURPLUS, WAITS_FOR, DriverLock, finished, open_study,
+                                   recover, requeue, running, shared)
 from nlsearch.search.trial import TrialJob, TrialOutcome
 from nlsearch.tasks import load_task
 from nlsearch.tasks.batch import derive_seed
@@ -113,6 +113,7 @@ class Driver:
         self.storage = _check_storage(storage)
         check_writable_folder(self.run_dir, "search results folder (--out)")
         self.pending: Dict[int, optuna.Trial] = {}
+        self.waiting: Dict[int, optuna.Trial] = {}    # duplicates of a trial still training (``waits_for``)
         self.shared = self.storage is not None         # a database: other drivers may share the study
         self.heartbeat = Heartbeat(None)
         self.state = SearchState()
@@ -155,24 +156,62 @@ class Driver:
         return True
 
     def _reuse_identical(self, study: optuna.Study, trial: optuna.Trial, sha: str) -> bool:
-        """A candidate whose config an earlier complete trial already trained (same tasks, budget and
-        seeds) gets that trial's values without training, flagged ``duplicate_of`` and not counted
-        towards ``trials``; after :data:`REPEAT_LIMIT` such candidates in a row the search stops asking
-        (the sampler keeps proposing what it has)."""
-        same = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("config_sha256") == sha and DUPLICATE_OF not in t.user_attrs]
-        if not same:
+        """A candidate whose config an earlier trial trained (same tasks, budget and seeds) trains
+        nothing and does not count towards ``trials``: it gets that trial's values, flagged
+        ``duplicate_of``; when that trial is still training, it waits for it (flagged ``waits_for``,
+        resolved by :meth:`_resolve_waiting`) instead of training the same run a second time. After
+        :data:`REPEAT_LIMIT` such candidates in a row the search stops asking (the sampler keeps
+        proposing what it has)."""
+        originals = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                     if t.user_attrs.get("config_sha256") == sha and t.number != trial.number
+                     and DUPLICATE_OF not in t.user_attrs and WAITS_FOR not in t.user_attrs]
+        done = [t for t in originals if t.state == TrialState.COMPLETE]
+        if done:
+            self._take_result(study, trial, min(done, key=lambda t: t.number))
+        elif originals:
+            original = min(originals, key=lambda t: t.number)
+            trial.set_user_attr(WAITS_FOR, original.number)
+            self.waiting[trial.number] = trial
+            self.heartbeat.add(trial._trial_id)
+            self.log(f"trial {trial.number}: the config of trial {original.number}, which is training: "
+                     f"it takes that result when it ends (not trained)")
+        else:
             return False
-        original = min(same, key=lambda t: t.number)
+        self.repeats += 1
+        return True
+
+    def _take_result(self, study: optuna.Study, trial: optuna.Trial, original) -> None:
         for key in ("metrics", "wall_s", "tokens_per_s", "hardware", "run_dir"):
             if key in original.user_attrs:
                 trial.set_user_attr(key, original.user_attrs[key])
         trial.set_user_attr(DUPLICATE_OF, original.number)
         trial.set_user_attr("reason", f"the config of trial {original.number}: its result reused, not trained")
         study.tell(trial, original.values)
-        self.repeats += 1
         self.log(f"trial {trial.number}: the config of trial {original.number}, its result reused (not trained)")
-        return True
+
+    def _resolve_waiting(self, study: optuna.Study) -> bool:
+        """Waiting duplicates whose original has finished: its values when it completed; otherwise a
+        FAIL flagged ``duplicate_of`` (not counted) that names what became of the original. Returns
+        whether any was resolved."""
+        if not self.waiting:
+            return False
+        trials, resolved = study.get_trials(deepcopy=False), False
+        for number, trial in list(self.waiting.items()):
+            original = trials[trial.user_attrs[WAITS_FOR]]
+            if original.state == TrialState.RUNNING:
+                continue
+            resolved = True
+            del self.waiting[number]
+            self.heartbeat.discard(trial._trial_id)
+            if original.state == TrialState.COMPLETE:
+                self._take_result(study, trial, original)
+                continue
+            trial.set_user_attr(DUPLICATE_OF, original.number)
+            trial.set_user_attr("reason", f"the config of trial {original.number}, which ended "
+                                          f"{original.state.name}: not trained")
+            study.tell(trial, state=TrialState.FAIL)
+            self.log(f"trial {number}: {trial.user_attrs['reason']}")
+        return resolved
 
     def _ask(self, study: optuna.Study) -> None:
         trial = study.ask()
@@ -283,6 +322,10 @@ class Driver:
                         trial = self.pending.pop(number)
                         self.heartbeat.discard(trial._trial_id)
                         requeue(study, number, f"interrupted: Ctrl-C while trial {number} ran")
+                for number, trial in list(self.waiting.items()):
+                    del self.waiting[number]
+                    self.heartbeat.discard(trial._trial_id)
+                    requeue(study, number, f"interrupted: Ctrl-C while trial {number} waited for another")
                 raise SearchInterrupted() from None
             finally:
                 self.heartbeat.stop()
@@ -328,9 +371,13 @@ class Driver:
                 if stale:
                     self.log(f"{stale} trial(s) of a driver that stopped beating re-queued")
                     continue
+            if self._resolve_waiting(study):
+                self._changed(study)
+                continue                                   # a slot may have come free for asking
             if not self.pending:
-                if self.shared and running(study) and (deadline is None or time.monotonic() < deadline):
-                    time.sleep(1.0)                        # another driver's trials may still be re-queued
+                others = self.shared and running(study) and (deadline is None or time.monotonic() < deadline)
+                if self.waiting or others:
+                    time.sleep(1.0)                        # another driver's trials may still end or be re-queued
                     continue
                 return
             for outcome in self.executor.wait(timeout=0.5):

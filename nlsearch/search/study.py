@@ -33,7 +33,9 @@ from nlsearch.search.space import PrunerSpec, SamplerSpec, SearchSpace
 JOURNAL = "study.journal"
 REQUEUED = "requeued"                    # a FAIL that does not count: its parameters were asked again
 SURPLUS = "surplus"                      # a FAIL that does not count: asked beyond the trials wanted
-DUPLICATE_OF = "duplicate_of"            # a COMPLETE that does not count: the config of an earlier trial
+DUPLICATE_OF = "duplicate_of"            # a trial that does not count: the config of an earlier trial (its
+                                         # result when that one completed, else FAIL)
+WAITS_FOR = "waits_for"                  # a RUNNING duplicate waiting for the earlier trial still training
 HEARTBEAT_S = int(os.environ.get("NLSEARCH_HEARTBEAT_S", 20))    # a driver's beat for its running trials
 GRACE_S = int(os.environ.get("NLSEARCH_GRACE_S", 90))            # silence after which a trial is re-queued
 # space fields that may change between runs of one study (asking for more trials, say)
@@ -184,12 +186,13 @@ def open_study(space: SearchSpace, run_dir: Path, storage_url: Optional[str], ma
 
 def counts(trial) -> bool:
     """Whether a finished trial counts towards ``trials``: complete ones that trained (not a duplicate
-    given an earlier trial's result), pruned ones, and failed ones that were neither re-queued nor
-    surplus."""
+    given an earlier trial's result), pruned ones, and failed ones that were neither re-queued, nor
+    surplus, nor a duplicate of a trial that did not complete."""
     if trial.state == TrialState.COMPLETE:
         return DUPLICATE_OF not in trial.user_attrs
+    uncounted = (REQUEUED, SURPLUS, DUPLICATE_OF)
     return trial.state == TrialState.PRUNED or (
-        trial.state == TrialState.FAIL and not trial.user_attrs.get(REQUEUED) and not trial.user_attrs.get(SURPLUS))
+        trial.state == TrialState.FAIL and not any(key in trial.user_attrs for key in uncounted))
 
 
 def finished(study: optuna.Study) -> int:
