@@ -416,3 +416,17 @@ def test_a_candidate_proposed_while_its_config_trains_waits_for_that_trial_inste
         assert waited.state == TrialState.FAIL and "which ended FAIL: not trained" in waited.user_attrs["reason"]
         assert finished(study) == 2                       # trial 0's failure counts, its duplicate's does not
     assert 0 in {job.number for job in executor.all_jobs} and 1 not in {job.number for job in executor.all_jobs}
+
+
+def test_the_depth_plot_counts_each_trained_config_once(tmp_path):
+    """Three trials of one depth-3 config (two of them duplicates given its result) and two of depth 4:
+    the caption's mean per depth is over trained trials only."""
+    from nlsearch.search.plots import depth_plot
+    space = load_space(write_space(tmp_path, tiny_space()))
+    col = "objective:recall_small:accuracy"
+    frame = pd.DataFrame({"number": range(5), "state": ["COMPLETE"] * 5, col: [0.8, 0.8, 0.8, 0.5, 0.7],
+                          "nesting_depth": [3, 3, 3, 4, 4], "duplicate_of": [None, 0, 0, None, None]})
+    caption = depth_plot(space, frame, tmp_path)
+    assert caption == ("recall_small:accuracy against nesting depth over 3 trained trials (duplicates left out); "
+                       "the best mean is at depth 3 (0.8 over 1 trial).")
+    assert (tmp_path / "depth.png").is_file()

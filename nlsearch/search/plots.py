@@ -25,8 +25,12 @@ def _complete(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
+    """Each trained trial's value against its nesting depth (a duplicate, which took an earlier
+    trial's result, is that trial again: left out)."""
     col, obj = objective_columns(space)[0], space.objectives[0]
     done = _complete(frame).dropna(subset=[col, "nesting_depth"])
+    if "duplicate_of" in done:
+        done = done[done.duplicate_of.isna()]
     fig, ax = _figure((5.5, 3.8))
     ax.scatter(done.nesting_depth, done[col], alpha=0.5, label="trials")
     stats = done.groupby("nesting_depth")[col].agg(["mean", "std", "count"]).reset_index()
@@ -38,8 +42,9 @@ def depth_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
     if stats.empty:
         return "No trial completed, so no depth can be compared yet."
     best = stats.loc[stats["mean"].idxmax() if obj.direction == "maximize" else stats["mean"].idxmin()]
-    return (f"{obj.metric} against nesting depth over {len(done)} complete trials; the best mean is at depth "
-            f"{int(best.nesting_depth)} ({best['mean']:.4g} over {int(best['count'])} trials).")
+    n = int(best["count"])
+    return (f"{obj.metric} against nesting depth over {len(done)} trained trials (duplicates left out); the best "
+            f"mean is at depth {int(best.nesting_depth)} ({best['mean']:.4g} over {n} trial{'s' * (n != 1)}).")
 
 
 def history_plot(space: SearchSpace, frame: pd.DataFrame, out: Path) -> str:
