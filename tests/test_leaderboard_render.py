@@ -161,3 +161,21 @@ def test_plotting_leaves_matplotlib_global_state_alone():
     ax.plot([0, 1], [1, 0])
     assert "<svg" in _svg(fig)
     assert matplotlib.get_backend() == backend and matplotlib.rcParams["svg.hashsalt"] == salt
+
+
+@pytest.mark.parametrize("depths", [(3, 3), (2, 5)])
+def test_the_depth_plot_ticks_whole_levels(depths):
+    """Nesting depth is a count: the axis shows whole levels around the entries' depths, also when every
+    entry has the same depth (matplotlib alone would tick 2.85, 2.90, ...)."""
+    import pandas as pd
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    rows = pd.DataFrame({"task_kind": ["lm"] * 2, "mean": [2.9, 3.2], "nesting_depth": list(depths),
+                         "name": ["a", "b"], "metric": ["bits_per_byte"] * 2})
+    fig, ax = _figure()
+    DRAW["depth"](ax, rows)
+    fig.canvas.draw()
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    assert low <= min(depths) - 1 and high >= max(depths) + 1

@@ -105,6 +105,15 @@ def _continual(ax, rows: pd.DataFrame) -> None:
     ax.set_ylabel("ACC (mean accuracy after the last phase)")
 
 
+def _integer_x(ax, values: pd.Series) -> None:
+    """Whole-number x ticks (a count: no depth 2.85), one unit either side of the values, so a board
+    whose entries share one depth shows that depth and its neighbours."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlim(int(values.min()) - 1, int(values.max()) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _depth(ax, rows: pd.DataFrame) -> None:
     sub = rows[(rows.task_kind == "lm") & rows["mean"].notna()]
     if sub.empty:
@@ -112,6 +121,7 @@ def _depth(ax, rows: pd.DataFrame) -> None:
     ax.scatter(sub.nesting_depth, sub["mean"])
     for r in sub.itertuples():
         _label(ax, r.nesting_depth, r.mean, r.name)
+    _integer_x(ax, sub.nesting_depth)
     ax.set_xlabel("nesting depth (levels)")
     ax.set_ylabel(f"{sub.metric.iloc[0]} (mean over seeds; lower is better)")
 
