@@ -290,7 +290,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         console.print(f"[red]error:[/red] {safe(str(message))}")
-        return 2
+        return getattr(err, "exit_code", 2)     # 2: bad input; an error may name its own (runs that raised: 1)
 
 
 if __name__ == "__main__":

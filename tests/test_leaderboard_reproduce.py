@@ -355,3 +355,55 @@ def _objective(run_dir):
     """The memory objective of the config a finished run's record holds (None: attention)."""
     rule = json.loads((run_dir / "record.json").read_text())["config"]["mixer"].get("rule")
     return rule["objective"] if isinstance(rule, dict) else None
+
+
+def test_a_run_that_raises_is_an_error_and_a_diverged_one_a_failure(tmp_path, monkeypatch):
+    """A diverged loss is a training outcome (``failed``, ranked worst); any other exception is an
+    ``error``: no outcome."""
+    import nlsearch.train as train_module
+    from nlsearch.leaderboard.runner import Job, run_job
+    from nlsearch.train import NonFiniteLossError
+
+    protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall",))
+    job = Job(dict(TINY_MODEL), "tiny_recall@1", 0, 1.0, str(tmp_path / "p" / "tiny_budget.yaml"),
+              str(tmp_path / "runs"), str(protocol.parent / "tasks"))
+    for raised, status in ((NonFiniteLossError(3, float("nan")), "failed: NonFiniteLossError"),
+                           (MemoryError("out of memory"), "error: MemoryError: out of memory")):
+        def train(*_a, _err=raised, **_k):
+            raise _err
+        monkeypatch.setattr(train_module, "train", train)
+        assert run_job(job).status.startswith(status)
+
+
+def test_a_baseline_whose_runs_raise_is_not_an_entry_and_the_others_are(tmp_path, monkeypatch, capsys):
+    """reproduce: runs that raise leave their baseline off the leaderboard (pending in the report, exit 1,
+    the error named), the other baselines are still scored and added, and the next call scores it."""
+    import nlsearch.train as train_module
+
+    protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall",), claims=CLAIMS[:1])
+    dot = {"kind": "memory", "n_heads": 2, "rule": "linear-attention"}
+    models = {"deltanet": TINY_MEMORY, "linear-attention": {**TINY_MEMORY, "mixer": dot}}
+    for name, cfg in models.items():
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+    args = ["reproduce", "--protocol", str(protocol), "--budget", "tiny", "--dir", str(tmp_path / "lb"),
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--presets", *(str(tmp_path / f"{name}.yaml") for name in models)]
+    real = train_module.train
+
+    def train(cfg, *a, **k):
+        if cfg.mixer.kind == "memory" and cfg.mixer.rule.objective == "l2" and a[2] == 1:   # deltanet, seed 1
+            raise RuntimeError("a worker lost its node")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(train_module, "train", train)
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "baseline deltanet" in out and "a worker lost its node" in out and "seed 1" in out
+    assert {e.name for e in Store(tmp_path / "lb").entries()} == {"linear-attention"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {c["id"]: c["outcome"] for c in report["claims"]} == {"delta-beats-dot": "pending"}
+    monkeypatch.setattr(train_module, "train", real)
+    assert main(args) == 0
+    assert {e.name for e in Store(tmp_path / "lb").entries()} == {"deltanet", "linear-attention"}
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["claims"][0]["outcome"] in ("reproduced", "not reproduced")

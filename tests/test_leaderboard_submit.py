@@ -198,3 +198,26 @@ def test_cli_prints_filters_and_reports_bad_input_with_exit_code_2(board, capsys
     assert main(["leaderboard", "index", *args]) == 0
     assert json.loads(read_entry(next((root / "lb" / "entries").rglob("*.json"))).model_dump_json())["name"]
     assert Store(root / "lb").index().id.nunique() == 1
+
+
+def test_a_submission_whose_run_raises_is_refused_with_the_error(tmp_path, monkeypatch, capsys):
+    """An lr-sweep run that raises (not a diverged loss) decides nothing: no lr is picked from it, no entry
+    is written, the command exits 1 naming the run and the error."""
+    import nlsearch.train as train_module
+
+    protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall",), factors=(0.5, 1.0))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(TINY_MODEL))
+    real = train_module.train
+
+    def train(cfg, *a, **k):
+        if cfg.optimizer.lr > TINY_MODEL["optimizer"]["lr"] * 0.75:        # the x1 sweep run
+            raise MemoryError("no memory left")
+        return real(cfg, *a, **k)
+
+    monkeypatch.setattr(train_module, "train", train)
+    code = main(["submit", str(config), "--name", "tiny", "--protocol", str(protocol), "--budget", "tiny",
+                 "--dir", str(tmp_path / "lb"), "--runs", str(tmp_path / "runs")])
+    out = capsys.readouterr().out
+    assert code == 1 and "no memory left" in out and "lr x1" in out
+    assert Store(tmp_path / "lb").entries() == []

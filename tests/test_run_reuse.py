@@ -170,5 +170,5 @@ def test_run_jobs_hands_over_every_result_as_it_finishes(finished):
     results = run_jobs([broken, job], 1, log=logged.append, on_result=lambda r: seen.append((r.job.task, r.status,
                                                                                            len(logged))))
     assert [r.job.task for r in results] == [broken.task, job.task]
-    assert seen[0][0] == broken.task and seen[0][1].startswith("failed") and seen[0][2] == 1   # logged, handed over
+    assert seen[0][0] == broken.task and seen[0][1].startswith("error: ") and seen[0][2] == 1   # logged, handed over
     assert seen[1] == (job.task, "completed", 2) and results[1].reused

@@ -23,7 +23,7 @@ from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Log
 from nlsearch.leaderboard.render import render
-from nlsearch.leaderboard.scoring import partial_results, score_model
+from nlsearch.leaderboard.scoring import RunError, partial_results, score_model
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import column_label, display, mean_std
@@ -283,17 +283,24 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
                              Path(runs_dir))
 
     report = write()
+    errors: Dict[str, str] = {}                    # baselines whose runs raised: pending, the rest go on
     for i, spec in enumerate(specs):
-        state["pending"] = names[i:]
+        state["pending"] = list(errors) + names[i:]
         try:
             add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log, on_result=write)
             write()                                # the new entry, before its claim tasks run
             extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log,
                                                 on_result=write)
+        except RunError as err:
+            errors[names[i]] = f"baseline {names[i]}: {err}"
+            log(errors[names[i]])
         except LeaderboardError as err:
             raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
-        state["pending"] = names[i + 1:]
+        state["pending"] = list(errors) + names[i + 1:]
         report = write()
+    if errors:
+        raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"
+                       + "\n".join(errors.values()))
     return report
 
 

@@ -6,10 +6,12 @@ one is reused, but only through :func:`nlsearch.train.record.finished_record`: i
 job's run (config, task, budget, seed, precision) and its metrics files must match the digests in its
 record. A folder that fails the check is set aside (renamed ``<folder>.rejected-<n>``, nothing deleted)
 and the job retrains; the result's ``note`` says why. Jobs run one after another, in ``workers`` spawned
-processes, or as Ray tasks on the cluster at ``address``. A job that raises becomes a failed result,
-never the end of a submission. Jobs carry only plain data (a config mapping, names, paths), so they
-cross process boundaries; a worker resolves the config's plugin mixer itself, from the entry points
-installed where it runs.
+processes, or as Ray tasks on the cluster at ``address``. A job never raises: a run whose loss diverged
+is ``failed`` (a training outcome, ranked as the worst), and any other exception (a bug, a lost worker,
+out of memory) is an ``error``, which is no outcome at all: the scorer refuses to rank it
+(:func:`nlsearch.leaderboard.scoring.score_model`) and the next call trains that run again. Jobs carry
+only plain data (a config mapping, names, paths), so they cross process boundaries; a worker resolves
+the config's plugin mixer itself, from the entry points installed where it runs.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ class Job:
 @dataclass(frozen=True)
 class JobResult:
     job: Job
-    status: str                        # completed | failed: <reason>
+    status: str                        # completed | failed: <reason> (diverged) | error: <exception>
     reused: bool
     record: Optional[Dict[str, Any]]   # the RunRecord as JSON data
     run_dir: Optional[str]
@@ -69,7 +71,7 @@ def scale_lr(model: Dict[str, Any], factor: float) -> Dict[str, Any]:
 
 def run_job(job: Job) -> JobResult:
     """Trains (or reuses) one run; never raises for a failing run: its status says why."""
-    from nlsearch.train import default_run_dir, plan_run, train
+    from nlsearch.train import NonFiniteLossError, default_run_dir, plan_run, train
     from nlsearch.train.record import finished_record
 
     run_dir, note = None, ""
@@ -89,9 +91,10 @@ def run_job(job: Job) -> JobResult:
             return JobResult(job, "completed", True, record.model_dump(mode="json"), str(run_dir))
         result = train(plan.cfg, plan.task, plan.budget, job.seed, run_dir=run_dir, resume=True,
                        device=job.device, threads=job.threads, tasks_dir=tasks_dir)
-    except Exception as err:                      # noqa: BLE001 - a failed run is a result, not the end
+    except Exception as err:                      # noqa: BLE001 - reported in the result, never raised
+        outcome = "failed" if isinstance(err, NonFiniteLossError) else "error"
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        return JobResult(job, f"failed: {reason}", False, None, str(run_dir) if run_dir else None, note)
+        return JobResult(job, f"{outcome}: {reason}", False, None, str(run_dir) if run_dir else None, note)
     if result.record is None:
         return JobResult(job, f"failed: run ended {result.status} at step {result.steps}", False, None,
                          str(run_dir), note)

@@ -18,6 +18,7 @@ from nlsearch.config import is_file_ref
 from nlsearch.leaderboard.entry import RunInfo, SeedResult, TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask
 from nlsearch.leaderboard.runner import Job, JobResult, Log, run_jobs
+from nlsearch.leaderboard.store import LeaderboardError
 
 RUN_FIELDS = tuple(RunInfo.model_fields)
 
@@ -104,6 +105,7 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     sweeping = [r for r in rules if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
     sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
     sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share(), on_result)
+    check_no_errors(sweep_results)               # before an lr is picked: an error is not the worst result
 
     chosen: Dict[str, float] = {}
     sweeps: Dict[str, Dict[float, JobResult]] = {}
@@ -120,8 +122,28 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     rest = [Job(model, r.task, s, chosen[r.task], **common) for r in rules for s in seeds
             if not (r.task in sweeps and s == sweep_seed)]
     results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share(), on_result)
+    check_no_errors(results)
     return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
             for rule in rules}
+
+
+class RunError(LeaderboardError):
+    """Runs that raised (not a diverged loss): the model cannot be scored from them. Not bad input:
+    the command exits with 1."""
+
+    exit_code = 1
+
+
+def check_no_errors(results: Sequence[JobResult]) -> None:
+    """Raises :class:`RunError` naming every run that ended in an error rather than a training outcome;
+    the runs that finished are kept and reused by the next call."""
+    errors = [r for r in results if r.status.startswith("error:")]
+    if errors:
+        listed = "; ".join(f"{r.job.label()}: {r.status[len('error: '):]}" for r in errors[:5])
+        more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+        raise RunError(f"{len(errors)} run(s) raised an error, which is no training outcome, so nothing is "
+                       f"scored from them: {listed}{more}. Finished runs are kept; run the command again "
+                       f"to train the rest")
 
 
 def _task_result(rule: ProtocolTask, factor: float, sweep: Mapping[float, JobResult], results: List[JobResult],
