@@ -30,18 +30,24 @@ def device_name(device: torch.device) -> str:
     return f"{_cpu_model()}, {torch.get_num_threads()} threads"
 
 
-def _git(*args: str) -> str:
-    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                         cwd=Path(__file__).resolve().parent)
+PACKAGE = Path(__file__).resolve().parent
+CODE = ("nlsearch", "pyproject.toml")     # what decides what a run computes (task specs and configs are hashed)
+
+
+def _git(*args: str, cwd: Path = PACKAGE) -> str:
+    out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, cwd=cwd)
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-@lru_cache(maxsize=1)
-def git_commit() -> str:
-    """Short commit of the package's checkout, ``-dirty`` when tracked files differ from it."""
+@lru_cache(maxsize=4)
+def git_commit(checkout: Path = PACKAGE) -> str:
+    """Short commit of the package's checkout, ``-dirty`` when the tracked code (``CODE``: the package
+    and its build file) differs from it; results, reports and leaderboard pages a run or a reproduction
+    rewrites do not make it dirty."""
     try:
-        sha = _git("rev-parse", "--short", "HEAD")
-        dirty = _git("status", "--porcelain", "--untracked-files=no") if sha else ""
+        sha = _git("rev-parse", "--short", "HEAD", cwd=checkout)
+        code = [f":(top){path}" for path in CODE]
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *code, cwd=checkout) if sha else ""
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("-dirty" if dirty else "")) or "unknown"
