@@ -10,7 +10,8 @@ def test_bench_ops_writes_tables(tmp_path):
                "--rules", "deltanet", "titans-lmm", "--repeats", "1", "--device", "cpu", "--out", str(tmp_path)])
     assert rc == 0
     df = pd.read_parquet(tmp_path / "ops-cpu.parquet")
-    assert set(df.rule) == {"sdpa", "deltanet", "titans-lmm"}
+    assert set(df.rule) == {"sdpa", "conv", "deltanet", "titans-lmm"}
+    assert set(df[df.rule == "conv"].impl) == {"fast", "naive"}
     assert set(df["T"]) == {16, 32}
     assert (df.seconds > 0).all() and (df.tokens_per_s > 0).all()
     assert {"hardware", "torch", "git_commit", "saved_bytes_per_token"} <= set(df.columns)

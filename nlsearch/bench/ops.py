@@ -1,5 +1,7 @@
 """``nlsearch bench ops``: forward+backward time, tokens/s and memory of every memory rule (naive and
-fast) and of causal SDPA attention, over sequence lengths; saved as Parquet under ``results/bench``."""
+fast), of causal SDPA attention and of the short causal convolution the recurrent layers put before
+their memory (``conv``: fast and ``F.conv1d``, over the 3·H·D channels of a memory layer's q, k, v,
+4 taps), over sequence lengths; saved as Parquet under ``results/bench``."""
 from __future__ import annotations
 
 import math
@@ -11,11 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from nlsearch.bench.timing import measure_many
-from nlsearch.ops import PRESETS, MemoryState, apply_memory, causal_attention
+from nlsearch.ops import PRESETS, MemoryState, apply_memory, causal_attention, causal_conv, causal_conv_naive
 from nlsearch.provenance import provenance
 from nlsearch.runtime import tune_process
 
 DEFAULT_T = (256, 512, 1024, 4096, 16384)
+CONV_TAPS = 4                        # the presets' conv_size
 RECURRENT = tuple(PRESETS)
 
 
@@ -53,6 +56,10 @@ def make_step(rule_name: str, impl: str, cfg: OpsBenchConfig, t: int, device: to
         if impl != "fast":
             raise ValueError("sdpa has only the fast form here")
         return lambda: causal_attention(q, k, v).square().mean()
+    if rule_name == "conv":
+        x, w = leaf(b, t + CONV_TAPS - 1, 3 * h * d), leaf(CONV_TAPS, 3 * h * d)
+        conv = causal_conv if impl == "fast" else causal_conv_naive
+        return lambda: conv(x, w).square().mean()
     rule = PRESETS[rule_name]
     gates = leaf(3, b, h, t)
     init = []
@@ -80,7 +87,7 @@ def run_ops_bench(cfg: OpsBenchConfig, log: Optional[Callable[[str], None]] = No
     device = pick_device(cfg.device)
     prov = provenance(device)
     rows: List[Dict] = []
-    cases = [("sdpa", "fast")] + [(r, i) for r in cfg.rules for i in cfg.impls]
+    cases = [("sdpa", "fast")] + [("conv", i) for i in cfg.impls] + [(r, i) for r in cfg.rules for i in cfg.impls]
     last: Dict[tuple, tuple] = {}
     for t in sorted(cfg.lengths):
         steps = {}
@@ -128,6 +135,8 @@ def floor_checks(df: pd.DataFrame) -> pd.DataFrame:
         if t >= 4096:
             add(f"deltanet fast time / SDPA time, T={t}", _get(df, "deltanet", "fast", t) /
                 _get(df, "sdpa", "fast", t), "< 1", lambda x: x < 1)
+    add("conv fast speed-up over naive (F.conv1d), T=512", _get(df, "conv", "naive", 512) /
+        _get(df, "conv", "fast", 512), "> 1", lambda x: x > 1)
     add("titans-lmm fast speed-up over naive, T=512", _get(df, "titans-lmm", "naive", 512) /
         _get(df, "titans-lmm", "fast", 512), ">= 10", lambda x: x >= 10)
     t_hi = max(df["T"])
