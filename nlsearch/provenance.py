@@ -31,7 +31,6 @@ def device_name(device: torch.device) -> str:
 
 
 PACKAGE = Path(__file__).resolve().parent
-CODE = ("nlsearch", "pyproject.toml")     # what decides what a run computes (task specs and configs are hashed)
 
 
 def _git(*args: str, cwd: Path = PACKAGE) -> str:
@@ -41,12 +40,15 @@ def _git(*args: str, cwd: Path = PACKAGE) -> str:
 
 @lru_cache(maxsize=4)
 def git_commit(checkout: Path = PACKAGE) -> str:
-    """Short commit of the package's checkout, ``-dirty`` when the tracked code (``CODE``: the package
-    and its build file) differs from it; results, reports and leaderboard pages a run or a reproduction
-    rewrites do not make it dirty."""
+    """Short commit of the checkout that holds the package folder ``checkout``, ``-dirty`` when the
+    tracked code (the package and, beside it, its build file) differs from it; results, reports
+    and leaderboard pages a run or a reproduction rewrites do not make it dirty."""
     try:
         sha = _git("rev-parse", "--short", "HEAD", cwd=checkout)
-        code = [f":(top){path}" for path in CODE]
+        # what decides what a run computes (task specs and configs are hashed apart); absolute paths, so
+        # git reads them the same from any folder of the checkout
+        checkout = Path(checkout).resolve()
+        code = [str(checkout), str(checkout.parent / "pyproject.toml")]
         dirty = _git("status", "--porcelain", "--untracked-files=no", "--", *code, cwd=checkout) if sha else ""
     except (OSError, subprocess.SubprocessError):
         return "unknown"

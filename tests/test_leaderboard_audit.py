@@ -84,3 +84,23 @@ def test_retraining_reproduces_an_honest_entry_and_catches_a_forged_one(board, t
     rc = main(["leaderboard", "verify", "--dir", str(tmp_path / "lb"), "--protocol",
                str(root / "protocol" / "protocol.yaml"), "--retrain", "1"])
     assert rc == 1 and "0.999 in the entry" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_retrained_run_that_raises_is_that_entrys_problem(board, tmp_path, monkeypatch):
+    """--retrain: a run that raises (no outcome to compare) is reported for its entry, not the end of the
+    verification (the scratch runs are gone, so nothing says 'run again to train the rest')."""
+    import nlsearch.train as train_module
+    from nlsearch.leaderboard.audit import retrain
+    from nlsearch.leaderboard.store import read_entry
+    root, _, _ = board
+    entry_file = _copy(board, tmp_path)
+    protocol = load_protocol(root / "protocol" / "protocol.yaml")
+
+    def train(*_a, **_k):
+        raise MemoryError("no memory left")
+
+    monkeypatch.setattr(train_module, "train", train)
+    problems = retrain(read_entry(entry_file), protocol, 1)
+    entry_id = read_entry(entry_file).id
+    assert len(problems) == 1 and problems[0].startswith(f"{entry_id}: could not retrain: ")
+    assert "no memory left" in problems[0] and "run the command again" not in problems[0]

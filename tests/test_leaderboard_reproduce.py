@@ -377,8 +377,11 @@ def test_a_run_that_raises_is_an_error_and_a_diverged_one_a_failure(tmp_path, mo
 
 def test_a_baseline_whose_runs_raise_is_not_an_entry_and_the_others_are(tmp_path, monkeypatch, capsys):
     """reproduce: runs that raise leave their baseline off the leaderboard (pending in the report, exit 1,
-    the error named), the other baselines are still scored and added, and the next call scores it."""
+    the error named), the baselines after it are still scored and added, and the next call scores it."""
+    import nlsearch.leaderboard.reproduce as reproduce_module
     import nlsearch.train as train_module
+
+    monkeypatch.setattr(reproduce_module, "claims_first", lambda specs, _claims: list(specs))  # deltanet first
 
     protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall",), claims=CLAIMS[:1])
     dot = {"kind": "memory", "n_heads": 2, "rule": "linear-attention"}
@@ -399,6 +402,7 @@ def test_a_baseline_whose_runs_raise_is_not_an_entry_and_the_others_are(tmp_path
     assert main(args) == 1
     out = capsys.readouterr().out
     assert "baseline deltanet" in out and "a worker lost its node" in out and "seed 1" in out
+    assert out.index("a worker lost its node") < out.index("linear-attention: added")        # then the next one
     assert {e.name for e in Store(tmp_path / "lb").entries()} == {"linear-attention"}
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {c["id"]: c["outcome"] for c in report["claims"]} == {"delta-beats-dot": "pending"}
@@ -407,3 +411,38 @@ def test_a_baseline_whose_runs_raise_is_not_an_entry_and_the_others_are(tmp_path
     assert {e.name for e in Store(tmp_path / "lb").entries()} == {"deltanet", "linear-attention"}
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["claims"][0]["outcome"] in ("reproduced", "not reproduced")
+
+
+def test_a_worker_that_dies_gives_an_error_result_and_the_other_jobs_go_on(tmp_path, monkeypatch):
+    """A worker process killed mid-job (out of memory, a signal) answers nothing: its job becomes an
+    ``error`` result and the pool's other jobs still come back."""
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    import nlsearch.leaderboard.runner as runner
+    from nlsearch.leaderboard.runner import Job, JobResult, run_jobs
+
+    class Pool:                                   # runs jobs in process; the second one's worker "dies"
+        def __init__(self, *a, **k):
+            self.n = 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, job):
+            future, self.n = Future(), self.n + 1
+            if self.n == 2:
+                future.set_exception(BrokenProcessPool("a process in the pool was terminated abruptly"))
+            else:
+                future.set_result(JobResult(job, "completed", False, {"metrics": {}}, None))
+            return future
+
+    monkeypatch.setattr(runner.futures, "ProcessPoolExecutor", Pool)
+    jobs = [Job({"name": f"m{i}"}, "t@1", i, 1.0, "tiny", str(tmp_path)) for i in range(3)]
+    seen = []
+    results = run_jobs(jobs, workers=2, on_result=seen.append)
+    assert [r.status for r in results] == ["completed", results[1].status, "completed"]
+    assert results[1].status.startswith("error: worker lost (BrokenProcessPool") and len(seen) == 3

@@ -73,7 +73,7 @@ def retrain(entry: Entry, protocol: Protocol, n: int, workers: int = 1, address:
     """Trains the first ``n`` measured seeds of ``entry`` again (every task, at the entry's lr factor,
     in a scratch runs folder so nothing is reused) and returns a problem for every metric that
     differs from the entry's by more than ``protocol.tolerance``."""
-    from nlsearch.leaderboard.scoring import score_model
+    from nlsearch.leaderboard.scoring import RunError, score_model
 
     if entry.protocol != protocol.ref:
         raise ValueError(f"{entry.id}: scored under {entry.protocol}, not {protocol.ref}: give --protocol of it")
@@ -84,8 +84,11 @@ def retrain(entry: Entry, protocol: Protocol, n: int, workers: int = 1, address:
         return [f"{entry.id}: no measured seed to retrain"]
     factors = {ref: t.lr_factor for ref, t in entry.tasks.items()}
     with tempfile.TemporaryDirectory(prefix="nlsearch-retrain-") as scratch:
-        again = score_model(dict(entry.config), protocol, protocol.load_budget(entry.budget), Path(scratch),
-                            seeds=seeds, lr_factors=factors, workers=workers, address=address, log=log)
+        try:
+            again = score_model(dict(entry.config), protocol, protocol.load_budget(entry.budget), Path(scratch),
+                                seeds=seeds, lr_factors=factors, workers=workers, address=address, log=log)
+        except RunError as err:                   # nothing to compare: this entry's problem, the others go on
+            return [f"{entry.id}: could not retrain: {' '.join(str(err).split('. Finished runs')[0].split())}"]
     problems = []
     for ref, task in entry.tasks.items():
         fresh = {s.seed: s for s in again[ref].seeds}

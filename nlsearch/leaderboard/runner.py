@@ -101,6 +101,13 @@ def run_job(job: Job) -> JobResult:
     return JobResult(job, "completed", False, result.record.model_dump(mode="json"), str(run_dir), note)
 
 
+def lost(job: Job, err: BaseException) -> JobResult:
+    """The result of a job whose worker died before it could answer (a killed process, a lost Ray node):
+    an error, never a training outcome."""
+    reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    return JobResult(job, f"error: worker lost ({reason})", False, None, None)
+
+
 def set_aside(run_dir: Path) -> Path:
     """Renames a run folder that must not be reused to ``<name>.rejected-<n>`` (the first free n)."""
     n = 1
@@ -134,7 +141,10 @@ def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Op
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        out[index[done[0]]] = ray.get(done[0])
+        try:
+            out[index[done[0]]] = ray.get(done[0])
+        except Exception as err:                  # noqa: BLE001 - the task's worker or node died
+            out[index[done[0]]] = lost(jobs[index[done[0]]], err)
         if on_done is not None:
             on_done(out[index[done[0]]])
     return out
@@ -183,7 +193,10 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = Non
         index = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
         out: List[Optional[JobResult]] = [None] * len(jobs)
         for future in futures.as_completed(index):
-            out[index[future]] = future.result()
+            try:
+                out[index[future]] = future.result()
+            except Exception as err:              # noqa: BLE001 - its worker process died (killed, OOM)
+                out[index[future]] = lost(jobs[index[future]], err)
             finished(out[index[future]])
     return [r for r in out if r is not None]
 

@@ -7,7 +7,8 @@ and ``y`` ``T``. The fast form runs the K taps as fused multiply-adds in the tim
 use and writes the backward by hand (``∂x`` the same taps shifted the other way, ``∂w_k`` one reduction
 per tap); ``nn.Conv1d``'s depthwise kernel, the naive twin, needs channel-major copies and its backward
 was most of the convolution's time on a CPU (``nlsearch bench ops``). Runs in the dtype of ``x``
-(``w`` is cast to it, as a convolution under autocast would); ``∂w`` comes back in ``w``'s dtype.
+(``w`` is cast to it; autocast is not consulted: a bfloat16 ``x`` from an autocast projection gives a
+bfloat16 convolution, a float32 ``x`` a float32 one); ``∂w`` comes back in ``w``'s dtype.
 """
 from __future__ import annotations
 
