@@ -291,6 +291,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         console.print(f"[red]error:[/red] {safe(str(message))}")
         return getattr(err, "exit_code", 2)     # 2: bad input; an error may name its own (runs that raised: 1)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow] (Ctrl-C): finished runs are kept and reused by the same "
+                      "command; a run stopped midway resumes from its last checkpoint")
+        return 130
 
 
 if __name__ == "__main__":

@@ -446,3 +446,46 @@ def test_a_worker_that_dies_gives_an_error_result_and_the_other_jobs_go_on(tmp_p
     results = run_jobs(jobs, workers=2, on_result=seen.append)
     assert [r.status for r in results] == ["completed", results[1].status, "completed"]
     assert results[1].status.startswith("error: worker lost (BrokenProcessPool") and len(seen) == 3
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_at_once_and_starts_no_queued_run(tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during ``reproduce --workers 2``: the command says
+    so and exits 130 at once, no traceback, the third run (already handed to a worker's queue) never
+    starts, and no worker is left behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall",), steps=100_000)   # minutes per run
+    (tmp_path / "m.yaml").write_text(yaml.safe_dump(TINY_MEMORY))
+    runs = tmp_path / "runs"
+    args = [sys.executable, "-m", "nlsearch.cli", "reproduce", "--protocol", str(protocol), "--budget", "tiny",
+            "--dir", str(tmp_path / "lb"), "--runs", str(runs), "--out", str(tmp_path / "out"),
+            "--presets", str(tmp_path / "m.yaml"), "--workers", "2"]
+    proc = subprocess.Popen(args, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))   # as in a terminal
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(runs.glob("*/*/*seed*"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert len(list(runs.glob("*/*/*seed*"))) == 2, "the first two runs never started"
+        time.sleep(2)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    assert sorted(p.name for p in runs.glob("*/*/*seed*")) == ["tiny@1-seed0", "tiny@1-seed1"]
+    for _ in range(20):                                   # the workers are gone with the command
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("a worker process outlived the interrupted command")

@@ -189,16 +189,40 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = Non
     each = _threads_each(workers, budget_threads)
     jobs = [replace(job, threads=job.threads or each) for job in place(jobs, gpus_per_job, _visible_gpus())]
     context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_sigint) as pool:
         index = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
         out: List[Optional[JobResult]] = [None] * len(jobs)
-        for future in futures.as_completed(index):
-            try:
-                out[index[future]] = future.result()
-            except Exception as err:              # noqa: BLE001 - its worker process died (killed, OOM)
-                out[index[future]] = lost(jobs[index[future]], err)
-            finished(out[index[future]])
+        try:
+            for future in futures.as_completed(index):
+                try:
+                    out[index[future]] = future.result()
+                except Exception as err:          # noqa: BLE001 - its worker process died (killed, OOM)
+                    out[index[future]] = lost(jobs[index[future]], err)
+                finished(out[index[future]])
+        except BaseException:                     # Ctrl-C (or any end of this process): stop every job now
+            _stop(pool)
+            raise
     return [r for r in out if r is not None]
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the parent (the terminal sends it to them too): an interrupted worker would
+    take the next queued job, which the executor has already handed over."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop(pool: futures.ProcessPoolExecutor) -> None:
+    """Cancels the queued jobs and ends the running ones at once, as a kill would (a run resumes from its
+    last checkpoint); waits for the workers to be gone."""
+    terminate = getattr(pool, "terminate_workers", None)                # Python 3.14
+    if terminate is not None:
+        terminate()
+    else:
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _visible_gpus() -> int:
