@@ -373,6 +373,11 @@ def test_a_run_that_raises_is_an_error_and_a_diverged_one_a_failure(tmp_path, mo
             raise _err
         monkeypatch.setattr(train_module, "train", train)
         assert run_job(job).status.startswith(status)
+    # after Ctrl-C, an error a library made of the KeyboardInterrupt is the interrupt, not a result
+    import nlsearch.runtime as runtime
+    monkeypatch.setitem(runtime._interrupts, "seen", True)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(job)
 
 
 def test_a_baseline_whose_runs_raise_is_not_an_entry_and_the_others_are(tmp_path, monkeypatch, capsys):

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from nlsearch.cluster import check_address
 from nlsearch.leaderboard.plugins import resolve_plugins
+from nlsearch.runtime import interrupted
 
 Log = Callable[[str], Any]
 
@@ -92,6 +93,8 @@ def run_job(job: Job) -> JobResult:
         result = train(plan.cfg, plan.task, plan.budget, job.seed, run_dir=run_dir, resume=True,
                        device=job.device, threads=job.threads, tasks_dir=tasks_dir)
     except Exception as err:                      # noqa: BLE001 - reported in the result, never raised
+        if interrupted():                         # Ctrl-C that a library turned into another error
+            raise KeyboardInterrupt from err
         outcome = "failed" if isinstance(err, NonFiniteLossError) else "error"
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         return JobResult(job, f"{outcome}: {reason}", False, None, str(run_dir) if run_dir else None, note)
