@@ -494,3 +494,38 @@ def test_ctrl_c_stops_every_worker_at_once_and_starts_no_queued_run(tmp_path):
         time.sleep(0.5)
     else:
         pytest.fail("a worker process outlived the interrupted command")
+
+
+def test_ctrl_c_on_a_ray_cluster_cancels_the_tasks_still_running_or_queued(tmp_path, monkeypatch):
+    """``--address``: Ctrl-C while waiting for the cluster cancels every task not yet collected (a
+    cluster would otherwise go on training for a command that has ended); finished ones are kept."""
+    import sys
+    import types
+
+    from nlsearch.leaderboard.runner import Job, JobResult, _on_ray
+
+    cancelled, calls = [], {"wait": 0}
+
+    def wait(pending, num_returns=1):
+        calls["wait"] += 1
+        if calls["wait"] == 2:
+            raise KeyboardInterrupt
+        return pending[:1], pending[1:]
+
+    class Remote:
+        def options(self, **_k):
+            return self
+
+        def remote(self, job):
+            return job.seed                                                   # an object ref stand-in
+
+    fake = types.SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 2.0},
+                                 remote=lambda fn: Remote(), wait=wait, cancel=lambda ref, force: cancelled.append(
+                                     (ref, force)),
+                                 get=lambda ref: JobResult(jobs[ref], "completed", False, {"metrics": {}}, None))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    jobs = [Job({"name": "m"}, "t@1", i, 1.0, "tiny", str(tmp_path)) for i in range(3)]
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        _on_ray(jobs, "ray://cluster:10001", on_done=seen.append)
+    assert [r.job.seed for r in seen] == [0] and cancelled == [(1, True), (2, True)]

@@ -142,14 +142,19 @@ def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Op
     index = {ref: i for i, ref in enumerate(refs)}
     out: List[Any] = [None] * len(refs)
     pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        try:
-            out[index[done[0]]] = ray.get(done[0])
-        except Exception as err:                  # noqa: BLE001 - the task's worker or node died
-            out[index[done[0]]] = lost(jobs[index[done[0]]], err)
-        if on_done is not None:
-            on_done(out[index[done[0]]])
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                out[index[done[0]]] = ray.get(done[0])
+            except Exception as err:              # noqa: BLE001 - the task's worker or node died
+                out[index[done[0]]] = lost(jobs[index[done[0]]], err)
+            if on_done is not None:
+                on_done(out[index[done[0]]])
+    except BaseException:                         # Ctrl-C: the cluster stops this command's tasks too
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
     return out
 
 
