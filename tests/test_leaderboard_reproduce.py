@@ -519,9 +519,11 @@ def test_ctrl_c_on_a_ray_cluster_cancels_the_tasks_still_running_or_queued(tmp_p
         def remote(self, job):
             return job.seed                                                   # an object ref stand-in
 
+    def cancel(ref, force):
+        cancelled.append((ref, force))
+
     fake = types.SimpleNamespace(is_initialized=lambda: True, cluster_resources=lambda: {"CPU": 2.0},
-                                 remote=lambda fn: Remote(), wait=wait, cancel=lambda ref, force: cancelled.append(
-                                     (ref, force)),
+                                 remote=lambda fn: Remote(), wait=wait, cancel=cancel,
                                  get=lambda ref: JobResult(jobs[ref], "completed", False, {"metrics": {}}, None))
     monkeypatch.setitem(sys.modules, "ray", fake)
     jobs = [Job({"name": "m"}, "t@1", i, 1.0, "tiny", str(tmp_path)) for i in range(3)]
