@@ -48,6 +48,12 @@ accuracy at 1k after 200 / 400 / 600 / 800 / 1,000 steps: deltanet 0.09, 0.26, 0
 match 0.03); Transformer 0.08, 0.18, 0.16, 0.20, 0.25 (exact match 0). Chance is 0.1: the task now
 separates models, though no model retrieves whole needles at this budget. Recall, lm and continual
 are unchanged from ``cpu@2``.
+
+Claim tasks at ``cpu@3`` (the reproduction, ``results/reproduce/report.md``): on ``zoology_mqar_t512``
+(Zoology's 64-pair cell at T=512 with an 8,192-token vocabulary, trained as recall: 400 steps x 32)
+neither DeltaNet (accuracy 0.0005 ± 0.0003, seeds 0-2) nor linear attention (0.0013 ± 0.0008) reaches
+1/64 = 0.016, what guessing one of the 64 values in the context would score: neither has begun to
+recall at this budget, so which one is ahead says nothing about the delta rule.
 """
 from __future__ import annotations
 
