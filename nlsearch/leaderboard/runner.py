@@ -96,8 +96,7 @@ def run_job(job: Job) -> JobResult:
         if interrupted():                         # Ctrl-C that a library turned into another error
             raise KeyboardInterrupt from err
         outcome = "failed" if isinstance(err, NonFiniteLossError) else "error"
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        return JobResult(job, f"{outcome}: {reason}", False, None, str(run_dir) if run_dir else None, note)
+        return JobResult(job, f"{outcome}: {_reason(err)}", False, None, str(run_dir) if run_dir else None, note)
     if result.record is None:
         return JobResult(job, f"failed: run ended {result.status} at step {result.steps}", False, None,
                          str(run_dir), note)
@@ -107,8 +106,12 @@ def run_job(job: Job) -> JobResult:
 def lost(job: Job, err: BaseException) -> JobResult:
     """The result of a job whose worker died before it could answer (a killed process, a lost Ray node):
     an error, never a training outcome."""
-    reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-    return JobResult(job, f"error: worker lost ({reason})", False, None, None)
+    return JobResult(job, f"error: worker lost ({_reason(err)})", False, None, None)
+
+
+def _reason(err: BaseException) -> str:
+    """An exception as one line of at most 300 characters, its type first."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
 
 
 def set_aside(run_dir: Path) -> Path:
