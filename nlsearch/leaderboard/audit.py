@@ -88,7 +88,7 @@ def retrain(entry: Entry, protocol: Protocol, n: int, workers: int = 1, address:
             again = score_model(dict(entry.config), protocol, protocol.load_budget(entry.budget), Path(scratch),
                                 seeds=seeds, lr_factors=factors, workers=workers, address=address, log=log)
         except RunError as err:                   # nothing to compare: this entry's problem, the others go on
-            return [f"{entry.id}: could not retrain: {' '.join(str(err).split('. Finished runs')[0].split())}"]
+            return [f"{entry.id}: could not retrain: {err.runs}"]
     problems = []
     for ref, task in entry.tasks.items():
         fresh = {s.seed: s for s in again[ref].seeds}

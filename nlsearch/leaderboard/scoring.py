@@ -129,9 +129,13 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
 
 class RunError(LeaderboardError):
     """Runs that raised (not a diverged loss): the model cannot be scored from them. Not bad input:
-    the command exits with 1."""
+    the command exits with 1. ``runs``: the runs and their errors, as one line."""
 
     exit_code = 1
+
+    def __init__(self, message: str, runs: str = ""):
+        super().__init__(message)
+        self.runs = runs
 
 
 def check_no_errors(results: Sequence[JobResult]) -> None:
@@ -143,7 +147,7 @@ def check_no_errors(results: Sequence[JobResult]) -> None:
         more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
         raise RunError(f"{len(errors)} run(s) raised an error, which is no training outcome, so nothing is "
                        f"scored from them: {listed}{more}. Finished runs are kept; run the command again "
-                       f"to train the rest")
+                       f"to train the rest", runs=f"{listed}{more}")
 
 
 def _task_result(rule: ProtocolTask, factor: float, sweep: Mapping[float, JobResult], results: List[JobResult],
