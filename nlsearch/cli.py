@@ -292,8 +292,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         console.print(f"[red]error:[/red] {safe(str(message))}")
         return getattr(err, "exit_code", 2)     # 2: bad input; an error may name its own (runs that raised: 1)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow] (Ctrl-C): finished runs are kept and reused by the same "
-                      "command; a run stopped midway resumes from its last checkpoint")
+        console.print("[yellow]interrupted[/yellow] (Ctrl-C)")     # every command: what each keeps is its own
         return 130
 
 
