@@ -351,6 +351,35 @@ def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_
     assert "linear-attention 6/6 runs done" in delta["reason"]
 
 
+def test_a_report_written_again_judges_finished_baselines_from_their_runs(reproduced, tmp_path):
+    """A reproduction called again writes its report before its loop reaches each baseline: those
+    already entries whose claim-task runs are all in the runs folder are judged at once, with the same
+    verdicts and numbers as the finished reproduction's report (not "pending" until re-scored)."""
+    from nlsearch.leaderboard.claims import load_claims
+    from nlsearch.leaderboard.reproduce import _write_report
+
+    root, protocol, _ = reproduced
+    specs = [str(root / f"{n}.yaml") for n in ("transformer", "deltanet", "linear-attention")]
+    claims = load_claims(protocol.claims_path(), protocol).claims
+    out = tmp_path / "out"
+    _write_report(protocol, protocol.load_budget("tiny"), Store(root / "lb"), claims, None, specs,
+                  ["transformer", "deltanet", "linear-attention"], out, {}, root / "runs")
+    final = {c["id"]: c for c in json.loads((root / "out" / "report.json").read_text())["claims"]}
+    first = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert final["needle"]["claim_tasks"]            # a claim that reads a claim task's runs is among them
+    assert not any(c["outcome"] == "pending" for c in first.values()), first
+    for cid, claim in final.items():
+        assert (first[cid]["outcome"], first[cid]["numbers"]) == (claim["outcome"], claim["numbers"]), cid
+    missing = tmp_path / "runs"                      # one claim-task run gone: that baseline waits for it
+    import shutil
+    shutil.copytree(root / "runs", missing)
+    shutil.rmtree(next(d for d in missing.glob("tiny_needle@1/*/*seed2") if _objective(d) == "l2"))
+    _write_report(protocol, protocol.load_budget("tiny"), Store(root / "lb"), claims, None, specs,
+                  ["transformer", "deltanet", "linear-attention"], out, {}, missing)
+    again = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert again["needle"]["outcome"] == "pending" and "deltanet" in again["needle"]["reason"]
+
+
 def _objective(run_dir):
     """The memory objective of the config a finished run's record holds (None: attention)."""
     rule = json.loads((run_dir / "record.json").read_text())["config"]["mixer"].get("rule")

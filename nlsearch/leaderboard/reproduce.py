@@ -328,6 +328,25 @@ def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[Mo
     return [by_name[n] for n in order]
 
 
+def _finished_baselines(specs: Sequence[ModelSpec], pending: Sequence[str], prog: Progress, store: Store,
+                        claims: Sequence[Claim], protocol: Protocol, track) -> Dict[str, Dict[str, TaskResult]]:
+    """The baselines of ``pending`` whose config is on the leaderboard already and whose claim tasks
+    have every run in the runs folder, with those tasks' results (by task ref): a reproduction called
+    again has nothing left to train for them, so its report judges their claims from its first
+    writing instead of calling them pending until the loop reaches them."""
+    out: Dict[str, Dict[str, TaskResult]] = {}
+    for spec in specs:
+        name = _name(spec)
+        if name not in pending or name not in prog:
+            continue
+        if store.find(load_submission(spec, protocol).sha256, protocol.ref, track.ref) is None:
+            continue
+        cells = {t.task: prog[name].get(t.task) for t in claim_tasks_for(name, claims, protocol, track)}
+        if all(c is not None and c[0] == c[1] and c[2] is not None for c in cells.values()):
+            out[name] = {task: c[2] for task, c in cells.items()}
+    return out
+
+
 def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram,
                   specs: Sequence[ModelSpec], pending: Sequence[str], out: Path,
                   extra: Optional[Dict[str, Dict[str, TaskResult]]] = None, runs_dir: Optional[Path] = None) -> Path:
@@ -337,6 +356,9 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
     names = [_name(s) for s in specs]
     prog = progress(specs, claims, protocol, track, runs_dir) if runs_dir is not None else None
     entries = store.entries(protocol.ref, track.ref)
+    if prog is not None:                          # finished before this call: judged from their runs at once
+        done = _finished_baselines(specs, pending, prog, store, claims, protocol, track)
+        pending, extra = [n for n in pending if n not in done], {**done, **(extra or {})}
     verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra) for c in claims]
     for v in verdicts:
         if v.outcome == "pending" and prog is not None:
