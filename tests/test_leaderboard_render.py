@@ -179,3 +179,15 @@ def test_the_depth_plot_ticks_whole_levels(depths):
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
     assert ticks and all(float(t).is_integer() for t in ticks)
     assert low <= min(depths) - 1 and high >= max(depths) + 1
+
+
+def test_long_headers_may_wrap_and_cells_do_not(rendered):
+    """A window-wide table of long task names: headers may break after ``_`` and ``@`` (``<wbr>``, the
+    text itself unchanged), the cells never wrap and the table scrolls in its own box, not the page."""
+    _, _, page = rendered
+    html = page.read_text()
+    head = re.search(r"<thead>(.*?)</thead>", html, re.S).group(1)
+    assert "l@<wbr>1 bits_<wbr>per_<wbr>byte ↓" in head
+    assert "l@1 bits_per_byte ↓" in re.sub(r"<wbr>", "", head)
+    assert "table.leaderboard td { white-space: nowrap; }" in html
+    assert re.search(r"<div class=\"table-wrap\"><table class=\"leaderboard\">", html)

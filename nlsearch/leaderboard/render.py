@@ -49,6 +49,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.leaderboard { border-collapse: collapse; font-size: 0.9em; }
 table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
+table.leaderboard td { white-space: nowrap; }
+.table-wrap { overflow-x: auto; max-width: 100%; }
 table.leaderboard th { cursor: pointer; background: #f3f3f3; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
@@ -75,8 +77,8 @@ def html_table(index: pd.DataFrame, protocol: str, budget: str) -> str:
     tasks = list(dict.fromkeys(index[(index.protocol == protocol) & (index.budget == budget)].task))
     heads = [("rank", "number"), ("name", "text"), ("kind", "text"), ("depth", "number"), ("params", "number"),
              ("state", "number")] + [(h, "number") for h in task_headers(index, tasks)] + [("tokens/s", "number")]
-    parts = ["<table class=\"leaderboard\">", "<thead><tr>"]
-    parts += [f"<th data-type=\"{kind}\" scope=\"col\">{html.escape(h)}</th>" for h, kind in heads]
+    parts = ["<div class=\"table-wrap\"><table class=\"leaderboard\">", "<thead><tr>"]
+    parts += [f"<th data-type=\"{kind}\" scope=\"col\">{_breakable(h)}</th>" for h, kind in heads]
     parts.append("</tr></thead><tbody>")
     for r in table.to_dict("records"):
         cells = [(str(r["rank"]), _number(r["rank"])), (r["name"], r["name"]), (r["kind"], r["kind"]),
@@ -88,8 +90,14 @@ def html_table(index: pd.DataFrame, protocol: str, budget: str) -> str:
         cells.append(("-" if math.isnan(speed) else f"{speed:,.0f}", _number(speed)))
         row = "".join(f"<td data-sort=\"{html.escape(k)}\">{html.escape(t)}</td>" for t, k in cells)
         parts.append(f"<tr>{row}</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     return "\n".join(parts)
+
+
+def _breakable(header: str) -> str:
+    """A column header, escaped, that may wrap after ``_`` and ``@`` (long task names stack into a
+    narrow column instead of widening the table past the window; the cells themselves never wrap)."""
+    return re.sub(r"([_@])", r"\1<wbr>", html.escape(header))
 
 
 def _plot_name(protocol: str, budget: str, plot: str) -> str:
