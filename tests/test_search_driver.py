@@ -430,3 +430,31 @@ def test_the_depth_plot_counts_each_trained_config_once(tmp_path):
     assert caption == ("recall_small:accuracy against nesting depth over 3 trained trials (duplicates left out); "
                        "the best mean is at depth 3 (0.8 over 1 trial).")
     assert (tmp_path / "depth.png").is_file()
+
+
+def test_parameter_importance_counts_each_trained_config_once(tmp_path):
+    """Parameter importance (PED-ANOVA) over a study where one config came back four times as
+    duplicates (given its value without training): the importance is that of the trained trials
+    alone, the same as a study that never had the duplicates, and the caption says how many it read."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from nlsearch.search.plots import importance_plot
+
+    space = load_space(write_space(tmp_path, tiny_space()))
+    dists = {"a": FloatDistribution(0.0, 1.0), "b": CategoricalDistribution(["x", "y"])}
+
+    def trial(a, b, value, duplicate_of=None):
+        attrs = {} if duplicate_of is None else {"duplicate_of": duplicate_of}
+        return optuna.trial.create_trial(params={"a": a, "b": b}, distributions=dists, value=value,
+                                         user_attrs=attrs)
+
+    trained = [trial(a, b, v) for a, b, v in [(0.1, "x", 0.2), (0.4, "y", 0.9), (0.7, "x", 0.3), (0.9, "y", 0.8),
+                                              (0.3, "x", 0.25), (0.6, "y", 0.85)]]
+    with_copies = optuna.create_study(direction="maximize")
+    with_copies.add_trials(trained + [trial(0.1, "x", 0.2, duplicate_of=0)] * 4)
+    alone = optuna.create_study(direction="maximize")
+    alone.add_trials(trained)
+    caption = importance_plot(with_copies, space, tmp_path / "a")
+    assert "over 6 trained trials (duplicates left out)" in caption
+    assert caption == importance_plot(alone, space, tmp_path / "b")

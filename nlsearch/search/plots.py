@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 
 from nlsearch.display import save_figure
 from nlsearch.search.space import SearchSpace, objective_columns
+from nlsearch.search.study import DUPLICATE_OF
 
 
 def _figure(figsize):
@@ -86,11 +87,13 @@ def pareto_plot(study, space: SearchSpace, frame: pd.DataFrame, out: Path) -> st
 def importance_plot(study, space: SearchSpace, out: Path) -> str:
     import optuna
 
+    trained = distinct_trials(study)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             target = (lambda t: t.values[0]) if space.multi_objective else None
-            imp = optuna.importance.get_param_importances(study, target=target)
+            imp = optuna.importance.get_param_importances(           # Optuna's default: PED-ANOVA
+                trained, target=target, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         imp, reason = {}, str(err)
     else:
@@ -98,13 +101,26 @@ def importance_plot(study, space: SearchSpace, out: Path) -> str:
     fig, ax = _figure((5.5, 0.4 * max(len(imp), 2) + 1.2))
     names = list(imp)[::-1]
     ax.barh(names, [imp[n] for n in names])
-    ax.set(xlabel="importance (fANOVA)", title=f"{space.name}: parameter importance")
+    ax.set(xlabel="importance (PED-ANOVA)", title=f"{space.name}: parameter importance")
     save_figure(fig, out / "importance.png")
     if not imp or any(math.isnan(v) for v in imp.values()):
         return f"Parameter importance could not be computed: {reason}."
     top = next(iter(imp))
-    return (f"fANOVA importance of each parameter for {space.objectives[0].metric}; {top!r} explains the most "
-            f"({imp[top]:.0%}).")
+    return (f"PED-ANOVA importance of each parameter for {space.objectives[0].metric} over "
+            f"{len(trained.trials)} trained trials (duplicates left out); {top!r} explains the most ({imp[top]:.0%}).")
+
+
+def distinct_trials(study):
+    """An in-memory copy of ``study`` holding its complete trials less the duplicates (a duplicate took
+    an earlier trial's values without training: counted, it would weigh that configuration twice in
+    the importance's estimate)."""
+    import optuna
+
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if DUPLICATE_OF not in t.user_attrs]
+    copy = optuna.create_study(directions=study.directions)
+    copy.add_trials(done)
+    return copy
 
 
 def confirm_plot(space: SearchSpace, confirmation: pd.DataFrame, out: Path) -> str:

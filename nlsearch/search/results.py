@@ -8,7 +8,7 @@
   take it (multi-objective: the Pareto trial best on the first objective);
 - ``pareto.parquet`` (multi-objective): the Pareto-optimal trials;
 - plots: ``depth.png`` (first objective vs nesting depth, mean ± std over trials), ``history.png``
-  (optimisation history), ``pareto.png`` (multi-objective), ``importance.png`` (fANOVA);
+  (optimisation history), ``pareto.png`` (multi-objective), ``importance.png`` (PED-ANOVA, Optuna's default);
 - ``summary.md``: the best trials and a sentence per plot.
 
 Every file is written atomically; ``write_results`` may run after every trial.
