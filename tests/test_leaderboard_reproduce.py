@@ -224,9 +224,9 @@ def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
 
     import nlsearch.train as train_module
 
-    scored = reproduce_module.score_model
-    monkeypatch.setattr(reproduce_module, "score_model",        # only the claim tasks are scored again ...
-                        lambda *a, **k: scored(*a, **k) if k.get("tasks") else pytest.fail("scored again"))
+    scoring = reproduce_module.Scoring
+    monkeypatch.setattr(reproduce_module, "Scoring",            # only the claim tasks are scored again ...
+                        lambda *a, **k: scoring(*a, **k) if k.get("tasks") else pytest.fail("scored again"))
     monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained again"))   # ... from their runs
     before = {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")}
     assert main(args) == 0
@@ -261,7 +261,7 @@ def test_ray_runs_give_the_serial_numbers(reproduced, tmp_path):
 
 def test_a_submission_of_a_baselines_config_is_not_taken_as_that_baseline(reproduced, tmp_path):
     from nlsearch.leaderboard.entry import entry_id
-    from nlsearch.leaderboard.reproduce import add_baseline
+    from nlsearch.leaderboard.reproduce import reproduce
     from nlsearch.leaderboard.submit import load_submission
     root, protocol, _ = reproduced
     track = protocol.load_budget("tiny")
@@ -273,9 +273,11 @@ def test_a_submission_of_a_baselines_config_is_not_taken_as_that_baseline(reprod
     submitted = submitted.model_copy(update={"config_sha256": sha, "budget_sha256": track.sha256(),
                                              "id": entry_id(protocol.ref, track.ref, sha, "my-transformer")})
     store.add(submitted)
-    with pytest.raises(LeaderboardError, match="as submission 'my-transformer'.*not as a baseline"):
-        add_baseline(spec, protocol, track, store, tmp_path / "runs", 1, None, lambda m: None)
-    assert not (tmp_path / "runs").exists() and [e.name for e in store.entries()] == ["my-transformer"]
+    with pytest.raises(LeaderboardError, match="baseline transformer: .*as submission 'my-transformer'.*not as a "
+                       "baseline"):
+        reproduce("tiny", protocol=protocol, root=tmp_path / "lb", runs_dir=tmp_path / "runs", out_dir=tmp_path / "out",
+                  baselines=[spec])
+    assert not list((tmp_path / "runs").glob("*")) and [e.name for e in store.entries()] == ["my-transformer"]
 
 
 def test_claims_first_orders_baselines_by_their_cheapest_claim(monkeypatch):

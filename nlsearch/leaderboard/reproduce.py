@@ -13,7 +13,7 @@ import math
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
@@ -21,9 +21,9 @@ from nlsearch.io import check_writable_folder, write_text
 from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
-from nlsearch.leaderboard.runner import Log
+from nlsearch.leaderboard.runner import Log, run_dynamic
 from nlsearch.leaderboard.render import render
-from nlsearch.leaderboard.scoring import RunError, partial_results, score_model
+from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import column_label, display, mean_std
@@ -43,28 +43,18 @@ def _name(spec: ModelSpec) -> str:
     return Path(spec).stem if is_file_ref(str(spec)) else str(spec)
 
 
-def add_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store, runs_dir: Path, workers: int,
-                 address: Optional[str], log: Log, on_result: Optional[Callable[[Any], Any]] = None) -> str:
-    """Scores one baseline and adds it (or finds it already there), re-rendering the leaderboard's page;
-    returns its entry id. ``on_result``: called with every run as it finishes."""
-    name = _name(spec)
-    sub = load_submission(spec, protocol)
-    existing = store.find(sub.sha256, protocol.ref, budget.ref)
-    if existing is not None:
-        entry = read_entry(existing)
-        if entry.kind != "baseline" or entry.verification is not None:
-            raise LeaderboardError(f"its config is on this track as {entry.kind} {entry.name!r} ({existing}), "
-                                   f"not as a baseline the leaderboard measured in full: remove that entry to "
-                                   f"reproduce this baseline")
-        log(f"{name}: already on the leaderboard ({existing})")
-        return entry.id
-    tasks = score_model(sub.data, protocol, budget, runs_dir, workers=workers, address=address, log=log,
-                        on_result=on_result)
-    entry = build_entry(sub, name, AUTHOR, "baseline", protocol, budget, tasks)
-    path = store.add(entry)
-    render(store.root, protocol)                  # the page shows every baseline as soon as it is complete
-    log(f"{name}: added {path}; {store.root / 'README.md'} and index.html re-rendered")
-    return entry.id
+def existing_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store) -> Optional[Path]:
+    """The file of this baseline's entry on the track, or None when it has none yet; a
+    :class:`LeaderboardError` when its config is there as something else (a submission)."""
+    existing = store.find(load_submission(spec, protocol).sha256, protocol.ref, budget.ref)
+    if existing is None:
+        return None
+    entry = read_entry(existing)
+    if entry.kind != "baseline" or entry.verification is not None:
+        raise LeaderboardError(f"its config is on this track as {entry.kind} {entry.name!r} ({existing}), "
+                               f"not as a baseline the leaderboard measured in full: remove that entry to "
+                               f"reproduce this baseline")
+    return existing
 
 
 def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> List[ProtocolTask]:
@@ -72,19 +62,6 @@ def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budg
     wanted = {r for c in claims if name in c.models() and testable_at(c, protocol, budget)
               for r in c.check.read_roles()}
     return [t for t in protocol.claim_tasks if t.role in wanted]
-
-
-def score_claim_tasks(spec: ModelSpec, claims: Sequence[Claim], protocol: Protocol, budget, runs_dir: Path,
-                      workers: int, address: Optional[str], log: Log,
-                      on_result: Optional[Callable[[Any], Any]] = None) -> Dict[str, TaskResult]:
-    """Baseline ``spec`` on the claim tasks its claims read on this track (same seeds, sweep and runs
-    folder as its ranked tasks: finished runs are reused); by task ref."""
-    rules = claim_tasks_for(_name(spec), claims, protocol, budget)
-    if not rules:
-        return {}
-    log(f"{_name(spec)}: claim tasks {[r.task for r in rules]}")
-    return score_model(load_submission(spec, protocol).data, protocol, budget, runs_dir, workers=workers,
-                       address=address, log=log, tasks=rules, on_result=on_result)
 
 
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
@@ -273,31 +250,70 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
         check_writable_folder(folder, what)
     specs = claims_first(specs, [c for c in claims if testable_at(c, protocol, track)])   # verdicts soonest
     store = Store(root)
-    bigram = bigram_reference(protocol, track)
     names = [_name(s) for s in specs]
+    scorings: List[Tuple[str, str, ModelSpec, Scoring]] = []    # (baseline, "ranked" or "claims", spec, runs)
+    for name, spec in zip(names, specs):          # every baseline's place on the board, before any run
+        try:
+            found = existing_baseline(spec, protocol, track, store)
+        except LeaderboardError as err:
+            raise LeaderboardError(f"baseline {name}: {err}") from None
+        data = load_submission(spec, protocol).data
+        if found is not None:
+            log(f"{name}: already on the leaderboard ({found})")
+        else:
+            scorings.append((name, "ranked", spec, Scoring(data, protocol, track, Path(runs_dir))))
+        rules = claim_tasks_for(name, claims, protocol, track)
+        if rules:
+            scorings.append((name, "claims", spec, Scoring(data, protocol, track, Path(runs_dir), tasks=rules)))
+    bigram = bigram_reference(protocol, track)
     extra: Dict[str, Dict[str, TaskResult]] = {}
-    state = {"pending": names}
+    errors: Dict[str, str] = {}                    # baselines whose runs raised: pending, the rest go on
+    state = {"pending": list(dict.fromkeys(name for name, *_ in scorings))}
 
     def write(_result: Any = None) -> Path:     # after every finished run, and after every baseline
         return _write_report(protocol, track, store, claims, bigram, specs, state["pending"], Path(out_dir), extra,
                              Path(runs_dir))
 
-    report = write()
-    errors: Dict[str, str] = {}                    # baselines whose runs raised: pending, the rest go on
-    for i, spec in enumerate(specs):
-        state["pending"] = list(errors) + names[i:]
+    def scored(i: int) -> None:                   # all of one scoring's runs are back
+        name, kind, spec, scoring = scorings[i]
         try:
-            add_baseline(spec, protocol, track, store, Path(runs_dir), workers, address, log, on_result=write)
-            write()                                # the new entry, before its claim tasks run
-            extra[names[i]] = score_claim_tasks(spec, claims, protocol, track, Path(runs_dir), workers, address, log,
-                                                on_result=write)
+            tasks = scoring.result()
         except RunError as err:
-            errors[names[i]] = f"baseline {names[i]}: {err}"
-            log(errors[names[i]])
-        except LeaderboardError as err:
-            raise LeaderboardError(f"baseline {_name(spec)}: {err}") from None
-        state["pending"] = list(errors) + names[i + 1:]
-        report = write()
+            errors[name] = f"baseline {name}: {err}"
+            log(errors[name])
+            return
+        if kind == "claims":
+            extra[name] = tasks
+        else:
+            try:
+                path = store.add(build_entry(load_submission(spec, protocol), name, AUTHOR, "baseline", protocol,
+                                             track, tasks))
+            except LeaderboardError as err:
+                raise LeaderboardError(f"baseline {name}: {err}") from None
+            render(store.root, protocol)          # the page shows every baseline as soon as it is complete
+            log(f"{name}: added {path}; {store.root / 'README.md'} and index.html re-rendered")
+        if all(s.done for n, _, _, s in scorings if n == name) and name not in errors:
+            state["pending"] = [n for n in state["pending"] if n != name]
+        write()
+
+    def follow(priority: int, result: Any) -> List[Tuple[int, Any]]:
+        scoring = scorings[priority][3]
+        jobs = [(priority, job) for job in scoring.take(result)]
+        if scoring.done:
+            scored(priority)
+        return jobs
+
+    report = write()
+    starts: List[Tuple[int, Any]] = []
+    for i, (name, kind, _, scoring) in enumerate(scorings):   # priority: the baseline's place in the order
+        if kind == "claims":
+            log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
+        jobs = scoring.start()
+        starts += [(i, job) for job in jobs]
+        if not jobs:
+            scored(i)
+    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=write)
+    report = write()
     if errors:
         raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"
                        + "\n".join(errors.values()))

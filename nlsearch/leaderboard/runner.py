@@ -16,11 +16,13 @@ the config's plugin mixer itself, from the entry points installed where it runs.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import heapq
+import itertools
 import multiprocessing
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from nlsearch.cluster import check_address
 from nlsearch.leaderboard.plugins import resolve_plugins
@@ -128,92 +130,227 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None,
-            on_done: Optional[Callable[[Any], Any]] = None) -> List[Any]:
-    """Each job as a Ray task on the cluster at ``address``, asking for ``gpus_per_job`` GPUs where the
-    cluster has any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise; results in
-    the jobs' order, ``on_done`` called with each as it finishes."""
-    import ray
-
-    if not ray.is_initialized():
-        check_address(address)
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    has_gpus = ray.cluster_resources().get("GPU", 0.0) > 0
-    options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus_per_job and has_gpus else {"num_cpus": 1}
-    remote = ray.remote(fn or run_job).options(**options)
-    refs = [remote.remote(job) for job in jobs]
-    index = {ref: i for i, ref in enumerate(refs)}
-    out: List[Any] = [None] * len(refs)
-    pending = list(refs)
-    try:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            try:
-                out[index[done[0]]] = ray.get(done[0])
-            except Exception as err:              # noqa: BLE001 - the task's worker or node died
-                out[index[done[0]]] = lost(jobs[index[done[0]]], err)
-            if on_done is not None:
-                on_done(out[index[done[0]]])
-    except BaseException:                         # Ctrl-C: the cluster stops this command's tasks too
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        raise
-    return out
-
-
 def place(jobs: Sequence[Job], gpus_per_job: float, visible_gpus: int) -> List[Job]:
     """The device of every job: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on the CPU even
     where GPUs exist), else the visible GPUs in turn (``cuda:0``, ``cuda:1``, ...), else ``auto``."""
+    return [_place(job, gpus_per_job, visible_gpus, i) for i, job in enumerate(jobs)]
+
+
+def _place(job: Job, gpus_per_job: float, visible_gpus: int, i: int) -> Job:
     if not gpus_per_job:
-        return [replace(job, device="cpu") for job in jobs]
-    if visible_gpus <= 0:
-        return list(jobs)
-    return [replace(job, device=f"cuda:{i % visible_gpus}") for i, job in enumerate(jobs)]
+        return replace(job, device="cpu")
+    return job if visible_gpus <= 0 else replace(job, device=f"cuda:{i % visible_gpus}")
+
+
+Priority = Any                            # any orderable value: lower starts first
+Follow = Callable[[Priority, JobResult], Sequence[Tuple[Priority, Job]]]
+
+
+def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow] = None, workers: int = 1,
+                address: Optional[str] = None, log: Optional[Log] = None, budget_threads: Optional[int] = None,
+                gpus_per_job: float = 0.0, on_result: Optional[Callable[[JobResult], Any]] = None) -> None:
+    """Runs jobs as they become known: ``starts`` at once, then the jobs ``follow`` returns for each
+    finished one, called with that job's priority and its result (a task whose lr sweep is complete
+    queues its seeds), until none waits or runs.
+
+    Waiting jobs start lowest priority first (ties: in the order given), as many at a time as there is
+    room for: one in this process (``workers <= 1``), ``workers`` spawned processes with
+    ``budget_threads // workers`` CPU threads each, or, with ``address``, as many Ray tasks as the
+    cluster has CPUs (GPUs / ``gpus_per_job`` on a GPU track): a queue kept here, not in the executor,
+    so a job queued later with a lower priority still goes first. Each result is logged and handed to
+    ``on_result``, then to ``follow``. A worker that dies gives its job an ``error`` result
+    (:func:`lost`); Ctrl-C (any exception) stops every running job at once and starts no other."""
+    log = log or (lambda _msg: None)
+
+    def done(priority: Priority, result: JobResult) -> Sequence[Tuple[Priority, Job]]:
+        _log_result(log, result)
+        if on_result is not None:
+            on_result(result)
+        return follow(priority, result) if follow is not None else ()
+
+    if starts:
+        _drive(_backend(workers, address, budget_threads, gpus_per_job), starts, done)
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
              budget_threads: Optional[int] = None, gpus_per_job: float = 0.0,
              on_result: Optional[Callable[[JobResult], Any]] = None) -> List[JobResult]:
-    """Runs ``jobs``; returns their results in the same order, logging each and passing it to
-    ``on_result`` as it finishes (a reproduction rewrites its report then). ``workers > 1``: that many
-    spawned processes, each with ``budget_threads // workers`` CPU threads (at least 1), spread over the
-    visible GPUs on a GPU track; ``address``: Ray, asking for ``gpus_per_job`` GPUs per job."""
+    """Runs ``jobs`` as :func:`run_dynamic` does, in the order given; returns their results in that
+    order, logging each and passing it to ``on_result`` as it finishes (a reproduction rewrites its
+    report then)."""
     log = log or (lambda _msg: None)
+    out: List[Optional[JobResult]] = [None] * len(jobs)
 
-    def finished(result: JobResult) -> None:
+    def done(i: int, result: JobResult) -> Sequence[Tuple[Priority, Job]]:
+        out[i] = result
         _log_result(log, result)
         if on_result is not None:
             on_result(result)
+        return ()
 
-    if not jobs:
-        return []
-    if address:
-        if not gpus_per_job:
-            jobs = [replace(job, device="cpu") for job in jobs]
-        return _on_ray(jobs, address, gpus_per_job, on_done=finished)
-    if workers <= 1:
-        results = []
-        for job in place(jobs, gpus_per_job, _visible_gpus()):
-            results.append(run_job(job))
-            finished(results[-1])
-        return results
-    each = _threads_each(workers, budget_threads)
-    jobs = [replace(job, threads=job.threads or each) for job in place(jobs, gpus_per_job, _visible_gpus())]
-    context = multiprocessing.get_context("spawn")
-    with futures.ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_sigint) as pool:
-        index = {pool.submit(run_job, job): i for i, job in enumerate(jobs)}
-        out: List[Optional[JobResult]] = [None] * len(jobs)
-        try:
-            for future in futures.as_completed(index):
-                try:
-                    out[index[future]] = future.result()
-                except Exception as err:          # noqa: BLE001 - its worker process died (killed, OOM)
-                    out[index[future]] = lost(jobs[index[future]], err)
-                finished(out[index[future]])
-        except BaseException:                     # Ctrl-C (or any end of this process): stop every job now
-            _stop(pool)
-            raise
+    if jobs:
+        _drive(_backend(workers, address, budget_threads, gpus_per_job), list(enumerate(jobs)), done)
     return [r for r in out if r is not None]
+
+
+def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None,
+            on_done: Optional[Callable[[Any], Any]] = None) -> List[Any]:
+    """Each job as a Ray task on the cluster at ``address``, running ``fn`` (default :func:`run_job`);
+    what each returns, in the jobs' order, ``on_done`` called with each as it finishes."""
+    out: List[Any] = [None] * len(jobs)
+
+    def done(i: int, result: Any) -> Sequence[Tuple[Priority, Job]]:
+        out[i] = result
+        if on_done is not None:
+            on_done(result)
+        return ()
+
+    _drive(_Ray(address, gpus_per_job, fn), list(enumerate(jobs)), done)
+    return out
+
+
+def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]],
+           done: Callable[[Priority, Any], Sequence[Tuple[Priority, Job]]]) -> None:
+    """The loop of :func:`run_dynamic`: start waiting jobs while ``backend`` has room, wait for one to
+    finish, queue what ``done`` returns for it."""
+    waiting: List[Tuple[Priority, int, Job]] = []
+    order = itertools.count()
+    for priority, job in starts:
+        heapq.heappush(waiting, (priority, next(order), job))
+    priorities: Dict[Any, Priority] = {}
+    with backend:
+        while waiting or backend.running:
+            while waiting and len(backend.running) < backend.capacity:
+                priority, _, job = heapq.heappop(waiting)
+                priorities[backend.start(job)] = priority
+            handle, result = backend.wait()
+            for priority, job in done(priorities.pop(handle), result):
+                heapq.heappush(waiting, (priority, next(order), job))
+
+
+class _Backend:
+    """Where jobs run: ``start`` a job (placed on its device) and get a handle, ``wait`` for one of those
+    running to finish; leaving the ``with`` block by an exception stops every running job."""
+
+    capacity = 1
+
+    def __init__(self, gpus_per_job: float = 0.0):
+        self.running: Dict[Any, Job] = {}              # handle -> job, in start order
+        self.gpus_per_job, self.visible, self.started = gpus_per_job, _visible_gpus(), 0
+
+    def placed(self, job: Job) -> Job:
+        self.started += 1
+        return _place(job, self.gpus_per_job, self.visible, self.started - 1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return False
+
+
+class _Serial(_Backend):
+    """One job at a time, in this process, when it is waited for."""
+
+    def start(self, job: Job) -> Any:
+        handle = self.started
+        self.running[handle] = self.placed(job)
+        return handle
+
+    def wait(self) -> Tuple[Any, JobResult]:
+        handle = next(iter(self.running))
+        return handle, run_job(self.running.pop(handle))
+
+
+class _Pool(_Backend):
+    """``workers`` spawned processes that ignore Ctrl-C (the parent stops them), ``threads`` CPU threads each."""
+
+    def __init__(self, workers: int, threads: int, gpus_per_job: float):
+        super().__init__(gpus_per_job)
+        self.capacity, self.threads = workers, threads
+        self.pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_ignore_sigint)
+
+    def __enter__(self):
+        self.pool.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:              # Ctrl-C (or any end of this process): stop every job now
+            _stop(self.pool)
+            return False
+        return bool(self.pool.__exit__(None, None, None))
+
+    def start(self, job: Job) -> Any:
+        job = self.placed(job)
+        job = replace(job, threads=job.threads or self.threads)
+        try:
+            future = self.pool.submit(run_job, job)
+        except futures.BrokenExecutor as err:     # an earlier worker died and took the pool with it
+            future = futures.Future()
+            future.set_exception(err)
+        self.running[future] = job
+        return future
+
+    def wait(self) -> Tuple[Any, JobResult]:
+        finished, _ = futures.wait(list(self.running), return_when=futures.FIRST_COMPLETED)
+        future = next(f for f in self.running if f in finished)        # the earliest started of those done
+        job = self.running.pop(future)
+        try:
+            return future, future.result()
+        except Exception as err:                  # noqa: BLE001 - its worker process died (killed, OOM)
+            return future, lost(job, err)
+
+
+class _Ray(_Backend):
+    """Ray tasks on the cluster at ``address`` asking for ``gpus_per_job`` GPUs where the cluster has
+    any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise; as many at once as
+    the cluster holds. ``fn``: what a task runs instead of :func:`run_job`."""
+
+    def __init__(self, address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None):
+        import ray
+
+        super().__init__(gpus_per_job)
+        if not ray.is_initialized():
+            check_address(address)
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0.0) if gpus_per_job else 0.0
+        options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus else {"num_cpus": 1}
+        self.remote = ray.remote(fn or run_job).options(**options)
+        self.capacity = max(1, int(gpus / gpus_per_job) if gpus else int(resources.get("CPU", 1)))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:                  # Ctrl-C: the cluster stops this command's tasks too
+            import ray
+
+            for ref in list(self.running):
+                ray.cancel(ref, force=True)
+        return False
+
+    def start(self, job: Job) -> Any:
+        job = job if self.gpus_per_job else replace(job, device="cpu")
+        ref = self.remote.remote(job)
+        self.running[ref] = job
+        return ref
+
+    def wait(self) -> Tuple[Any, Any]:
+        import ray
+
+        done, _ = ray.wait(list(self.running), num_returns=1)
+        job = self.running.pop(done[0])
+        try:
+            return done[0], ray.get(done[0])
+        except Exception as err:                  # noqa: BLE001 - the task's worker or node died
+            return done[0], lost(job, err)
+
+
+def _backend(workers: int, address: Optional[str], budget_threads: Optional[int], gpus_per_job: float) -> _Backend:
+    if address:
+        return _Ray(address, gpus_per_job)
+    if workers <= 1:
+        return _Serial(gpus_per_job)
+    return _Pool(workers, _threads_each(workers, budget_threads), gpus_per_job)
 
 
 def _ignore_sigint() -> None:

@@ -17,7 +17,7 @@ from nlsearch.budgets import Budget, task_kind
 from nlsearch.config import is_file_ref
 from nlsearch.leaderboard.entry import RunInfo, SeedResult, TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask
-from nlsearch.leaderboard.runner import Job, JobResult, Log, run_jobs
+from nlsearch.leaderboard.runner import Job, JobResult, Log, run_dynamic
 from nlsearch.leaderboard.store import LeaderboardError
 
 RUN_FIELDS = tuple(RunInfo.model_fields)
@@ -93,38 +93,82 @@ def score_model(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_
     claim tasks a reproduction scores, by the same rules); returns the task results by task ref.
     ``seeds``: a subset of the protocol's (verification of a result file); ``lr_factors``: a fixed
     factor per task instead of the sweep (a claimed, verified choice); ``on_result``: called with every
-    run as it finishes."""
-    seeds = list(protocol.seeds if seeds is None else seeds)
-    rules = tuple(protocol.ranked(budget) if tasks is None else tasks)
-    tasks_dir = protocol.resolve_tasks_dir()
-    check_tasks(protocol)
-    common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
-                  tasks_dir=str(tasks_dir) if tasks_dir else None)
-    sweep_seed = protocol.seeds[0]
-    factors = tuple(protocol.lr_sweep.factors)
-    sweeping = [r for r in rules if lr_factors is None and len(factors) > 1 and sweep_seed in seeds]
-    sweep_jobs = [Job(model, r.task, sweep_seed, f, **common) for r in sweeping for f in factors]
-    sweep_results = run_jobs(sweep_jobs, workers, address, log, budget.threads, budget.gpu_share(), on_result)
-    check_no_errors(sweep_results)               # before an lr is picked: an error is not the worst result
+    run as it finishes. Raises :class:`RunError` when a run ended in an error."""
+    scoring = Scoring(model, protocol, budget, runs_dir, seeds=seeds, lr_factors=lr_factors, tasks=tasks)
+    run_dynamic([(0, job) for job in scoring.start()], lambda _p, result: [(0, j) for j in scoring.take(result)],
+                workers, address, log, budget.threads, budget.gpu_share(), on_result)
+    return scoring.result()
 
-    chosen: Dict[str, float] = {}
-    sweeps: Dict[str, Dict[float, JobResult]] = {}
-    for rule in rules:
-        if lr_factors is not None:
-            chosen[rule.task] = float(lr_factors[rule.task])
-        elif rule in sweeping:
-            done = {j.job.lr_factor: j for j in sweep_results if j.job.task == rule.task}
-            sweeps[rule.task] = done
-            kind, hib = _directions(rule, list(done.values()), tasks_dir)
-            chosen[rule.task] = _pick(rule, {f: seed_result(j) for f, j in done.items()}, check_metric(rule, hib))
+
+class Scoring:
+    """The runs that score one model, queued as they become known: every task's sweep (each lr factor on
+    the first seed) at once, and a task's other seeds as soon as its own sweep is complete (at the
+    factor it chose), so no task waits for another's sweep and a runner can fill its workers with the
+    next model's runs (:func:`nlsearch.leaderboard.runner.run_dynamic`). A run that ends in an error
+    (not a diverged loss) stops the queueing: no lr is picked from it, :meth:`result` raises
+    :class:`RunError` once the runs already started are back, and the next call trains it again."""
+
+    def __init__(self, model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path, *,
+                 seeds: Optional[Sequence[int]] = None, lr_factors: Optional[Mapping[str, float]] = None,
+                 tasks: Optional[Sequence[ProtocolTask]] = None):
+        self.model, self.protocol = model, protocol
+        self.seeds = list(protocol.seeds if seeds is None else seeds)
+        self.rules = tuple(protocol.ranked(budget) if tasks is None else tasks)
+        self.tasks_dir = protocol.resolve_tasks_dir()
+        check_tasks(protocol)
+        self.common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
+                           tasks_dir=str(self.tasks_dir) if self.tasks_dir else None)
+        self.sweep_seed, self.factors = protocol.seeds[0], tuple(protocol.lr_sweep.factors)
+        sweeping = lr_factors is None and len(self.factors) > 1 and self.sweep_seed in self.seeds
+        self.sweeps: Dict[str, Dict[float, JobResult]] = {r.task: {} for r in self.rules} if sweeping else {}
+        self.chosen: Dict[str, float] = {} if sweeping else {
+            r.task: float(lr_factors[r.task]) if lr_factors is not None else
+            (self.factors[0] if len(self.factors) == 1 else 1.0) for r in self.rules}
+        self.results: List[JobResult] = []               # every run but the sweeps'
+        self.errors: List[JobResult] = []
+        self.out = 0                                     # runs queued and not back yet
+
+    def _queue(self, jobs: List[Job]) -> List[Job]:
+        self.out += len(jobs)
+        return jobs
+
+    def start(self) -> List[Job]:
+        """The runs to queue first: every sweep run, and the seeds of tasks that have no sweep."""
+        sweep = [Job(self.model, task, self.sweep_seed, f, **self.common) for task in self.sweeps for f in self.factors]
+        return self._queue(sweep + [job for task in self.chosen for job in self._seeds(task)])
+
+    def _seeds(self, task: str) -> List[Job]:
+        return [Job(self.model, task, s, self.chosen[task], **self.common) for s in self.seeds
+                if not (task in self.sweeps and s == self.sweep_seed)]
+
+    def take(self, result: JobResult) -> List[Job]:
+        """Records a finished run of this model; returns the runs it makes ready (a task's seeds)."""
+        self.out -= 1
+        job = result.job
+        if result.status.startswith("error:"):
+            self.errors.append(result)
+        if job.task in self.sweeps and job.seed == self.sweep_seed and job.task not in self.chosen:
+            self.sweeps[job.task][job.lr_factor] = result
         else:
-            chosen[rule.task] = factors[0] if len(factors) == 1 else 1.0
-    rest = [Job(model, r.task, s, chosen[r.task], **common) for r in rules for s in seeds
-            if not (r.task in sweeps and s == sweep_seed)]
-    results = run_jobs(rest, workers, address, log, budget.threads, budget.gpu_share(), on_result)
-    check_no_errors(results)
-    return {rule.task: _task_result(rule, chosen[rule.task], sweeps.get(rule.task, {}), results, seeds, tasks_dir)
-            for rule in rules}
+            self.results.append(result)
+        if self.errors or job.task in self.chosen or len(self.sweeps.get(job.task, ())) < len(self.factors):
+            return []
+        rule = next(r for r in self.rules if r.task == job.task)
+        done = self.sweeps[job.task]
+        hib = check_metric(rule, _directions(rule, list(done.values()), self.tasks_dir)[1])
+        self.chosen[job.task] = _pick(rule, {f: seed_result(j) for f, j in done.items()}, hib)
+        return self._queue(self._seeds(job.task))
+
+    @property
+    def done(self) -> bool:
+        """No run of this model is waiting or running."""
+        return self.out == 0
+
+    def result(self) -> Dict[str, TaskResult]:
+        """The task results by task ref, once :attr:`done`; :class:`RunError` when a run raised."""
+        check_no_errors(self.errors)
+        return {rule.task: _task_result(rule, self.chosen[rule.task], self.sweeps.get(rule.task, {}), self.results,
+                                        self.seeds, self.tasks_dir) for rule in self.rules}
 
 
 class RunError(LeaderboardError):

@@ -1,0 +1,116 @@
+"""The runner's queue (``runner.run_dynamic``) and a model's scoring (``scoring.Scoring``): jobs start
+lowest priority first as workers free up, follow-ups queued later jump the queue by priority, a
+task's seeds are queued the moment its own lr sweep is complete, and one model's tail does not keep
+a worker idle while another model's runs wait."""
+from __future__ import annotations
+
+import pytest
+
+import nlsearch.leaderboard.runner as runner
+from nlsearch.leaderboard.protocol import load_protocol
+from nlsearch.leaderboard.runner import Job, JobResult, run_dynamic
+from nlsearch.leaderboard.scoring import RunError, Scoring
+from leaderboard_fixtures import write_protocol
+
+
+def _job(name: str, task: str = "t@1", seed: int = 0, factor: float = 1.0) -> Job:
+    return Job({"name": name}, task, seed, factor, "tiny", "/nowhere")
+
+
+class Scripted:
+    """A backend with ``capacity`` slots whose jobs finish in the order they started; it logs every
+    start and finish as ("start"/"end", model name, seed)."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.running, self.events, self.n = capacity, {}, [], 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def start(self, job):
+        self.n += 1
+        self.running[self.n] = job
+        self.events.append(("start", job.model["name"], job.seed))
+        return self.n
+
+    def wait(self):
+        handle = next(iter(self.running))
+        job = self.running.pop(handle)
+        self.events.append(("end", job.model["name"], job.seed))
+        return handle, JobResult(job, "completed", False, {"metrics": {}}, None)
+
+
+def test_a_freed_worker_takes_the_next_models_run_and_a_follow_up_jumps_the_queue(monkeypatch):
+    """Two slots, model a (priority 0) with three runs, b (priority 1) with one: b starts while a's last
+    run still runs (no worker idles at a's tail), and a follow-up of a queued after b's run still
+    jumps ahead of b's own later runs."""
+    backend = Scripted(capacity=2)
+    monkeypatch.setattr(runner, "_backend", lambda *a, **k: backend)
+    starts = [(0, _job("a", seed=s)) for s in range(3)] + [(1, _job("b", seed=s)) for s in range(2)]
+
+    def follow(priority, result):
+        if result.job.model["name"] == "a" and result.job.seed == 0:
+            return [(0, _job("a", seed=9))]                  # a's seeds after its sweep
+        return []
+
+    seen = []
+    run_dynamic(starts, follow, workers=2, on_result=seen.append)
+    starts_order = [(name, seed) for kind, name, seed in backend.events if kind == "start"]
+    assert starts_order == [("a", 0), ("a", 1), ("a", 2), ("a", 9), ("b", 0), ("b", 1)]
+    events = backend.events
+    assert events.index(("start", "b", 0)) < events.index(("end", "a", 9))     # b fills the slot a's tail left
+    assert len(seen) == 6 and not backend.running
+
+
+def test_serial_runs_go_by_priority_then_by_the_order_given(monkeypatch):
+    order = []
+    monkeypatch.setattr(runner, "run_job", lambda job: order.append(job.model["name"]) or
+                        JobResult(job, "completed", False, {"metrics": {}}, None))
+    run_dynamic([(2, _job("c")), (1, _job("b1")), (1, _job("b2")), (0, _job("a"))],
+                lambda p, r: [(0, _job("a-next"))] if r.job.model["name"] == "a" else [])
+    assert order == ["a", "a-next", "b1", "b2", "c"]
+
+
+@pytest.fixture()
+def two_tasks(tmp_path):
+    protocol = load_protocol(write_protocol(tmp_path / "p", tasks=("tiny_recall", "tiny_lm"), factors=(0.5, 1.0, 2.0)))
+    return protocol, Scoring({"name": "m", "d_model": 16}, protocol, protocol.load_budget("tiny"), tmp_path / "runs")
+
+
+def _result(job: Job, status: str = "failed: diverged") -> JobResult:
+    return JobResult(job, status, False, None, None)
+
+
+def test_a_tasks_seeds_are_queued_when_its_own_sweep_is_complete(two_tasks):
+    protocol, scoring = two_tasks
+    first = scoring.start()
+    assert sorted((j.task, j.seed, j.lr_factor) for j in first) == sorted(
+        (t, 0, f) for t in ("tiny_recall@1", "tiny_lm@1") for f in (0.5, 1.0, 2.0))
+    recall = [j for j in first if j.task == "tiny_recall@1"]
+    assert scoring.take(_result(recall[0])) == [] and scoring.take(_result(recall[1])) == []
+    ready = scoring.take(_result(recall[2]))                   # tiny_lm's sweep has not come back at all
+    assert [(j.task, j.seed, j.lr_factor) for j in ready] == [("tiny_recall@1", 1, 1.0), ("tiny_recall@1", 2, 1.0)]
+    assert not scoring.done
+    for job in [j for j in first if j.task == "tiny_lm@1"] + ready:
+        more = scoring.take(_result(job))
+        for extra in more:
+            scoring.take(_result(extra))
+    assert scoring.done
+    result = scoring.result()                   # every run diverged: factor 1 (the closest to 1), seeds 0-2
+    assert result["tiny_recall@1"].lr_factor == 1.0 and [s.seed for s in result["tiny_recall@1"].seeds] == [0, 1, 2]
+
+
+def test_an_error_in_a_sweep_queues_nothing_more_and_the_result_raises(two_tasks):
+    _, scoring = two_tasks
+    first = scoring.start()
+    recall = [j for j in first if j.task == "tiny_recall@1"]
+    lm = [j for j in first if j.task == "tiny_lm@1"]
+    assert scoring.take(_result(recall[0], "error: RuntimeError: boom")) == []
+    assert scoring.take(_result(recall[1])) == [] and scoring.take(_result(recall[2])) == []   # no lr from it
+    assert [scoring.take(_result(j)) for j in lm] == [[], [], []]                           # nor for the others
+    assert scoring.done
+    with pytest.raises(RunError, match="boom"):
+        scoring.result()
