@@ -228,9 +228,12 @@ def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
     monkeypatch.setattr(reproduce_module, "Scoring",            # only the claim tasks are scored again ...
                         lambda *a, **k: scoring(*a, **k) if k.get("tasks") else pytest.fail("scored again"))
     monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained again"))   # ... from their runs
+    writes, write = [], reproduce_module._write_report
+    monkeypatch.setattr(reproduce_module, "_write_report", lambda *a, **k: writes.append(1) or write(*a, **k))
     before = {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")}
     assert main(args) == 0
     assert {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")} == before
+    assert len(writes) == 4     # first, as each of the two claim-task scorings is complete, last: not per reused run
 
 
 @pytest.mark.slow

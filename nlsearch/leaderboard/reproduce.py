@@ -270,7 +270,7 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     errors: Dict[str, str] = {}                    # baselines whose runs raised: pending, the rest go on
     state = {"pending": list(dict.fromkeys(name for name, *_ in scorings))}
 
-    def write(_result: Any = None) -> Path:     # after every finished run, and after every baseline
+    def write() -> Path:                          # after every run trained, and after every baseline
         return _write_report(protocol, track, store, claims, bigram, specs, state["pending"], Path(out_dir), extra,
                              Path(runs_dir))
 
@@ -312,7 +312,11 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
         starts += [(i, job) for job in jobs]
         if not jobs:
             scored(i)
-    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=write)
+    def trained(result: Any) -> None:             # a reused run was in the runs folder for the first report
+        if not result.reused:
+            write()
+
+    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=trained)
     report = write()
     if errors:
         raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"
