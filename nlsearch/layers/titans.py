@@ -29,6 +29,16 @@ read is that of its rule, ``after_write`` for titans-lmm: y_t = M_t(q_t)):
     The paper also feeds P through the memory (M(x̃), x̃ = [P] ‖ x); here P enters attention only: a
     data-independent prefix written into the memory is a learned change of its initial state, which
     the memory's learned initial weights already are.
+    MAC has a loop the others lack: what the memory returns (h) is attended to, and the attention
+    output (o) is what the memory writes, its values unnormalised, so the memory's reads feed its next
+    targets once per segment (64 times in a 4k-token sequence). Observed: ``titans-mac`` on
+    ``longctx_needle`` at ``cpu@3`` (seed 0, lr x1) trains smoothly to step 167 while the second
+    block's residual stream grows (largest activation 65 at step 131, 184 at step 167), then the
+    second block's memory (its fast weights or reads) goes from at most 110 to 348 to 2,000 in three
+    steps, with the projections it writes from at 66, and the loss is NaN at step 168: the loop's gain
+    passed 1 within a sequence. That is the architecture as the paper states it (kept: the protocol's
+    lr sweep and a ``failed`` seed say what it costs); a stabiliser like the self-modifying layer's
+    ``v_norm`` would be a variant of it.
 
 State: MAG/MAL carry (memory state, attention KV cache of the last W − 1 tokens); MAC carries the
 memory state and, while a segment is open, the segment-start weights M*_{i−1} and the keys/values of
