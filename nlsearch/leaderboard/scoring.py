@@ -9,6 +9,7 @@ is reported on (the tasks have no third split); it biases every model alike.
 """
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -211,6 +212,11 @@ def _finite(x: Optional[float]) -> Optional[float]:
     return x if x is not None and math.isfinite(x) else None
 
 
+_PLANS: Dict[Tuple, Any] = {}
+"""Run plans by (model, lr factor, task, budget hash, seed, device, tasks folder): a reproduction reads
+its runs folder after every run (the report), ~650 plans, and plans do not change while it runs."""
+
+
 def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
                   tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[Tuple[str, int, float], Any]:
     """Every run :func:`score_model` may train for ``model`` ((task, seed, lr factor): every factor on
@@ -222,11 +228,15 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
 
     tasks_dir = protocol.resolve_tasks_dir()
     device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
+    model_key = json.dumps(model, sort_keys=True, default=str)
     out: Dict[Tuple[str, int, float], Any] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
         for seed in protocol.seeds:
             for factor in protocol.lr_sweep.factors:
-                plan = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
+                key = (model_key, factor, rule.task, budget.sha256(), seed, device, str(tasks_dir))
+                if key not in _PLANS:              # validating a run builds its model: ~15 ms each
+                    _PLANS[key] = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
+                plan = _PLANS[key]
                 try:
                     record = finished_record(default_run_dir(runs_dir, plan), plan.identity())
                 except ValueError:
