@@ -536,7 +536,7 @@ def test_ctrl_c_on_a_ray_cluster_cancels_the_tasks_still_running_or_queued(tmp_p
     import sys
     import types
 
-    from nlsearch.leaderboard.runner import Job, JobResult, _on_ray
+    from nlsearch.leaderboard.runner import Job, JobResult, run_jobs
 
     cancelled, calls = [], {"wait": 0}
 
@@ -563,5 +563,5 @@ def test_ctrl_c_on_a_ray_cluster_cancels_the_tasks_still_running_or_queued(tmp_p
     jobs = [Job({"name": "m"}, "t@1", i, 1.0, "tiny", str(tmp_path)) for i in range(3)]
     seen = []
     with pytest.raises(KeyboardInterrupt):
-        _on_ray(jobs, "ray://cluster:10001", on_done=seen.append)
+        run_jobs(jobs, address="ray://cluster:10001", on_result=seen.append)
     assert [r.job.seed for r in seen] == [0] and cancelled == [(1, True), (2, True)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nlsearch.leaderboard.runner import Job, place, run_job
+from nlsearch.leaderboard.runner import Job, run_job
 from nlsearch.train import read_record
 from nlsearch.train.record import RECORD, finished_record
 from leaderboard_fixtures import write_protocol
@@ -86,11 +86,17 @@ def _job(i):
     return Job({}, "t@1", i, 1.0, "cpu", "/runs")
 
 
-def test_cpu_track_jobs_run_on_the_cpu_and_gpu_track_jobs_spread_over_gpus():
-    jobs = [_job(i) for i in range(5)]
-    assert {j.device for j in place(jobs, 0.0, visible_gpus=4)} == {"cpu"}
-    assert [j.device for j in place(jobs, 1.0, visible_gpus=2)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
-    assert {j.device for j in place(jobs, 1.0, visible_gpus=0)} == {"auto"}
+def test_cpu_track_jobs_run_on_the_cpu_and_gpu_track_jobs_spread_over_gpus(monkeypatch):
+    import nlsearch.leaderboard.runner as runner
+
+    def devices(gpus_per_job, visible):          # the device of each of five jobs, in the order started
+        monkeypatch.setattr(runner, "_visible_gpus", lambda: visible)
+        backend = runner._Serial(gpus_per_job)
+        return [backend.running[backend.start(_job(i))].device for i in range(5)]
+
+    assert set(devices(0.0, 4)) == {"cpu"}
+    assert devices(1.0, 2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert set(devices(1.0, 0)) == {"auto"}
 
 
 def _visible(job):
@@ -103,14 +109,20 @@ def test_ray_gives_each_gpu_job_its_own_gpu_with_fake_gpus():
     a CPU-track job (0 GPUs) sees none."""
     import ray
 
-    from nlsearch.leaderboard.runner import _on_ray
+    from nlsearch.leaderboard.runner import _drive, _Ray
+
+    def on_ray(jobs, gpus_per_job):
+        out = {}
+        _drive(_Ray("", gpus_per_job, fn=_visible), list(enumerate(jobs)), lambda _i, _r: (),
+               lambda _i, seen: out.__setitem__(*seen))
+        return out
     here = str(Path(__file__).resolve().parent)                   # the workers import this module
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": here}})
     try:
-        seen = dict(_on_ray([_job(0), _job(1)], "", 1.0, fn=_visible))
+        seen = on_ray([_job(0), _job(1)], 1.0)
         assert sorted(seen.values()) == ["0", "1"]
-        cpu = dict(_on_ray([_job(2)], "", 0.0, fn=_visible))
+        cpu = on_ray([_job(2)], 0.0)
         assert cpu[2] in (None, "")
     finally:
         ray.shutdown()

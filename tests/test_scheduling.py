@@ -114,3 +114,86 @@ def test_an_error_in_a_sweep_queues_nothing_more_and_the_result_raises(two_tasks
     assert scoring.done
     with pytest.raises(RunError, match="boom"):
         scoring.result()
+
+
+def _completed(job: Job, accuracy: float) -> JobResult:
+    from leaderboard_fixtures import _run
+
+    record = {**_run(job.seed).model_dump(mode="json"), "metrics": {"accuracy": accuracy},
+              "higher_is_better": {"accuracy": True}, "task_kind": "recall"}
+    return JobResult(job, "completed", False, record, "/nowhere")
+
+
+@pytest.mark.parametrize("arrival", [(0.5, 1.0, 2.0), (2.0, 1.0, 0.5), (1.0, 2.0, 0.5)])
+def test_a_tie_goes_to_the_same_factor_whatever_order_the_sweep_finished_in(two_tasks, arrival):
+    """x0.5 and x2 tie on accuracy (and are equally far from 1): the protocol's order decides (x0.5), not
+    which run came back first (workers finish in any order)."""
+    _, scoring = two_tasks
+    sweep = {j.lr_factor: j for j in scoring.start() if j.task == "tiny_recall@1"}
+    values = {0.5: 0.8, 1.0: 0.3, 2.0: 0.8}
+    ready = [job for f in arrival for job in scoring.take(_completed(sweep[f], values[f]))]
+    assert {j.lr_factor for j in ready} == {0.5}
+    assert list(scoring.sweeps["tiny_recall@1"]) == [0.5, 1.0, 2.0]        # as the entry's sweep lists them
+
+
+def test_a_scoring_is_not_done_before_it_starts(two_tasks):
+    _, scoring = two_tasks
+    assert not scoring.done
+    scoring.start()
+    assert not scoring.done
+
+
+def test_a_freed_worker_gets_its_next_run_before_the_slow_bookkeeping(monkeypatch):
+    """``on_result`` (a reproduction rewrites its report there: seconds) runs after the freed slot has
+    taken the next queued run, including one ``follow`` just queued."""
+    backend = Scripted(capacity=2)
+    monkeypatch.setattr(runner, "_backend", lambda *a, **k: backend)
+    busy = []
+    run_dynamic([(0, _job("a", seed=s)) for s in range(2)] + [(1, _job("b"))],
+                lambda p, r: [(0, _job("a", seed=7))] if r.job.seed == 0 and r.job.model["name"] == "a" else [],
+                workers=2, on_result=lambda r: busy.append((r.job.model["name"], r.job.seed, len(backend.running))))
+    assert busy[0] == ("a", 0, 2)                  # a's follow-up already running beside a1 when a0 is logged
+    assert busy[1] == ("a", 1, 2)                  # b took a1's slot
+
+
+def test_a_dead_worker_breaks_only_its_jobs_and_a_new_executor_takes_the_rest(tmp_path, monkeypatch):
+    """A worker dies (the executor is broken: its job and any running beside it come back as errors, and
+    it refuses new jobs): the next job gets a new executor, so the runs still queued, other models'
+    too, are trained."""
+    from concurrent.futures import BrokenExecutor, Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    pools = []
+
+    class Pool:
+        def __init__(self, *a, **k):
+            self.n, self.broken = 0, False
+            pools.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def shutdown(self, wait=True, cancel_futures=False):
+            pass
+
+        def submit(self, fn, job):
+            if self.broken:
+                raise BrokenProcessPool("A child process terminated abruptly, the process pool is not usable anymore")
+            future, self.n = Future(), self.n + 1
+            if len(pools) == 1 and self.n == 2:
+                self.broken = True
+                future.set_exception(BrokenProcessPool("a process in the pool was terminated abruptly"))
+            else:
+                future.set_result(JobResult(job, "completed", False, {"metrics": {}}, None))
+            return future
+
+    assert issubclass(BrokenProcessPool, BrokenExecutor)
+    monkeypatch.setattr(runner.futures, "ProcessPoolExecutor", Pool)
+    seen = []
+    run_dynamic([(i // 2, _job(f"m{i // 2}", seed=i)) for i in range(6)], workers=2, on_result=seen.append)
+    status = {r.job.seed: r.status for r in seen}
+    assert status[1].startswith("error: worker lost (BrokenProcessPool")
+    assert [status[s] for s in (0, 2, 3, 4, 5)] == ["completed"] * 5 and len(pools) == 2

@@ -36,9 +36,9 @@ read is that of its rule, ``after_write`` for titans-lmm: y_t = M_t(q_t)):
     block's residual stream grows (largest activation 65 at step 131, 184 at step 167), then the
     second block's memory (its fast weights or reads) goes from at most 110 to 348 to 2,000 in three
     steps, with the projections it writes from at 66, and the loss is NaN at step 168 (this loop is
-    the likely path; what was measured is the per-step maxima above). That is the architecture as the paper states it (kept: the protocol's
-    lr sweep and a ``failed`` seed say what it costs); a stabiliser like the self-modifying layer's
-    ``v_norm`` would be a variant of it.
+    the likely path; what was measured is the per-step maxima above). That is the architecture as
+    the paper states it (kept: the protocol's lr sweep and a ``failed`` seed say what it costs); a
+    stabiliser like the self-modifying layer's ``v_norm`` would be a variant of it.
 
 State: MAG/MAL carry (memory state, attention KV cache of the last W − 1 tokens); MAC carries the
 memory state and, while a segment is open, the segment-start weights M*_{i−1} and the keys/values of

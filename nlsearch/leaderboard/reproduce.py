@@ -2,9 +2,10 @@
 write ``results/reproduce/report.md``: our table, the bigram reference for LM, and every published
 claim of the protocol's claims file with its source and verdict (``claims.py``), with the numbers.
 
-Baselines go through exactly the code a submission does (``load_submission`` + ``score_model``): the
-same budget, seeds and lr sweep. A baseline already on the leaderboard (same config hash, protocol and
-track) is reused, so an interrupted reproduction continues where it stopped (runs resume too).
+Baselines go through exactly the rules a submission does (``load_submission`` + ``scoring.Scoring``):
+the same budget, seeds and lr sweep, every baseline's runs in one queue (``runner.run_dynamic``). A
+baseline already on the leaderboard (same config hash, protocol and track) is reused, so an
+interrupted reproduction continues where it stopped (runs resume too).
 """
 from __future__ import annotations
 
@@ -279,8 +280,8 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
         try:
             tasks = scoring.result()
         except RunError as err:
-            errors[name] = f"baseline {name}: {err}"
-            log(errors[name])
+            errors[name] = "\n".join(filter(None, [errors.get(name), f"baseline {name} ({kind} tasks): {err}"]))
+            log(f"baseline {name} ({kind} tasks): {err}")
             return
         if kind == "claims":
             extra[name] = tasks
@@ -294,29 +295,34 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
             log(f"{name}: added {path}; {store.root / 'README.md'} and index.html re-rendered")
         if all(s.done for n, _, _, s in scorings if n == name) and name not in errors:
             state["pending"] = [n for n in state["pending"] if n != name]
-        write()
 
-    def follow(priority: int, result: Any) -> List[Tuple[int, Any]]:
+    complete: List[int] = []                      # scorings whose runs are all back, not yet scored
+
+    def follow(priority: int, result: Any) -> List[Tuple[int, Any]]:     # quick: a worker waits for it
         scoring = scorings[priority][3]
         jobs = [(priority, job) for job in scoring.take(result)]
         if scoring.done:
-            scored(priority)
+            complete.append(priority)
         return jobs
+
+    def settle(result: Any = None) -> None:        # once the freed worker has its next run
+        settled = bool(complete)
+        while complete:
+            scored(complete.pop(0))
+        if settled or (result is not None and not result.reused):   # a reused run was in the first report
+            write()
 
     report = write()
     starts: List[Tuple[int, Any]] = []
-    for i, (name, kind, _, scoring) in enumerate(scorings):   # priority: the baseline's place in the order
+    for i, (name, kind, _, scoring) in enumerate(scorings):   # priority: the scoring's place (claims first)
         if kind == "claims":
             log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
         jobs = scoring.start()
         starts += [(i, job) for job in jobs]
         if not jobs:
-            scored(i)
-    def trained(result: Any) -> None:             # a reused run was in the runs folder for the first report
-        if not result.reused:
-            write()
-
-    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=trained)
+            complete.append(i)
+    settle()
+    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=settle)
     report = write()
     if errors:
         raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"

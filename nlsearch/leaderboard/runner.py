@@ -130,13 +130,10 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def place(jobs: Sequence[Job], gpus_per_job: float, visible_gpus: int) -> List[Job]:
-    """The device of every job: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on the CPU even
-    where GPUs exist), else the visible GPUs in turn (``cuda:0``, ``cuda:1``, ...), else ``auto``."""
-    return [_place(job, gpus_per_job, visible_gpus, i) for i, job in enumerate(jobs)]
-
-
 def _place(job: Job, gpus_per_job: float, visible_gpus: int, i: int) -> Job:
+    """The ``i``-th job started on its device: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on
+    the CPU even where GPUs exist), else the visible GPUs in turn (``cuda:0``, ``cuda:1``, ...), else
+    ``auto``."""
     if not gpus_per_job:
         return replace(job, device="cpu")
     return job if visible_gpus <= 0 else replace(job, device=f"cuda:{i % visible_gpus}")
@@ -155,77 +152,72 @@ def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow]
 
     Waiting jobs start lowest priority first (ties: in the order given), as many at a time as there is
     room for: one in this process (``workers <= 1``), ``workers`` spawned processes with
-    ``budget_threads // workers`` CPU threads each, or, with ``address``, as many Ray tasks as the
-    cluster has CPUs (GPUs / ``gpus_per_job`` on a GPU track): a queue kept here, not in the executor,
-    so a job queued later with a lower priority still goes first. Each result is logged and handed to
-    ``on_result``, then to ``follow``. A worker that dies gives its job an ``error`` result
-    (:func:`lost`); Ctrl-C (any exception) stops every running job at once and starts no other."""
+    ``budget_threads // workers`` CPU threads each, or, with ``address``, Ray tasks (:class:`_Ray`): a
+    queue kept here, not in the executor, so a job queued later with a lower priority still goes
+    first. ``follow`` should be quick: a freed worker gets its next job after it, before the result is
+    logged and handed to ``on_result`` (which may be slow: a report). A worker that dies gives its
+    job an ``error`` result (:func:`lost`); Ctrl-C (any exception) stops every running job at once and
+    starts no other."""
     log = log or (lambda _msg: None)
 
-    def done(priority: Priority, result: JobResult) -> Sequence[Tuple[Priority, Job]]:
+    def after(_priority: Priority, result: JobResult) -> None:
         _log_result(log, result)
         if on_result is not None:
             on_result(result)
-        return follow(priority, result) if follow is not None else ()
 
     if starts:
-        _drive(_backend(workers, address, budget_threads, gpus_per_job), starts, done)
+        _drive(_backend(workers, address, budget_threads, gpus_per_job), starts, follow or (lambda _p, _r: ()),
+               after)
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
              budget_threads: Optional[int] = None, gpus_per_job: float = 0.0,
              on_result: Optional[Callable[[JobResult], Any]] = None) -> List[JobResult]:
     """Runs ``jobs`` as :func:`run_dynamic` does, in the order given; returns their results in that
-    order, logging each and passing it to ``on_result`` as it finishes (a reproduction rewrites its
-    report then)."""
+    order, logging each and passing it to ``on_result`` as it finishes."""
     log = log or (lambda _msg: None)
     out: List[Optional[JobResult]] = [None] * len(jobs)
 
-    def done(i: int, result: JobResult) -> Sequence[Tuple[Priority, Job]]:
+    def after(i: int, result: JobResult) -> None:
         out[i] = result
         _log_result(log, result)
         if on_result is not None:
             on_result(result)
-        return ()
 
     if jobs:
-        _drive(_backend(workers, address, budget_threads, gpus_per_job), list(enumerate(jobs)), done)
+        _drive(_backend(workers, address, budget_threads, gpus_per_job), list(enumerate(jobs)),
+               lambda _i, _r: (), after)
     return [r for r in out if r is not None]
 
 
-def _on_ray(jobs: Sequence[Job], address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None,
-            on_done: Optional[Callable[[Any], Any]] = None) -> List[Any]:
-    """Each job as a Ray task on the cluster at ``address``, running ``fn`` (default :func:`run_job`);
-    what each returns, in the jobs' order, ``on_done`` called with each as it finishes."""
-    out: List[Any] = [None] * len(jobs)
-
-    def done(i: int, result: Any) -> Sequence[Tuple[Priority, Job]]:
-        out[i] = result
-        if on_done is not None:
-            on_done(result)
-        return ()
-
-    _drive(_Ray(address, gpus_per_job, fn), list(enumerate(jobs)), done)
-    return out
-
-
-def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]],
-           done: Callable[[Priority, Any], Sequence[Tuple[Priority, Job]]]) -> None:
+def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]], follow: Follow,
+           after: Callable[[Priority, Any], Any]) -> None:
     """The loop of :func:`run_dynamic`: start waiting jobs while ``backend`` has room, wait for one to
-    finish, queue what ``done`` returns for it."""
+    finish, queue what ``follow`` returns for it, fill the freed room, then ``after`` (the slow part)."""
     waiting: List[Tuple[Priority, int, Job]] = []
     order = itertools.count()
-    for priority, job in starts:
-        heapq.heappush(waiting, (priority, next(order), job))
     priorities: Dict[Any, Priority] = {}
+
+    def push(items: Sequence[Tuple[Priority, Job]]) -> None:
+        for priority, job in items:
+            heapq.heappush(waiting, (priority, next(order), job))
+
+    def fill() -> None:
+        room = backend.capacity - len(backend.running)
+        while waiting and room > 0:
+            priority, _, job = heapq.heappop(waiting)
+            priorities[backend.start(job)] = priority
+            room -= 1
+
+    push(starts)
     with backend:
         while waiting or backend.running:
-            while waiting and len(backend.running) < backend.capacity:
-                priority, _, job = heapq.heappop(waiting)
-                priorities[backend.start(job)] = priority
+            fill()
             handle, result = backend.wait()
-            for priority, job in done(priorities.pop(handle), result):
-                heapq.heappush(waiting, (priority, next(order), job))
+            priority = priorities.pop(handle)
+            push(follow(priority, result))
+            fill()
+            after(priority, result)
 
 
 class _Backend:
@@ -263,13 +255,18 @@ class _Serial(_Backend):
 
 
 class _Pool(_Backend):
-    """``workers`` spawned processes that ignore Ctrl-C (the parent stops them), ``threads`` CPU threads each."""
+    """``workers`` spawned processes that ignore Ctrl-C (the parent stops them), ``threads`` CPU threads
+    each. A worker that dies breaks the executor (its running jobs come back as :func:`lost` errors);
+    the next job gets a new one, so the runs still queued, other models' too, go on."""
 
     def __init__(self, workers: int, threads: int, gpus_per_job: float):
         super().__init__(gpus_per_job)
         self.capacity, self.threads = workers, threads
-        self.pool = futures.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                                initializer=_ignore_sigint)
+        self.pool = self._new()
+
+    def _new(self) -> futures.ProcessPoolExecutor:
+        return futures.ProcessPoolExecutor(max_workers=self.capacity, initializer=_ignore_sigint,
+                                           mp_context=multiprocessing.get_context("spawn"))
 
     def __enter__(self):
         self.pool.__enter__()
@@ -286,9 +283,10 @@ class _Pool(_Backend):
         job = replace(job, threads=job.threads or self.threads)
         try:
             future = self.pool.submit(run_job, job)
-        except futures.BrokenExecutor as err:     # an earlier worker died and took the pool with it
-            future = futures.Future()
-            future.set_exception(err)
+        except futures.BrokenExecutor:            # a worker died and took the executor with it
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new().__enter__()
+            future = self.pool.submit(run_job, job)
         self.running[future] = job
         return future
 
@@ -304,8 +302,10 @@ class _Pool(_Backend):
 
 class _Ray(_Backend):
     """Ray tasks on the cluster at ``address`` asking for ``gpus_per_job`` GPUs where the cluster has
-    any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise; as many at once as
-    the cluster holds. ``fn``: what a task runs instead of :func:`run_job`."""
+    any (Ray then sets the task's ``CUDA_VISIBLE_DEVICES``) and one CPU otherwise. Up to twice as many
+    at once as the cluster holds now (read again whenever a task finishes, so a cluster that grows gets
+    more; the surplus waits in Ray's queue, which an autoscaler reads as demand). ``fn``: what a task runs
+    instead of :func:`run_job`."""
 
     def __init__(self, address: str, gpus_per_job: float = 0.0, fn: Optional[Callable] = None):
         import ray
@@ -314,11 +314,17 @@ class _Ray(_Backend):
         if not ray.is_initialized():
             check_address(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0.0) if gpus_per_job else 0.0
-        options = {"num_cpus": 1, "num_gpus": gpus_per_job} if gpus else {"num_cpus": 1}
+        self.gpus = bool(gpus_per_job) and ray.cluster_resources().get("GPU", 0.0) > 0
+        options = {"num_cpus": 1, "num_gpus": gpus_per_job} if self.gpus else {"num_cpus": 1}
         self.remote = ray.remote(fn or run_job).options(**options)
-        self.capacity = max(1, int(gpus / gpus_per_job) if gpus else int(resources.get("CPU", 1)))
+
+    @property
+    def capacity(self) -> int:
+        import ray
+
+        resources = ray.cluster_resources()
+        held = resources.get("GPU", 0.0) / self.gpus_per_job if self.gpus else resources.get("CPU", 1.0)
+        return 2 * max(1, int(held))
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:                  # Ctrl-C: the cluster stops this command's tasks too

@@ -1,9 +1,10 @@
 """Score one model under a protocol: the learning-rate sweep, then every seed, per task.
 
 Fairness rule (issue "Leaderboard and baseline reproduction"): every model, baseline or submission,
-goes through this one function with the same budget and the same lr sweep. The sweep trains each lr
-factor on the protocol's first seed; per task, the factor with the best ranked metric (a failed run
-counts as the worst; ties go to the factor closest to 1) is then trained on the remaining seeds, and
+goes through these rules (:class:`Scoring`, which :func:`score_model` and ``reproduce`` run) with the
+same budget and the same lr sweep. The sweep trains each lr factor on the protocol's first seed; per
+task, the factor with the best ranked metric (a failed run counts as the worst; ties go to the factor
+closest to 1, then to the first in the protocol's order) is then trained on the remaining seeds, and
 the sweep run of that factor is the first seed's result. Selection uses the same eval set the score
 is reported on (the tasks have no third split); it biases every model alike.
 """
@@ -119,7 +120,7 @@ class Scoring:
         check_tasks(protocol)
         self.common = dict(budget=_budget_arg(protocol, budget), runs_dir=str(runs_dir),
                            tasks_dir=str(self.tasks_dir) if self.tasks_dir else None)
-        self.sweep_seed, self.factors = protocol.seeds[0], tuple(protocol.lr_sweep.factors)
+        self.sweep_seed, self.factors = protocol.seeds[0], tuple(dict.fromkeys(protocol.lr_sweep.factors))
         sweeping = lr_factors is None and len(self.factors) > 1 and self.sweep_seed in self.seeds
         self.sweeps: Dict[str, Dict[float, JobResult]] = {r.task: {} for r in self.rules} if sweeping else {}
         self.chosen: Dict[str, float] = {} if sweeping else {
@@ -127,7 +128,7 @@ class Scoring:
             (self.factors[0] if len(self.factors) == 1 else 1.0) for r in self.rules}
         self.results: List[JobResult] = []               # every run but the sweeps'
         self.errors: List[JobResult] = []
-        self.out = 0                                     # runs queued and not back yet
+        self.out, self.started = 0, False                # runs queued and not back yet; start() called
 
     def _queue(self, jobs: List[Job]) -> List[Job]:
         self.out += len(jobs)
@@ -135,6 +136,7 @@ class Scoring:
 
     def start(self) -> List[Job]:
         """The runs to queue first: every sweep run, and the seeds of tasks that have no sweep."""
+        self.started = True
         sweep = [Job(self.model, task, self.sweep_seed, f, **self.common) for task in self.sweeps for f in self.factors]
         return self._queue(sweep + [job for task in self.chosen for job in self._seeds(task)])
 
@@ -155,15 +157,15 @@ class Scoring:
         if self.errors or job.task in self.chosen or len(self.sweeps.get(job.task, ())) < len(self.factors):
             return []
         rule = next(r for r in self.rules if r.task == job.task)
-        done = self.sweeps[job.task]
+        done = self.sweeps[job.task] = {f: self.sweeps[job.task][f] for f in self.factors}   # factor order: ties
         hib = check_metric(rule, _directions(rule, list(done.values()), self.tasks_dir)[1])
         self.chosen[job.task] = _pick(rule, {f: seed_result(j) for f, j in done.items()}, hib)
         return self._queue(self._seeds(job.task))
 
     @property
     def done(self) -> bool:
-        """No run of this model is waiting or running."""
-        return self.out == 0
+        """Started, and no run of this model is waiting or running."""
+        return self.started and self.out == 0
 
     def result(self) -> Dict[str, TaskResult]:
         """The task results by task ref, once :attr:`done`; :class:`RunError` when a run raised."""
@@ -227,7 +229,7 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
     from nlsearch.train.record import finished_record
 
     tasks_dir = protocol.resolve_tasks_dir()
-    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner would put them (runner.place)
+    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner puts them (runner._place)
     model_key = json.dumps(model, sort_keys=True, default=str)
     out: Dict[Tuple[str, int, float], Any] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
