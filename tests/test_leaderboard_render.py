@@ -191,3 +191,17 @@ def test_long_headers_may_wrap_and_cells_do_not(rendered):
     assert "l@1 bits_per_byte ↓" in re.sub(r"<wbr>", "", head)
     assert "table.leaderboard td { white-space: nowrap; }" in html
     assert re.search(r"<div class=\"table-wrap\"><table class=\"leaderboard\">", html)
+
+
+def test_the_state_plot_names_each_model_once_at_its_best_recall_task():
+    """Each model's recall tasks share its state size (one x): one label per model, at its highest
+    point, instead of labels printed over each other."""
+    import pandas as pd
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    rows = pd.DataFrame({"task_kind": ["recall"] * 4, "task": ["r@1", "o@1"] * 2, "mean": [0.9, 0.2, 0.1, 0.3],
+                         "state_size": [64, 64, 4096, 4096], "name": ["a", "a", "b", "b"]})
+    fig, ax = _figure()
+    DRAW["state"](ax, rows)
+    labels = {t.get_text(): t.xy for t in ax.texts}
+    assert labels == {"a": (64, 0.9), "b": (4096, 0.3)}

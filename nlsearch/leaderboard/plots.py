@@ -62,8 +62,9 @@ def _state(ax, rows: pd.DataFrame) -> None:
         return _empty(ax, "recall")
     for task, group in sub.groupby("task", sort=False):
         ax.scatter(group.state_size, group["mean"], label=task)
-        for r in group.itertuples():
-            _label(ax, r.state_size, r.mean, r.name)
+    for name, group in sub.groupby("name", sort=False):      # once, at its best task: its points share x
+        top = group.loc[group["mean"].idxmax()]
+        _label(ax, top.state_size, top["mean"], name)
     ax.set_xscale("log")
     ax.set_xlabel("state size (numbers per sequence, longest eval length)")
     ax.set_ylabel("accuracy (mean over seeds)")
