@@ -205,3 +205,15 @@ def test_the_state_plot_names_each_model_once_at_its_best_recall_task():
     DRAW["state"](ax, rows)
     labels = {t.get_text(): t.xy for t in ax.texts}
     assert labels == {"a": (64, 0.9), "b": (4096, 0.3)}
+
+
+def test_an_entrys_speed_is_the_median_of_its_runs():
+    """One run of three slowed by a paused or shared machine does not move the entry's tokens/s."""
+    from leaderboard_fixtures import _run
+
+    entry = make_entry("m", {"r@1": task_result("r@1", [0.5, 0.5, 0.5])})
+    speeds = iter([1000.0, 1010.0, 100.0])
+    tasks = {name: t.model_copy(update={"seeds": tuple(
+        s.model_copy(update={"run": _run(s.seed).model_copy(update={"tokens_per_s": next(speeds)})}) for s in t.seeds)})
+        for name, t in entry.tasks.items()}
+    assert entry.model_copy(update={"tasks": tasks}).tokens_per_s() == 1000.0

@@ -143,3 +143,18 @@ def test_concurrent_processes_never_corrupt_the_table(tmp_path):
     assert len(list((root / "entries").rglob("*.json"))) == 25
     assert not [p for p in root.rglob(".*") if p.name != ".lock"]      # no temporary file left behind
     assert all(isinstance(read_entry(p), Entry) for p in (root / "entries").rglob("*.json"))
+
+
+def test_an_index_derived_by_older_rules_is_rebuilt(tmp_path):
+    """An index an older nlsearch wrote (its derived columns computed otherwise, e.g. tokens/s as a mean)
+    lists the same files but is not read as is: rebuilt from the entries."""
+    import nlsearch.leaderboard.store as store_module
+
+    store = Store(tmp_path / "lb")
+    a, _ = _board({"a": ([0.5] * 3, [2.0] * 3), "b": ([0.4] * 3, [2.5] * 3)})
+    store.add(a)
+    stale = pd.read_parquet(store.index_path).drop(columns="derived_by").assign(tokens_per_s=-1.0)
+    stale.to_parquet(store.index_path)
+    assert (store.index().tokens_per_s == a.tokens_per_s()).all()
+    stale.assign(derived_by=store_module.DERIVED_BY - 1).to_parquet(store.index_path)
+    assert (store.index().tokens_per_s == a.tokens_per_s()).all()

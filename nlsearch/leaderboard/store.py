@@ -36,7 +36,11 @@ DEFAULT_ROOT = Path("leaderboard")
 INDEX_COLUMNS = (
     "id", "name", "author", "kind", "protocol", "budget", "config_sha256", "params", "state_size",
     "nesting_depth", "tokens_per_s", "created", "git_commit", "task", "task_kind", "metric", "higher_is_better",
-    "mean", "std", "n", "lr_factor", "per_length", "extra", "path")
+    "mean", "std", "n", "lr_factor", "per_length", "extra", "path", "derived_by")
+DERIVED_BY = 2
+"""How the index's derived columns are computed from the entries: raised whenever that changes (2: an
+entry's tokens/s is the median over its runs, not the mean), so an index an older nlsearch wrote is
+rebuilt rather than read."""
 
 
 class LeaderboardError(ValueError):
@@ -141,14 +145,16 @@ class Store:
             return self._write_index()
 
     def index(self) -> pd.DataFrame:
-        """The index, rebuilt first when it is missing or does not list exactly the entry files."""
+        """The index, rebuilt first when it is missing, does not list exactly the entry files, or was
+        derived by other rules (:data:`DERIVED_BY`)."""
         files = {str(p.relative_to(self.root)) for p, _ in self.readable()}
         if self.index_path.is_file():
             try:
                 frame = pd.read_parquet(self.index_path)
             except (OSError, ValueError):                # a corrupt derived index: rebuilt from the entries
                 frame = None
-            if frame is not None and "path" in frame and set(frame.path) == files:
+            if (frame is not None and "path" in frame and set(frame.path) == files
+                    and "derived_by" in frame and set(frame.derived_by) <= {DERIVED_BY}):
                 return frame
         if not files and not self.root.exists():
             return index_frame([], self.root)
@@ -185,7 +191,7 @@ def index_rows(entry: Entry, rel_path: str) -> List[dict]:
             "higher_is_better": result.higher_is_better, "mean": mean, "std": std, "n": n,
             "lr_factor": result.lr_factor,
             "per_length": json.dumps({str(k): v for k, v in result.per_length().items()}),
-            "extra": json.dumps(extra), "path": rel_path})
+            "extra": json.dumps(extra), "path": rel_path, "derived_by": DERIVED_BY})
     return rows
 
 
