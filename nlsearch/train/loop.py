@@ -43,6 +43,7 @@ from nlsearch.eval.scores import MetricRow
 from nlsearch.optim.periodic import PeriodicOptimizer, parameter_periods
 from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
+from nlsearch.train.divergence import divergence_site
 from nlsearch.train.plan import CompileChoice, RunPlan, check_run_dir, choose_compile, plan_run
 from nlsearch.train.record import RunRecord, build_record, session_info, write_run
 from nlsearch.runtime import compile_setting, compiled_steps, tune_process
@@ -51,11 +52,12 @@ Reporter = Callable[[int, Dict[str, float]], bool]
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; ``step`` (0-based) and ``loss`` say where."""
+    """The training loss became NaN or infinite; ``step`` (0-based) and ``loss`` say when, ``where``
+    (:func:`nlsearch.train.divergence.divergence_site`, when known) in which module."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"non-finite training loss {loss} at step {step}")
-        self.step, self.loss = step, loss
+    def __init__(self, step: int, loss: float, where: str = ""):
+        super().__init__(f"non-finite training loss {loss} at step {step}" + (f" ({where})" if where else ""))
+        self.step, self.loss, self.where = step, loss, where
 
 
 @dataclass
@@ -111,8 +113,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         logits, _ = model(x)                                                    # (B, T, V)
     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
     value = loss.item()
-    if not math.isfinite(value):
-        raise NonFiniteLossError(step, value)
+    if not math.isfinite(value):                  # the weights that did it are still there: look where
+        raise NonFiniteLossError(step, value, divergence_site(model, x))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clip_gradients(model, optimizer, grad_clip)
