@@ -180,7 +180,7 @@ def _run_suite(args: argparse.Namespace) -> int:
         from nlsearch.train.suite import suite_runs
 
         print_estimate(console, suite_runs(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget,
-                                           args.seeds, out, device=args.device), "run-suite")
+                                           args.seeds, out, device=args.device), "run-suite", workers=1)
         return 0
     frame = run_suite(args.presets or None, args.tasks or list(DEFAULT_TASKS), args.budget, args.seeds, out,
                       log=lambda msg: console.print(safe(msg)), device=args.device, progress=not args.quiet)

@@ -33,6 +33,19 @@ def test_estimate_sums_unfinished_runs_per_model():
     assert math.isnan(frame.loc["mine", "core_hours"])
     line = summary_line(estimate(runs, TABLE))
     assert "4 runs, 1 finished, 3 to run: about 2.0 core-hours" in line and "no timing for mine" in line
+    assert frame.loc["a", "longest_run_h"] == pytest.approx(1.0)
+
+
+def test_the_wall_clock_is_the_core_hours_shared_out_but_never_under_the_longest_run():
+    runs = [PlannedRun("a", "a", 18_000_000, 512, False),       # 1 core-hour
+            PlannedRun("a", "a", 9_000_000, 512, False),        # 0.5
+            PlannedRun("b", "b", 4096 * 3600 // 2, 512, False)]  # b: 1/4096 core-s per token: 0.5
+    frame = estimate(runs, TABLE)
+    assert "with 1 worker about 2.0 hours" in summary_line(frame, 1)
+    assert "with 2 workers about 1.0 hours" in summary_line(frame, 2)
+    assert "with 8 workers about 1.0 hours (no number of workers ends before the longest run left: 1.00 h)" \
+        in summary_line(frame, 8)
+    assert "worker" not in summary_line(frame)
 
 
 def test_run_suite_dry_run_counts_a_finished_run_and_trains_nothing(tmp_path):

@@ -62,34 +62,45 @@ def core_seconds_per_token(table: Optional[pd.DataFrame], preset: Optional[str],
 
 
 def estimate(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> pd.DataFrame:
-    """One row per model: runs, finished, to run, and core-hours left (NaN without a timing)."""
+    """One row per model: runs, finished, to run, core-hours left and the longest run left in
+    core-hours (NaN without a timing)."""
     rows = {}
     for run in runs:
         row = rows.setdefault(run.model, {"model": run.model, "runs": 0, "finished": 0, "to_run": 0,
-                                          "core_hours": 0.0})
+                                          "core_hours": 0.0, "longest_run_h": 0.0})
         row["runs"] += 1
         if run.finished:
             row["finished"] += 1
             continue
         row["to_run"] += 1
-        row["core_hours"] += run.tokens * core_seconds_per_token(table, run.preset, run.length) / 3600
-    return pd.DataFrame(list(rows.values()), columns=["model", "runs", "finished", "to_run", "core_hours"])
+        hours = run.tokens * core_seconds_per_token(table, run.preset, run.length) / 3600
+        row["core_hours"] += hours
+        row["longest_run_h"] = max(row["longest_run_h"], hours) if hours == hours else math.nan
+    return pd.DataFrame(list(rows.values()),
+                        columns=["model", "runs", "finished", "to_run", "core_hours", "longest_run_h"])
 
 
-def summary_line(frame: pd.DataFrame) -> str:
+def summary_line(frame: pd.DataFrame, workers: Optional[int] = None) -> str:
+    """The totals; with ``workers`` (one-thread runs side by side, as ``reproduce --workers N`` queues
+    them), the wall-clock hours too: the core-hours shared out, but never under the longest run left."""
     known = frame[~frame.core_hours.isna()]
     missing = frame[frame.core_hours.isna() & (frame.to_run > 0)]
+    core, longest = known.core_hours.sum(), known.longest_run_h.max() if len(known) else 0.0
     text = (f"{int(frame.runs.sum())} runs, {int(frame.finished.sum())} finished, {int(frame.to_run.sum())} to run: "
-            f"about {known.core_hours.sum():.1f} core-hours")
+            f"about {core:.1f} core-hours")
+    if workers is not None and core > 0:
+        text += (f"; with {workers} worker{'s' if workers > 1 else ''} about {max(core / workers, longest):.1f} hours "
+                 f"(no number of workers ends before the longest run left: {longest:.2f} h)")
     if len(missing):
         text += f" (no timing for {', '.join(missing.model)}: run nlsearch bench models)"
     return text
 
 
-def print_estimate(console, runs: Sequence[PlannedRun], command: str, table: Optional[pd.DataFrame] = None) -> None:
+def print_estimate(console, runs: Sequence[PlannedRun], command: str, table: Optional[pd.DataFrame] = None,
+                   workers: Optional[int] = None) -> None:
     """The dry run's table (per model) and its summary line, on a rich console."""
     from nlsearch.display import rich_table
 
     frame = estimate(runs, load_timing() if table is None else table)
     console.print(rich_table(frame, f"{command} --dry-run: runs and estimated core-hours left", floatfmt="{:.2f}"))
-    console.print(summary_line(frame))
+    console.print(summary_line(frame, workers))

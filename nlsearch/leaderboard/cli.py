@@ -90,7 +90,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         from nlsearch.bench.estimate import print_estimate
 
         print_estimate(console, reproduce_runs(args.budget, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
-                                               baselines=args.presets or None), "reproduce")
+                                               baselines=args.presets or None), "reproduce",
+                       workers=None if args.address else args.workers)
         return 0
     report = reproduce(args.budget, args.workers, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
                        out_dir=args.out, baselines=args.presets or None, address=args.address,
