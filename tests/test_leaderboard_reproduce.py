@@ -218,7 +218,7 @@ def test_the_report_judges_hand_set_numbers(hand_set):
     assert "not reproduced" in report and "0.4" in report and "0.7" in report
 
 
-def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
+def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch, capsys):
     root, _, args = reproduced
     import nlsearch.leaderboard.reproduce as reproduce_module
 
@@ -234,6 +234,8 @@ def test_a_second_reproduction_reuses_the_entries(reproduced, monkeypatch):
     assert main(args) == 0
     assert {p: p.read_bytes() for p in (root / "lb" / "entries").rglob("*.json")} == before
     assert len(writes) == 4     # first, as each of the two claim-task scorings is complete, last: not per reused run
+    out = capsys.readouterr().out
+    assert "24 of 24 runs finished already: reused, not logged one by one" in out and "(reused)" not in out
 
 
 @pytest.mark.slow

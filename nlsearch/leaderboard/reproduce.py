@@ -322,7 +322,12 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
         if not jobs:
             complete.append(i)
     settle()
-    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=settle)
+    runs = json.loads((Path(out_dir) / "report.json").read_text())["runs"] or {}
+    done = sum(cell["done"] for tasks in runs.values() for cell in tasks.values())
+    needed = sum(cell["needed"] for tasks in runs.values() for cell in tasks.values())
+    log(f"{done} of {needed} runs finished already: reused, not logged one by one")
+    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=settle,
+                log_reused=False)
     report = write()
     if errors:
         raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"

@@ -145,7 +145,8 @@ Follow = Callable[[Priority, JobResult], Sequence[Tuple[Priority, Job]]]
 
 def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow] = None, workers: int = 1,
                 address: Optional[str] = None, log: Optional[Log] = None, budget_threads: Optional[int] = None,
-                gpus_per_job: float = 0.0, on_result: Optional[Callable[[JobResult], Any]] = None) -> None:
+                gpus_per_job: float = 0.0, on_result: Optional[Callable[[JobResult], Any]] = None,
+                log_reused: bool = True) -> None:
     """Runs jobs as they become known: ``starts`` at once, then the jobs ``follow`` returns for each
     finished one, called with that job's priority and its result (a task whose lr sweep is complete
     queues its seeds), until none waits or runs.
@@ -157,11 +158,12 @@ def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow]
     first. ``follow`` should be quick: a freed worker gets its next job after it, before the result is
     logged and handed to ``on_result`` (which may be slow: a report). A worker that dies gives its
     job an ``error`` result (:func:`lost`); Ctrl-C (any exception) stops every running job at once and
-    starts no other."""
+    starts no other. ``log_reused=False``: finished runs found and reused are not logged one by one."""
     log = log or (lambda _msg: None)
 
     def after(_priority: Priority, result: JobResult) -> None:
-        _log_result(log, result)
+        if log_reused or not result.reused:
+            _log_result(log, result)
         if on_result is not None:
             on_result(result)
 
