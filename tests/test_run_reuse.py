@@ -99,6 +99,19 @@ def test_cpu_track_jobs_run_on_the_cpu_and_gpu_track_jobs_spread_over_gpus(monke
     assert set(devices(1.0, 0)) == {"auto"}
 
 
+def test_a_gpu_job_goes_to_the_gpu_running_fewest_jobs(monkeypatch):
+    """Runs end at different times: the next one takes the GPU that has emptied, not the next in turn."""
+    import nlsearch.leaderboard.runner as runner
+
+    monkeypatch.setattr(runner, "_visible_gpus", lambda: 2)
+    backend = runner._Serial(1.0)
+    handles = [backend.start(_job(i)) for i in range(4)]                 # cuda:0, 1, 0, 1
+    for handle in handles:
+        if backend.running[handle].device == "cuda:1":                    # both of cuda:1's runs end
+            backend.running.pop(handle)
+    assert backend.running[backend.start(_job(4))].device == "cuda:1"    # in turn it would be cuda:0
+
+
 def _visible(job):
     return job.seed, os.environ.get("CUDA_VISIBLE_DEVICES")
 

@@ -130,13 +130,16 @@ def _threads_each(workers: int, budget_threads: Optional[int]) -> int:
     return max(1, total // workers)
 
 
-def _place(job: Job, gpus_per_job: float, visible_gpus: int, i: int) -> Job:
-    """The ``i``-th job started on its device: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on
-    the CPU even where GPUs exist), else the visible GPUs in turn (``cuda:0``, ``cuda:1``, ...), else
-    ``auto``."""
+def _place(job: Job, gpus_per_job: float, visible_gpus: int, busy: Sequence[str] = ()) -> Job:
+    """A job on its device: ``cpu`` on a CPU track (``gpus_per_job == 0``: float32 on the CPU even where
+    GPUs exist), else the visible GPU running fewest of ``busy`` (the devices of the jobs running; ties:
+    the lowest index), else ``auto``."""
     if not gpus_per_job:
         return replace(job, device="cpu")
-    return job if visible_gpus <= 0 else replace(job, device=f"cuda:{i % visible_gpus}")
+    if visible_gpus <= 0:
+        return job
+    load = [sum(d == f"cuda:{i}" for d in busy) for i in range(visible_gpus)]
+    return replace(job, device=f"cuda:{load.index(min(load))}")
 
 
 Priority = Any                            # any orderable value: lower starts first
@@ -233,8 +236,9 @@ class _Backend:
         self.gpus_per_job, self.visible, self.started = gpus_per_job, _visible_gpus(), 0
 
     def placed(self, job: Job) -> Job:
+        """``job`` on the least busy GPU of a GPU track (the CPU on a CPU track)."""
         self.started += 1
-        return _place(job, self.gpus_per_job, self.visible, self.started - 1)
+        return _place(job, self.gpus_per_job, self.visible, [j.device for j in self.running.values()])
 
     def __enter__(self):
         return self
