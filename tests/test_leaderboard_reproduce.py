@@ -350,6 +350,7 @@ def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_
     assert cells[1] == "7/9"                   # 2 ranked tasks x 3 seeds, its claim task x 3, less the 2 removed
     assert cells[2] == f"{kept:.4f} (n=1)"     # the one seed left on tiny_recall, as its record says
     assert cells[3].endswith("(n=3)") and cells[-1] == "-"       # tiny_lm complete; no entry on this leaderboard
+    assert "measured step time (`reproduce --dry-run`): 24 runs, 22 finished, 2 to run: about" in report
     data = json.loads((out / "report.json").read_text())
     assert data["runs"]["deltanet"]["tiny_recall@1"]["done"] == 1
     assert data["runs"]["deltanet"]["tiny_recall@1"]["mean_std_n"][0] == pytest.approx(kept)

@@ -167,7 +167,8 @@ def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence
 
 
 def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Verdict],
-                bigram: Optional[Dict[str, float]], names: Sequence[str], prog: Optional[Progress] = None) -> str:
+                bigram: Optional[Dict[str, float]], names: Sequence[str], prog: Optional[Progress] = None,
+                left: Optional[str] = None) -> str:
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
@@ -184,6 +185,8 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
         needed = sum(n for tasks in prog.values() for _, n, _ in tasks.values())
         lines += [f"## Runs so far: {done} of {needed}", "",
                   *progress_lines(prog, protocol, budget, set(table.name)), ""]
+        if left is not None:
+            lines += [f"Left, estimated from each preset's measured step time (`reproduce --dry-run`): {left}.", ""]
     if len(table):
         lines += ["## Complete baselines (leaderboard entries, ranked among themselves)", "", markdown_table(table), ""]
     commits = sorted({s.run.git_commit for e in store.entries(protocol.ref, budget.ref) if e.name in names
@@ -205,23 +208,27 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
                    baselines: Optional[Sequence[ModelSpec]] = None) -> list:
     """The runs :func:`reproduce` would do (``PlannedRun`` each; a baseline already on the leaderboard
     counts as finished), for ``--dry-run``. Writes nothing."""
+    protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
+    track = protocol.load_budget(budget)
+    return _planned(list(BASELINES if baselines is None else baselines), protocol, track, _claims(protocol),
+                    Store(root), Path(runs_dir))
+
+
+def _planned(specs: Sequence[ModelSpec], protocol: Protocol, track, claims: Sequence[Claim], store: Store,
+             runs_dir: Path) -> list:
     from nlsearch.bench.estimate import PlannedRun
     from nlsearch.leaderboard.scoring import planned_runs
 
-    protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
-    track = protocol.load_budget(budget)
-    claims = _claims(protocol)
-    store = Store(root)
     out: List[PlannedRun] = []
-    for spec in list(BASELINES if baselines is None else baselines):
+    for spec in specs:
         sub = load_submission(spec, protocol)
         preset = spec if isinstance(spec, str) and not is_file_ref(spec) else None
-        runs = planned_runs(sub.data, _name(spec), preset, protocol, track, Path(runs_dir))
+        runs = planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir)
         if store.find(sub.sha256, protocol.ref, track.ref) is not None:
             runs = [PlannedRun(r.model, r.preset, r.tokens, r.length, True) for r in runs]
         extra = claim_tasks_for(_name(spec), claims, protocol, track)
         if extra:
-            runs += planned_runs(sub.data, _name(spec), preset, protocol, track, Path(runs_dir), tasks=extra)
+            runs += planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir, tasks=extra)
         out.extend(runs)
     return out
 
@@ -273,7 +280,7 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
 
     def write() -> Path:                          # after every run trained, and after every baseline
         return _write_report(protocol, track, store, claims, bigram, specs, state["pending"], Path(out_dir), extra,
-                             Path(runs_dir))
+                             Path(runs_dir), None if address else workers)
 
     def scored(i: int) -> None:                   # all of one scoring's runs are back
         name, kind, spec, scoring = scorings[i]
@@ -380,10 +387,12 @@ def _finished_baselines(specs: Sequence[ModelSpec], pending: Sequence[str], prog
 
 def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Claim], bigram,
                   specs: Sequence[ModelSpec], pending: Sequence[str], out: Path,
-                  extra: Optional[Dict[str, Dict[str, TaskResult]]] = None, runs_dir: Optional[Path] = None) -> Path:
+                  extra: Optional[Dict[str, Dict[str, TaskResult]]] = None, runs_dir: Optional[Path] = None,
+                  workers: Optional[int] = None) -> Path:
     """``out/report.md`` and ``report.json`` from the entries so far, the claim tasks' results (``extra``:
-    by baseline name and task ref) and, with ``runs_dir``, every run finished so far; claims that read a
-    baseline still to score (``pending``) are ``pending``, naming the runs each still misses."""
+    by baseline name and task ref) and, with ``runs_dir``, every run finished so far and what the rest
+    costs (the dry run's estimate; wall-clock hours with ``workers``); claims that read a baseline still
+    to score (``pending``) are ``pending``, naming the runs each still misses."""
     names = [_name(s) for s in specs]
     prog = progress(specs, claims, protocol, track, runs_dir) if runs_dir is not None else None
     entries = store.entries(protocol.ref, track.ref)
@@ -395,7 +404,13 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
         if v.outcome == "pending" and prog is not None:
             missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models() if m in pending and m in prog]
             v.reason = f"waiting for {', '.join(missing)}"
-    text = report_text(protocol, track, store, verdicts, bigram, names, prog)
+    left = None
+    if runs_dir is not None:
+        from nlsearch.bench.estimate import estimate, load_timing, summary_line
+
+        left = summary_line(estimate(_planned(specs, protocol, track, claims, store, runs_dir), load_timing()),
+                            workers)
+    text = report_text(protocol, track, store, verdicts, bigram, names, prog, left)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
                                              for k, xs in v.numbers.items()},
