@@ -257,89 +257,108 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
                          (out_dir, "report folder (--out)")):
         check_writable_folder(folder, what)
     specs = claims_first(specs, [c for c in claims if testable_at(c, protocol, track)])   # verdicts soonest
-    store = Store(root)
-    names = [_name(s) for s in specs]
-    scorings: List[Tuple[str, str, ModelSpec, Scoring]] = []    # (baseline, "ranked" or "claims", spec, runs)
-    for name, spec in zip(names, specs):          # every baseline's place on the board, before any run
-        try:
-            found = existing_baseline(spec, protocol, track, store)
-        except LeaderboardError as err:
-            raise LeaderboardError(f"baseline {name}: {err}") from None
-        data = load_submission(spec, protocol).data
-        if found is not None:
-            log(f"{name}: already on the leaderboard ({found})")
-        else:
-            scorings.append((name, "ranked", spec, Scoring(data, protocol, track, Path(runs_dir))))
-        rules = claim_tasks_for(name, claims, protocol, track)
-        if rules:
-            scorings.append((name, "claims", spec, Scoring(data, protocol, track, Path(runs_dir), tasks=rules)))
-    bigram = bigram_reference(protocol, track)
-    extra: Dict[str, Dict[str, TaskResult]] = {}
-    errors: Dict[str, str] = {}                    # baselines whose runs raised: pending, the rest go on
-    state = {"pending": list(dict.fromkeys(name for name, *_ in scorings))}
+    run = _Reproduction(protocol, track, specs, claims, Store(root), Path(runs_dir), Path(out_dir),
+                        None if address else workers, log)
+    return run.run(workers, address)
 
-    def write() -> Path:                          # after every run trained, and after every baseline
-        return _write_report(protocol, track, store, claims, bigram, specs, state["pending"], Path(out_dir), extra,
-                             Path(runs_dir), None if address else workers)
 
-    def scored(i: int) -> None:                   # all of one scoring's runs are back
-        name, kind, spec, scoring = scorings[i]
+class _Reproduction:
+    """One ``reproduce`` call: every baseline's scorings (its ranked tasks, which make its entry, and the
+    claim tasks its claims read) in one queue, prioritised in the claims-first order of ``specs``; the
+    report rewritten as runs finish, an entry added as each baseline's ranked tasks complete."""
+
+    def __init__(self, protocol: Protocol, track, specs: Sequence[ModelSpec], claims: Sequence[Claim], store: Store,
+                 runs_dir: Path, out_dir: Path, workers: Optional[int], log: Log):
+        self.protocol, self.track, self.specs, self.claims, self.store = protocol, track, specs, claims, store
+        self.runs_dir, self.out_dir, self.workers, self.log = runs_dir, out_dir, workers, log
+        self.scorings: List[Tuple[str, str, ModelSpec, Scoring]] = []     # (baseline, "ranked"/"claims", spec, runs)
+        for spec in specs:                        # every baseline's place on the board, before any run
+            name = _name(spec)
+            try:
+                found = existing_baseline(spec, protocol, track, store)
+            except LeaderboardError as err:
+                raise LeaderboardError(f"baseline {name}: {err}") from None
+            data = load_submission(spec, protocol).data
+            if found is not None:
+                log(f"{name}: already on the leaderboard ({found})")
+            else:
+                self.scorings.append((name, "ranked", spec, Scoring(data, protocol, track, runs_dir)))
+            rules = claim_tasks_for(name, claims, protocol, track)
+            if rules:
+                self.scorings.append((name, "claims", spec, Scoring(data, protocol, track, runs_dir, tasks=rules)))
+        self.bigram = bigram_reference(protocol, track)
+        self.extra: Dict[str, Dict[str, TaskResult]] = {}      # claim-task results by baseline
+        self.errors: Dict[str, str] = {}                        # baselines whose runs raised: pending
+        self.pending = list(dict.fromkeys(name for name, *_ in self.scorings))
+        self.complete: List[int] = []                           # scorings whose runs are all back, not scored
+
+    def write(self) -> Path:
+        """The report as things stand (after every run trained, and after every baseline)."""
+        return _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
+                             self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
+
+    def run(self, workers: int, address: Optional[str]) -> Path:
+        self.write()
+        starts: List[Tuple[int, Any]] = []
+        for i, (name, kind, _, scoring) in enumerate(self.scorings):     # priority: the scoring's place
+            if kind == "claims":
+                self.log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
+            jobs = scoring.start()
+            starts += [(i, job) for job in jobs]
+            if not jobs:
+                self.complete.append(i)
+        self.settle()
+        runs = json.loads((self.out_dir / "report.json").read_text())["runs"] or {}
+        done = sum(cell["done"] for tasks in runs.values() for cell in tasks.values())
+        needed = sum(cell["needed"] for tasks in runs.values() for cell in tasks.values())
+        self.log(f"{done} of {needed} runs finished already: reused, not logged one by one")
+        run_dynamic(starts, self.follow, workers, address, self.log, self.track.threads, self.track.gpu_share(),
+                    on_result=self.settle, log_reused=False)
+        report = self.write()
+        if self.errors:
+            raise RunError(f"{len(self.errors)} baseline(s) not scored ({report} lists them as pending):\n"
+                           + "\n".join(self.errors.values()))
+        return report
+
+    def follow(self, priority: int, result: Any) -> List[Tuple[int, Any]]:
+        """A finished run's follow-ups (quick: a freed worker waits for them)."""
+        scoring = self.scorings[priority][3]
+        jobs = [(priority, job) for job in scoring.take(result)]
+        if scoring.done:
+            self.complete.append(priority)
+        return jobs
+
+    def settle(self, result: Any = None) -> None:
+        """After a run, once the freed worker has its next one: score what is complete, rewrite the
+        report (not for a reused run: it was in the first report)."""
+        settled = bool(self.complete)
+        while self.complete:
+            self._scored(self.complete.pop(0))
+        if settled or (result is not None and not result.reused):
+            self.write()
+
+    def _scored(self, i: int) -> None:
+        name, kind, spec, scoring = self.scorings[i]
         try:
             tasks = scoring.result()
         except RunError as err:
-            errors[name] = "\n".join(filter(None, [errors.get(name), f"baseline {name} ({kind} tasks): {err}"]))
-            log(f"baseline {name} ({kind} tasks): {err}")
+            line = f"baseline {name} ({kind} tasks): {err}"
+            self.errors[name] = "\n".join(filter(None, [self.errors.get(name), line]))
+            self.log(line)
             return
         if kind == "claims":
-            extra[name] = tasks
+            self.extra[name] = tasks
         else:
+            entry = build_entry(load_submission(spec, self.protocol), name, AUTHOR, "baseline", self.protocol,
+                                self.track, tasks)
             try:
-                path = store.add(build_entry(load_submission(spec, protocol), name, AUTHOR, "baseline", protocol,
-                                             track, tasks))
+                path = self.store.add(entry)
             except LeaderboardError as err:
                 raise LeaderboardError(f"baseline {name}: {err}") from None
-            render(store.root, protocol)          # the page shows every baseline as soon as it is complete
-            log(f"{name}: added {path}; {store.root / 'README.md'} and index.html re-rendered")
-        if all(s.done for n, _, _, s in scorings if n == name) and name not in errors:
-            state["pending"] = [n for n in state["pending"] if n != name]
-
-    complete: List[int] = []                      # scorings whose runs are all back, not yet scored
-
-    def follow(priority: int, result: Any) -> List[Tuple[int, Any]]:     # quick: a worker waits for it
-        scoring = scorings[priority][3]
-        jobs = [(priority, job) for job in scoring.take(result)]
-        if scoring.done:
-            complete.append(priority)
-        return jobs
-
-    def settle(result: Any = None) -> None:        # once the freed worker has its next run
-        settled = bool(complete)
-        while complete:
-            scored(complete.pop(0))
-        if settled or (result is not None and not result.reused):   # a reused run was in the first report
-            write()
-
-    report = write()
-    starts: List[Tuple[int, Any]] = []
-    for i, (name, kind, _, scoring) in enumerate(scorings):   # priority: the scoring's place (claims first)
-        if kind == "claims":
-            log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
-        jobs = scoring.start()
-        starts += [(i, job) for job in jobs]
-        if not jobs:
-            complete.append(i)
-    settle()
-    runs = json.loads((Path(out_dir) / "report.json").read_text())["runs"] or {}
-    done = sum(cell["done"] for tasks in runs.values() for cell in tasks.values())
-    needed = sum(cell["needed"] for tasks in runs.values() for cell in tasks.values())
-    log(f"{done} of {needed} runs finished already: reused, not logged one by one")
-    run_dynamic(starts, follow, workers, address, log, track.threads, track.gpu_share(), on_result=settle,
-                log_reused=False)
-    report = write()
-    if errors:
-        raise RunError(f"{len(errors)} baseline(s) not scored ({report} lists them as pending):\n"
-                       + "\n".join(errors.values()))
-    return report
+            render(self.store.root, self.protocol)      # the page shows every baseline as soon as it is complete
+            self.log(f"{name}: added {path}; {self.store.root / 'README.md'} and index.html re-rendered")
+        if all(s.done for n, _, _, s in self.scorings if n == name) and name not in self.errors:
+            self.pending = [n for n in self.pending if n != name]
 
 
 def claims_first(specs: Sequence[ModelSpec], claims: Sequence[Claim]) -> List[ModelSpec]:
