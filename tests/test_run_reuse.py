@@ -180,6 +180,11 @@ def test_every_committed_reproduction_run_is_reusable_from_this_checkout():
         record = read_record(path.parent)
         plan = plan_run(record.config, record.task, record.budget, record.seed, "cpu")
         assert finished_record(path.parent, plan.identity()) is not None, path
+    from nlsearch.train.record import FAILURE, Failure, finished_failure
+    for path in sorted(root.rglob(FAILURE)):                     # runs that diverged: kept as outcomes
+        failure = Failure.model_validate_json(path.read_bytes())
+        plan = plan_run(failure.config, failure.task, failure.budget, failure.seed, "cpu")
+        assert finished_failure(path.parent, plan.identity()) is not None, path
 
 
 def test_run_jobs_hands_over_every_result_as_it_finishes(finished):
@@ -197,3 +202,47 @@ def test_run_jobs_hands_over_every_result_as_it_finishes(finished):
     assert [r.job.task for r in results] == [broken.task, job.task]
     assert seen[0][0] == broken.task and seen[0][1].startswith("error: ") and seen[0][2] == 1   # logged, handed over
     assert seen[1] == (job.task, "completed", 2) and results[1].reused
+
+
+def test_a_diverged_run_is_kept_and_reused_as_a_failure_not_trained_again(tmp_path, monkeypatch):
+    """A run whose loss diverged leaves ``failure.json`` (its identity, step and status): the next call
+    takes that outcome without training (a fresh clone keeps it: it is a small committed file), the
+    report's progress counts it as done, and it follows the same version rule as a record."""
+    import nlsearch.train as train_module
+    import nlsearch.train.loop as loop
+    from nlsearch.leaderboard.protocol import load_protocol
+    from nlsearch.leaderboard.scoring import partial_results
+    from nlsearch.train import NonFiniteLossError
+    from nlsearch.train.record import FAILURE, TRAINING_CHANGES, finished_failure
+
+    write_protocol(tmp_path / "proto")
+    job = Job(dict(TINY_MODEL), "tiny_recall@1", 0, 1.0, str(tmp_path / "proto" / "tiny_budget.yaml"),
+              str(tmp_path / "runs"), str(tmp_path / "proto" / "tasks"), threads=1, device="cpu")
+    step = loop.train_step
+
+    def diverge(model, optimizer, batch, device, grad_clip, at):
+        if at == 2:
+            raise NonFiniteLossError(at, float("nan"), "first non-finite output: somewhere")
+        return step(model, optimizer, batch, device, grad_clip, at)
+
+    monkeypatch.setattr(loop, "train_step", diverge)
+    first = run_job(job)
+    assert first.status == ("failed: NonFiniteLossError: non-finite training loss nan at step 2 "
+                            "(first non-finite output: somewhere)") and not first.reused
+    failure = json.loads((Path(first.run_dir) / FAILURE).read_text())
+    assert failure["step"] == 2 and failure["status"] == first.status and failure["seed"] == 0
+
+    monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("trained again"))
+    again = run_job(job)
+    assert (again.status, again.reused, again.run_dir) == (first.status, True, first.run_dir)
+    protocol = load_protocol(tmp_path / "proto" / "protocol.yaml")
+    done, needed, so_far = partial_results(dict(TINY_MODEL), protocol, protocol.load_budget("tiny"),
+                                           tmp_path / "runs")["tiny_recall@1"]
+    assert (done, needed) == (1, 3) and [s.status for s in so_far.seeds] == [first.status]   # seed 0, failed
+
+    data = json.loads((Path(first.run_dir) / FAILURE).read_text())
+    data["training_version"] = 0
+    data["config"]["mixer"]["kind"] = TRAINING_CHANGES[0].kinds[0]
+    (Path(first.run_dir) / FAILURE).write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="before a change to what training computes"):
+        finished_failure(Path(first.run_dir), {})

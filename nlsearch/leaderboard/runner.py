@@ -4,8 +4,10 @@ A job trains with ``nlsearch.train.train`` into the run layout of ``run-suite``
 (``<runs>/<task>@v/<model>-<sha12>/<budget>@v-seed<seed>``), so a killed one resumes and a finished
 one is reused, but only through :func:`nlsearch.train.record.finished_record`: its record must be this
 job's run (config, task, budget, seed, precision) and its metrics files must match the digests in its
-record. A folder that fails the check is set aside (renamed ``<folder>.rejected-<n>``, nothing deleted)
-and the job retrains; the result's ``note`` says why. Jobs run one after another, in ``workers`` spawned
+record. A run that diverged is kept as such (``failure.json``, :func:`~nlsearch.train.record.
+finished_failure`) and reused under the same rules, so it is not trained to the same step again. A
+folder that fails the check is set aside (renamed ``<folder>.rejected-<n>``, nothing deleted) and the
+job retrains; the result's ``note`` says why. Jobs run one after another, in ``workers`` spawned
 processes, or as Ray tasks on the cluster at ``address``. A job never raises: a run whose loss diverged
 is ``failed`` (a training outcome, ranked as the worst), and any other exception (a bug, a lost worker,
 out of memory) is an ``error``, which is no outcome at all: the scorer refuses to rank it
@@ -75,7 +77,7 @@ def scale_lr(model: Dict[str, Any], factor: float) -> Dict[str, Any]:
 def run_job(job: Job) -> JobResult:
     """Trains (or reuses) one run; never raises for a failing run: its status says why."""
     from nlsearch.train import NonFiniteLossError, default_run_dir, plan_run, train
-    from nlsearch.train.record import finished_record
+    from nlsearch.train.record import finished_failure, finished_record
 
     run_dir, note = None, ""
     try:
@@ -86,12 +88,15 @@ def run_job(job: Job) -> JobResult:
         run_dir = default_run_dir(job.runs_dir, plan)
         try:
             record = finished_record(run_dir, plan.identity())
+            failure = finished_failure(run_dir, plan.identity()) if record is None else None
         except ValueError as err:
             aside = set_aside(run_dir)
             note = f"not reused ({' '.join(str(err).split())[:300]}); set aside as {aside.name}, retrained"
-            record = None
+            record = failure = None
         if record is not None:
             return JobResult(job, "completed", True, record.model_dump(mode="json"), str(run_dir))
+        if failure is not None:                   # it diverged at this step before: the same outcome
+            return JobResult(job, failure.status, True, None, str(run_dir))
         result = train(plan.cfg, plan.task, plan.budget, job.seed, run_dir=run_dir, resume=True,
                        device=job.device, threads=job.threads, tasks_dir=tasks_dir)
     except Exception as err:                      # noqa: BLE001 - reported in the result, never raised

@@ -21,6 +21,7 @@ from nlsearch.leaderboard.entry import RunInfo, SeedResult, TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask
 from nlsearch.leaderboard.runner import Job, JobResult, Log, run_dynamic
 from nlsearch.leaderboard.store import LeaderboardError
+from nlsearch.train.record import Failure
 
 RUN_FIELDS = tuple(RunInfo.model_fields)
 
@@ -222,11 +223,12 @@ its runs folder after every run (the report), ~650 plans, and plans do not chang
 def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
                   tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[Tuple[str, int, float], Any]:
     """Every run :func:`score_model` may train for ``model`` ((task, seed, lr factor): every factor on
-    every seed), mapped to its ``RunPlan`` and its record where a run that passes the reuse check is
-    there (else None): ``(plan, record)``. Reads the runs folder; trains nothing."""
+    every seed), mapped to its ``RunPlan`` and its outcome where one passes the reuse check (a
+    ``RunRecord``, or the ``Failure`` of a run that diverged; else None): ``(plan, outcome)``. Reads
+    the runs folder; trains nothing."""
     from nlsearch.leaderboard.runner import scale_lr
     from nlsearch.train import default_run_dir, plan_run
-    from nlsearch.train.record import finished_record
+    from nlsearch.train.record import finished_failure, finished_record
 
     tasks_dir = protocol.resolve_tasks_dir()
     device = "cpu" if not budget.gpu_share() else "auto"       # where the runner puts them (runner._place)
@@ -239,8 +241,9 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
                 if key not in _PLANS:              # validating a run builds its model: ~15 ms each
                     _PLANS[key] = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
                 plan = _PLANS[key]
+                run_dir = default_run_dir(runs_dir, plan)
                 try:
-                    record = finished_record(default_run_dir(runs_dir, plan), plan.identity())
+                    record = finished_record(run_dir, plan.identity()) or finished_failure(run_dir, plan.identity())
                 except ValueError:
                     record = None
                 out[(rule.task, seed, factor)] = (plan, record)
@@ -260,6 +263,8 @@ def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, r
     def finished(task: str, seed: int, factor: float) -> Optional[JobResult]:
         record = runs[(task, seed, factor)][1]
         job = Job(model, task, seed, factor, budget.ref, str(runs_dir))
+        if isinstance(record, Failure):
+            return JobResult(job, record.status, True, None, None)
         return None if record is None else JobResult(job, "completed", True, record.model_dump(mode="json"), None)
 
     out: Dict[str, Tuple[int, int, Optional[TaskResult]]] = {}

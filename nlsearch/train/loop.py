@@ -45,7 +45,7 @@ from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
 from nlsearch.train.divergence import divergence_site
 from nlsearch.train.plan import CompileChoice, RunPlan, check_run_dir, choose_compile, plan_run
-from nlsearch.train.record import RunRecord, build_record, session_info, write_run
+from nlsearch.train.record import RunRecord, build_record, session_info, write_failure, write_run
 from nlsearch.runtime import compile_setting, compiled_steps, tune_process
 
 Reporter = Callable[[int, Dict[str, float]], bool]
@@ -310,7 +310,14 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
         if log is not None:
             log(f"compiled layer steps {compile.setting}: {compile.reason}")
         model.train()
-        result = _loop(plan, model, optimizer, state, base_lrs, reporter, run_dir, stop_after, progress, t0, compile)
+        try:
+            result = _loop(plan, model, optimizer, state, base_lrs, reporter, run_dir, stop_after, progress, t0,
+                           compile)
+        except NonFiniteLossError as err:     # an outcome: kept, so the run is not trained to it again
+            if run_dir is not None:
+                reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+                write_failure(run_dir, plan, err.step, f"failed: {reason}")
+            raise
     if result.status == "completed":
         return result
     directions = {name: _direction(name, plan) for name in result.metrics}

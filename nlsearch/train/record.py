@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from nlsearch.config import canonical_json, config_hash
 from nlsearch.eval.scores import MetricRow
 from nlsearch.io import write_parquet, write_text
-from nlsearch.provenance import provenance
+from nlsearch.provenance import git_commit, provenance
 
 FORMAT = 1
 RECORD = "record.json"                  # written last in a run directory: the run completed
@@ -234,6 +234,62 @@ def read_record(path: Path) -> RunRecord:
         return RunRecord.model_validate_json(path.read_text())
     except ValidationError as err:
         raise ValueError(f"{path}: not a valid run record: {err}") from None
+
+
+FAILURE = "failure.json"                # written when a run's loss diverged: a training outcome to keep
+
+
+class Failure(BaseModel):
+    """A run whose training loss went NaN or infinite: an outcome (ranked worst), kept in its folder
+    so that it survives a fresh clone and is not trained again to the same step. Carries the run's
+    identity and training version, and is reused under the same rules as a record."""
+
+    model_config = ConfigDict(extra="forbid")
+    format: int = 1
+    status: str                                # "failed: ..." as the runner reports it
+    step: int
+    config: Dict[str, Any]
+    config_sha256: str
+    task: str
+    task_sha256: str
+    budget: str
+    budget_sha256: str
+    seed: int
+    precision: str
+    training_version: int
+    git_commit: str
+    created: str
+
+
+def write_failure(run_dir: Path, plan, step: int, status: str) -> Path:
+    """Keeps a diverged run's outcome in ``run_dir`` (:class:`Failure`); its checkpoints stay as they are."""
+    failure = Failure(status=status, step=step, config=plan.cfg.model_dump(mode="json"), **plan.identity(),
+                      training_version=TRAINING_VERSION, git_commit=git_commit(),
+                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_text(failure.model_dump_json(indent=1) + "\n", Path(run_dir) / FAILURE)
+    return Path(run_dir) / FAILURE
+
+
+def finished_failure(run_dir: Path, identity: Dict[str, Any]) -> Optional[Failure]:
+    """The kept failure in ``run_dir`` when it is the run ``identity`` describes, None when there is
+    none; ValueError (as :func:`finished_record`) when it is another run's or predates a listed change
+    to what training computes for its model."""
+    path = Path(run_dir) / FAILURE
+    if not path.is_file():
+        return None
+    try:
+        failure = Failure.model_validate_json(path.read_bytes())
+    except ValidationError as err:
+        raise ValueError(f"{path}: not a failure record ({err.error_count()} problem(s))") from None
+    differ = [key for key, value in identity.items() if getattr(failure, key) != value]
+    if differ:
+        shown = ", ".join(f"{key} {getattr(failure, key)!r} there, {identity[key]!r} here" for key in differ)
+        raise ValueError(f"run directory {run_dir} holds a failed run of something else ({shown})")
+    stale = [c for c in TRAINING_CHANGES if c.version > failure.training_version and c.affects(failure.config)]
+    if stale:
+        raise ValueError(f"run directory {run_dir} holds a failure from before a change to what training computes "
+                         f"for this model (change {stale[0].version}: {stale[0].what}): it is not reused")
+    return failure
 
 
 def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[str] = ()) -> Optional[RunRecord]:
