@@ -53,3 +53,25 @@ def test_a_diverged_training_step_says_where_and_leaves_the_weights_as_they_were
     else:
         raise AssertionError("the step did not diverge")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_non_finite_gradient_stops_the_step_before_any_weight_moves_and_names_the_parameter():
+    """A finite loss whose gradient is not (here: one weight's gradient made infinite): clipping would
+    turn every updated weight into NaN; the step raises (a diverged outcome) naming that parameter,
+    and the weights are as they were."""
+    from nlsearch.train.loop import NonFiniteGradientError
+
+    model = _model()
+    model.blocks[0].mixer.out.weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randint(0, 64, (2, 17))
+    batch = TaskBatch(x[:, :-1], x[:, 1:], torch.ones(2, 16, dtype=torch.bool))
+    try:
+        train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), batch, torch.device("cpu"), 1.0, 4)
+    except NonFiniteGradientError as err:
+        assert isinstance(err, NonFiniteLossError) and err.step == 4
+        assert "non-finite gradient at step 4" in str(err), str(err)
+        assert "non-finite gradients: blocks.0.mixer.out.weight (1 of" in str(err), str(err)
+    else:
+        raise AssertionError("the step went on")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

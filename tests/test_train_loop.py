@@ -95,9 +95,12 @@ def test_non_finite_loss_raises_with_step_and_loss(tasks, tmp_path):
     absurd = {**TINY_MODEL, "optimizer": {"kind": "adamw", "lr": 1e30}}
     with pytest.raises(NonFiniteLossError) as err:
         train(absurd, _task(tasks, "tiny_recall"), tiny_budget(steps=20), seed=0, run_dir=tmp_path / "run")
+    from nlsearch.train.loop import NonFiniteGradientError
     assert err.value.step >= 1
-    assert not torch.isfinite(torch.tensor(err.value.loss))
+    if not isinstance(err.value, NonFiniteGradientError):       # else the loss was finite, its gradient not
+        assert not torch.isfinite(torch.tensor(err.value.loss))
     assert not (tmp_path / "run" / "record.json").exists()
+    assert json.loads((tmp_path / "run" / "failure.json").read_text())["step"] == err.value.step   # kept
 
 
 def test_vocabulary_follows_the_task_unless_set(tasks):

@@ -5,7 +5,9 @@ still holds the weights that produced it and its forward can be run again with e
 Forward hooks fire as each module's forward returns, children before their parents, so the first
 module whose output (any tensor in it: the output, a layer's carried state) holds a non-finite number
 is where the numbers first broke, and the largest finite output before it shows what was growing.
-Runs only on failure: one extra forward, no gradients.
+Runs only on failure: one extra forward, no gradients. A finite loss with a non-finite gradient is
+caught before the optimizer step (:func:`nonfinite_gradients` names the parameters), since clipping
+would turn every updated weight into NaN and leave only "non-finite parameters" to report.
 """
 from __future__ import annotations
 
@@ -62,3 +64,12 @@ def divergence_site(model: torch.nn.Module, inputs: torch.Tensor) -> str:
     largest = max(seen, key=lambda s: s[1], default=("", 0.0, True))
     return (f"every module's output finite (largest {largest[0]} {largest[1]:.3g}): the loss itself overflowed"
             if largest[0] and not math.isinf(largest[1]) else "every module's output finite")
+
+
+def nonfinite_gradients(model: torch.nn.Module) -> str:
+    """The parameters whose gradient holds a non-finite number, in the model's order (first three)."""
+    bad = [name for name, p in model.named_parameters()
+           if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+    total = sum(1 for _ in model.parameters())
+    return (f"non-finite gradients: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''} ({len(bad)} of {total} "
+            f"parameters)") if bad else "non-finite gradient norm"

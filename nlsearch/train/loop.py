@@ -43,7 +43,7 @@ from nlsearch.eval.scores import MetricRow
 from nlsearch.optim.periodic import PeriodicOptimizer, parameter_periods
 from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
-from nlsearch.train.divergence import divergence_site
+from nlsearch.train.divergence import divergence_site, nonfinite_gradients
 from nlsearch.train.plan import CompileChoice, RunPlan, check_run_dir, choose_compile, plan_run
 from nlsearch.train.record import RunRecord, build_record, session_info, write_failure, write_run
 from nlsearch.runtime import compile_setting, compiled_steps, tune_process
@@ -57,6 +57,16 @@ class NonFiniteLossError(RuntimeError):
 
     def __init__(self, step: int, loss: float, where: str = ""):
         super().__init__(f"non-finite training loss {loss} at step {step}" + (f" ({where})" if where else ""))
+        self.step, self.loss, self.where = step, loss, where
+
+
+class NonFiniteGradientError(NonFiniteLossError):
+    """The loss was finite but its gradient was not (clipping would then make every updated weight NaN
+    and the next step's loss NaN): the same outcome, caught a step earlier, before any weight moves."""
+
+    def __init__(self, step: int, loss: float, where: str = ""):
+        RuntimeError.__init__(self, f"non-finite gradient at step {step} (loss {loss:.4g}" +
+                              (f"; {where})" if where else ")"))
         self.step, self.loss, self.where = step, loss, where
 
 
@@ -94,15 +104,15 @@ def build_optimizer(model: torch.nn.Module, plan: RunPlan):
     return PeriodicOptimizer(plan.cfg.optimizer.build, model)
 
 
-def clip_gradients(model: torch.nn.Module, optimizer, max_norm: float) -> None:
+def clip_gradients(model: torch.nn.Module, optimizer, max_norm: float) -> float:
     """Clips the global norm of the gradients about to be applied: every parameter's, or with a
     ``PeriodicOptimizer`` those of the windows that close on this step (each window's sum is clipped
-    once, when it is used)."""
+    once, when it is used); returns that norm before clipping."""
     if isinstance(optimizer, PeriodicOptimizer):
         params = [p for c, group in optimizer.periods.items() if optimizer.due(c) for p in group]
     else:
         params = [p for p in model.parameters() if p.grad is not None]
-    torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TaskBatch,
@@ -117,7 +127,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: 
         raise NonFiniteLossError(step, value, divergence_site(model, x))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    clip_gradients(model, optimizer, grad_clip)
+    if not math.isfinite(clip_gradients(model, optimizer, grad_clip)):   # the step would write NaN into
+        raise NonFiniteGradientError(step, value, nonfinite_gradients(model))   # every weight: stop before
     optimizer.step()
     return value
 
