@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from nlsearch.cluster import check_address
 from nlsearch.leaderboard.plugins import resolve_plugins
 from nlsearch.runtime import interrupted
+from nlsearch.train.record import one_line
 
 Log = Callable[[str], Any]
 
@@ -103,7 +104,7 @@ def run_job(job: Job) -> JobResult:
         if interrupted():                         # Ctrl-C that a library turned into another error
             raise KeyboardInterrupt from err
         outcome = "failed" if isinstance(err, NonFiniteLossError) else "error"
-        return JobResult(job, f"{outcome}: {_reason(err)}", False, None, str(run_dir) if run_dir else None, note)
+        return JobResult(job, f"{outcome}: {one_line(err)}", False, None, str(run_dir) if run_dir else None, note)
     if result.record is None:
         return JobResult(job, f"failed: run ended {result.status} at step {result.steps}", False, None,
                          str(run_dir), note)
@@ -113,12 +114,7 @@ def run_job(job: Job) -> JobResult:
 def lost(job: Job, err: BaseException) -> JobResult:
     """The result of a job whose worker died before it could answer (a killed process, a lost Ray node):
     an error, never a training outcome."""
-    return JobResult(job, f"error: worker lost ({_reason(err)})", False, None, None)
-
-
-def _reason(err: BaseException) -> str:
-    """An exception as one line of at most 300 characters, its type first."""
-    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    return JobResult(job, f"error: worker lost ({one_line(err)})", False, None, None)
 
 
 def set_aside(run_dir: Path) -> Path:
@@ -185,18 +181,13 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = Non
              on_result: Optional[Callable[[JobResult], Any]] = None) -> List[JobResult]:
     """Runs ``jobs`` as :func:`run_dynamic` does, in the order given; returns their results in that
     order, logging each and passing it to ``on_result`` as it finishes."""
-    log = log or (lambda _msg: None)
     out: List[Optional[JobResult]] = [None] * len(jobs)
 
-    def after(i: int, result: JobResult) -> None:
+    def keep(i: int, result: JobResult) -> Sequence[Tuple[Priority, Job]]:
         out[i] = result
-        _log_result(log, result)
-        if on_result is not None:
-            on_result(result)
+        return ()
 
-    if jobs:
-        _drive(_backend(workers, address, budget_threads, gpus_per_job), list(enumerate(jobs)),
-               lambda _i, _r: (), after)
+    run_dynamic(list(enumerate(jobs)), keep, workers, address, log, budget_threads, gpus_per_job, on_result)
     return [r for r in out if r is not None]
 
 

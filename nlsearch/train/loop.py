@@ -45,7 +45,7 @@ from nlsearch.tasks.batch import IGNORE, TaskBatch, derive_seed
 from nlsearch.train.checkpoint import load_checkpoint, read_trainer, restore_rng, resume_point, save_checkpoint
 from nlsearch.train.divergence import divergence_site, nonfinite_gradients
 from nlsearch.train.plan import CompileChoice, RunPlan, check_run_dir, choose_compile, plan_run
-from nlsearch.train.record import RunRecord, build_record, session_info, write_failure, write_run
+from nlsearch.train.record import RunRecord, build_record, one_line, session_info, write_failure, write_run
 from nlsearch.runtime import compile_setting, compiled_steps, tune_process
 
 Reporter = Callable[[int, Dict[str, float]], bool]
@@ -56,18 +56,21 @@ class NonFiniteLossError(RuntimeError):
     (:func:`nlsearch.train.divergence.divergence_site`, when known) in which module."""
 
     def __init__(self, step: int, loss: float, where: str = ""):
-        super().__init__(f"non-finite training loss {loss} at step {step}" + (f" ({where})" if where else ""))
+        super().__init__(self.describe(step, loss) + (f" ({where})" if where else ""))
         self.step, self.loss, self.where = step, loss, where
+
+    @staticmethod
+    def describe(step: int, loss: float) -> str:
+        return f"non-finite training loss {loss} at step {step}"
 
 
 class NonFiniteGradientError(NonFiniteLossError):
     """The loss was finite but its gradient was not (clipping would then make every updated weight NaN
     and the next step's loss NaN): the same outcome, caught a step earlier, before any weight moves."""
 
-    def __init__(self, step: int, loss: float, where: str = ""):
-        RuntimeError.__init__(self, f"non-finite gradient at step {step} (loss {loss:.4g}" +
-                              (f"; {where})" if where else ")"))
-        self.step, self.loss, self.where = step, loss, where
+    @staticmethod
+    def describe(step: int, loss: float) -> str:
+        return f"non-finite gradient at step {step} (loss {loss:.4g})"
 
 
 @dataclass
@@ -326,8 +329,7 @@ def train(model_config, task, budget, seed: int = 0, reporter: Optional[Reporter
                            compile)
         except NonFiniteLossError as err:     # an outcome: kept, so the run is not trained to it again
             if run_dir is not None:
-                reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-                write_failure(run_dir, plan, err.step, f"failed: {reason}")
+                write_failure(run_dir, plan, err.step, f"failed: {one_line(err)}")
             raise
     if result.status == "completed":
         return result

@@ -261,6 +261,11 @@ class Failure(BaseModel):
     created: str
 
 
+def one_line(err: BaseException) -> str:
+    """An exception as one line of at most 300 characters, its type first (a run's status)."""
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
 def write_failure(run_dir: Path, plan, step: int, status: str) -> Path:
     """Keeps a diverged run's outcome in ``run_dir`` (:class:`Failure`); its checkpoints stay as they are."""
     failure = Failure(status=status, step=step, config=plan.cfg.model_dump(mode="json"), **plan.identity(),
@@ -281,15 +286,22 @@ def finished_failure(run_dir: Path, identity: Dict[str, Any]) -> Optional[Failur
         failure = Failure.model_validate_json(path.read_bytes())
     except ValidationError as err:
         raise ValueError(f"{path}: not a failure record ({err.error_count()} problem(s))") from None
-    differ = [key for key, value in identity.items() if getattr(failure, key) != value]
-    if differ:
-        shown = ", ".join(f"{key} {getattr(failure, key)!r} there, {identity[key]!r} here" for key in differ)
-        raise ValueError(f"run directory {run_dir} holds a failed run of something else ({shown})")
-    stale = [c for c in TRAINING_CHANGES if c.version > failure.training_version and c.affects(failure.config)]
-    if stale:
-        raise ValueError(f"run directory {run_dir} holds a failure from before a change to what training computes "
-                         f"for this model (change {stale[0].version}: {stale[0].what}): it is not reused")
+    _check_is(failure, run_dir, identity, "a failed run")
     return failure
+
+
+def _check_is(kept: Any, run_dir: Path, identity: Dict[str, Any], what: str, ignore: Sequence[str] = ()) -> None:
+    """ValueError when ``kept`` (a record or a failure) is not the run ``identity`` describes, or was
+    trained before a listed change to what training computes for its model (``TRAINING_CHANGES``)."""
+    differ = [key for key, value in identity.items() if key not in ignore and getattr(kept, key) != value]
+    if differ:
+        shown = ", ".join(f"{key} {getattr(kept, key)!r} there, {identity[key]!r} here" for key in differ)
+        raise ValueError(f"run directory {run_dir} holds {what} of something else ({shown}): "
+                         f"remove it, or write to another directory")
+    stale = [c for c in TRAINING_CHANGES if c.version > kept.training_version and c.affects(kept.config)]
+    if stale:
+        raise ValueError(f"run directory {run_dir} holds a run trained before a change to what training computes "
+                         f"for this model (change {stale[0].version}: {stale[0].what}): it is not reused")
 
 
 def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[str] = ()) -> Optional[RunRecord]:
@@ -303,15 +315,6 @@ def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[st
     if not (Path(run_dir) / RECORD).is_file():
         return None
     record = read_record(run_dir)
-    differ = [key for key, value in identity.items()
-              if key not in ignore and getattr(record, key) != value]
-    if differ:
-        shown = ", ".join(f"{key} {getattr(record, key)!r} there, {identity[key]!r} here" for key in differ)
-        raise ValueError(f"run directory {run_dir} holds a finished run of something else ({shown}): "
-                         f"remove it, or write to another directory")
-    stale = [c for c in TRAINING_CHANGES if c.version > record.training_version and c.affects(record.config)]
-    if stale:
-        raise ValueError(f"run directory {run_dir} holds a run trained before a change to what training computes "
-                         f"for this model (change {stale[0].version}: {stale[0].what}): it is not reused")
+    _check_is(record, run_dir, identity, "a finished run", ignore)
     check_files(run_dir, record)
     return record
