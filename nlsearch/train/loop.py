@@ -107,31 +107,37 @@ def build_optimizer(model: torch.nn.Module, plan: RunPlan):
     return PeriodicOptimizer(plan.cfg.optimizer.build, model)
 
 
-def clip_gradients(model: torch.nn.Module, optimizer, max_norm: float) -> float:
+def clip_gradients(model: torch.nn.Module, optimizer, max_norm: float) -> torch.Tensor:
     """Clips the global norm of the gradients about to be applied: every parameter's, or with a
     ``PeriodicOptimizer`` those of the windows that close on this step (each window's sum is clipped
-    once, when it is used); returns that norm before clipping."""
+    once, when it is used); returns that norm before clipping, as a 0-d tensor on the gradients'
+    device (read it when it is needed: reading it waits for the device)."""
     if isinstance(optimizer, PeriodicOptimizer):
         params = [p for c, group in optimizer.periods.items() if optimizer.due(c) for p in group]
     else:
         params = [p for p in model.parameters() if p.grad is not None]
-    return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: TaskBatch,
                device: torch.device, grad_clip: float, step: int) -> float:
-    """One optimizer step on ``batch`` (B, T); returns the loss (mean NLL at scored positions)."""
+    """One optimizer step on ``batch`` (B, T); returns the loss (mean NLL at scored positions).
+
+    The loss and the gradient norm are read back together, once, after the backward pass (one
+    host-device sync a step); a non-finite one stops the step before the optimizer moves, so the
+    weights that produced it are still there to be looked at."""
     x, y = batch.inputs.to(device), batch.targets.to(device)
     with autocast(device):
         logits, _ = model(x)                                                    # (B, T, V)
     loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)
-    value = loss.item()
-    if not math.isfinite(value):                  # the weights that did it are still there: look where
-        raise NonFiniteLossError(step, value, divergence_site(model, x))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if not math.isfinite(clip_gradients(model, optimizer, grad_clip)):   # the step would write NaN into
-        raise NonFiniteGradientError(step, value, nonfinite_gradients(model))   # every weight: stop before
+    norm = clip_gradients(model, optimizer, grad_clip)
+    value, norm_value = torch.stack([loss.detach().float(), norm.float().to(loss.device)]).tolist()
+    if not math.isfinite(value):                  # the weights that did it are still there: look where
+        raise NonFiniteLossError(step, value, divergence_site(model, x))
+    if not math.isfinite(norm_value):                        # the step would write NaN into every
+        raise NonFiniteGradientError(step, value, nonfinite_gradients(model))   # weight: stop before
     optimizer.step()
     return value
 
