@@ -58,11 +58,22 @@ def existing_baseline(spec: ModelSpec, protocol: Protocol, budget, store: Store)
     return existing
 
 
+def _roles_read(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> set:
+    return {r for c in claims if name in c.models() and testable_at(c, protocol, budget)
+            for r in c.check.read_roles()}
+
+
 def claim_tasks_for(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> List[ProtocolTask]:
     """The protocol's claim tasks that a claim testable on this track reads with baseline ``name``."""
-    wanted = {r for c in claims if name in c.models() and testable_at(c, protocol, budget)
-              for r in c.check.read_roles()}
+    wanted = _roles_read(name, claims, protocol, budget)
     return [t for t in protocol.claim_tasks if t.role in wanted]
+
+
+def tasks_claims_read(name: str, claims: Sequence[Claim], protocol: Protocol, budget) -> set:
+    """Refs of every task (ranked or claim task) that a claim testable on this track reads with
+    baseline ``name``: its runs decide a verdict."""
+    by_role = protocol.by_role()
+    return {by_role[r].task for r in _roles_read(name, claims, protocol, budget)}
 
 
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
@@ -290,6 +301,7 @@ class _Reproduction:
         self.extra: Dict[str, Dict[str, TaskResult]] = {}      # claim-task results by baseline
         self.errors: Dict[str, str] = {}                        # baselines whose runs raised: pending
         self.pending = list(dict.fromkeys(name for name, *_ in self.scorings))
+        self.decisive = {name: tasks_claims_read(name, claims, protocol, track) for name, *_ in self.scorings}
         self.complete: List[int] = []                           # scorings whose runs are all back, not scored
 
     def write(self) -> Path:
@@ -300,11 +312,11 @@ class _Reproduction:
     def run(self, workers: int, address: Optional[str]) -> Path:
         self.write()
         starts: List[Tuple[int, Any]] = []
-        for i, (name, kind, _, scoring) in enumerate(self.scorings):     # priority: the scoring's place
+        for i, (name, kind, _, scoring) in enumerate(self.scorings):
             if kind == "claims":
                 self.log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
             jobs = scoring.start()
-            starts += [(i, job) for job in jobs]
+            starts += [(self._priority(i, job), job) for job in jobs]
             if not jobs:
                 self.complete.append(i)
         self.settle()
@@ -320,12 +332,18 @@ class _Reproduction:
                            + "\n".join(self.errors.values()))
         return report
 
-    def follow(self, priority: int, result: Any) -> List[Tuple[int, Any]]:
+    def _priority(self, i: int, job: Any) -> Tuple[int, bool]:
+        """A run's place in the queue: its scoring's place (the claims-first order of baselines), then
+        within a baseline the tasks a claim reads before the others (a verdict waits on those only)."""
+        return i, job.task not in self.decisive[self.scorings[i][0]]
+
+    def follow(self, priority: Tuple[int, bool], result: Any) -> List[Tuple[Tuple[int, bool], Any]]:
         """A finished run's follow-ups (quick: a freed worker waits for them)."""
-        scoring = self.scorings[priority][3]
-        jobs = [(priority, job) for job in scoring.take(result)]
+        i = priority[0]
+        scoring = self.scorings[i][3]
+        jobs = [(self._priority(i, job), job) for job in scoring.take(result)]
         if scoring.done:
-            self.complete.append(priority)
+            self.complete.append(i)
         return jobs
 
     def settle(self, result: Any = None) -> None:
