@@ -55,6 +55,16 @@ def git_commit(checkout: Path = PACKAGE) -> str:
     return (sha + ("-dirty" if dirty else "")) or "unknown"
 
 
+_LOADED = git_commit()
+
+
+def code_commit() -> str:
+    """The commit (``-dirty`` as :func:`git_commit` says) of the code this process runs: read once,
+    when this module is imported, because later edits or checkouts of the tree are not what a running
+    process (a long reproduction's worker) computes with."""
+    return _LOADED
+
+
 def provenance(device: torch.device) -> Dict[str, str]:
     try:
         pkg = version("nlsearch")
@@ -65,7 +75,7 @@ def provenance(device: torch.device) -> Dict[str, str]:
         "cpu_count": str(os.cpu_count()),
         "torch": torch.__version__,
         "nlsearch": pkg,
-        "git_commit": git_commit(),
+        "git_commit": code_commit(),
         "python": platform.python_version(),
         "allocator": "tuned" if allocator_tuned() else "default",
         "compiled_steps": "on" if compile_steps() else "off",

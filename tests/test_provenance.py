@@ -45,3 +45,33 @@ def test_changed_code_makes_it_dirty(checkout, path):
     (root / path).write_text((root / path).read_text() + "# changed\n")
     assert git_commit(root / "nlsearch") == f"{sha}-dirty"
 
+
+
+def test_a_running_process_keeps_the_commit_of_the_code_it_imported(checkout):
+    """A long run's worker imported the code of one commit: edits and commits made to the tree while
+    it runs do not change what its records say it ran (the checkout's provenance module is this one)."""
+    import sys
+    from pathlib import Path
+
+    import nlsearch.provenance
+    import nlsearch.runtime
+
+    root, sha = checkout
+    for module in (nlsearch.provenance, nlsearch.runtime):
+        shutil.copy(module.__file__, root / "nlsearch" / Path(module.__file__).name)
+    (root / "nlsearch" / "__init__.py").write_text("")
+    subprocess.run(["git", "add", "nlsearch"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "code"], cwd=root,
+                   check=True)
+    loaded = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                            text=True).stdout.strip()
+    script = ("import sys, pathlib, subprocess\n"
+              "import nlsearch.provenance as p\n"
+              "assert pathlib.Path(p.__file__).parent == pathlib.Path(sys.argv[1]) / 'nlsearch'\n"
+              "(pathlib.Path(sys.argv[1]) / 'nlsearch' / 'ops.py').write_text('x = 2\\n')\n"
+              "p.git_commit.cache_clear()\n"
+              "print(p.code_commit(), p.git_commit())\n")
+    out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=root, capture_output=True, text=True,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [loaded, f"{loaded}-dirty"] and loaded != sha

@@ -28,7 +28,7 @@ from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import column_label, display, mean_std
-from nlsearch.provenance import git_commit
+from nlsearch.provenance import code_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "hope")
@@ -187,7 +187,7 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
               for o in ("reproduced", "not reproduced", "not testable", "pending")}
     lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
              f"Written by `nlsearch reproduce` on {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
-             f"commit {git_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
+             f"commit {code_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
              f"x{list(protocol.lr_sweep.factors)} for every model on seed {protocol.seeds[0]}, the best factor "
              f"then for every seed; ranked metric per task as mean ± sample std over the seeds finished (n) "
              f"(↑ higher / ↓ lower is better).", ""]

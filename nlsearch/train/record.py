@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from nlsearch.config import canonical_json, config_hash
 from nlsearch.eval.scores import MetricRow
 from nlsearch.io import write_parquet, write_text
-from nlsearch.provenance import git_commit, provenance
+from nlsearch.provenance import code_commit, provenance
 
 FORMAT = 1
 RECORD = "record.json"                  # written last in a run directory: the run completed
@@ -269,7 +269,7 @@ def one_line(err: BaseException) -> str:
 def write_failure(run_dir: Path, plan, step: int, status: str) -> Path:
     """Keeps a diverged run's outcome in ``run_dir`` (:class:`Failure`); its checkpoints stay as they are."""
     failure = Failure(status=status, step=step, config=plan.cfg.model_dump(mode="json"), **plan.identity(),
-                      training_version=TRAINING_VERSION, git_commit=git_commit(),
+                      training_version=TRAINING_VERSION, git_commit=code_commit(),
                       created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     write_text(failure.model_dump_json(indent=1) + "\n", Path(run_dir) / FAILURE)
     return Path(run_dir) / FAILURE
