@@ -217,3 +217,33 @@ def test_an_entrys_speed_is_the_median_of_its_runs():
         s.model_copy(update={"run": _run(s.seed).model_copy(update={"tokens_per_s": next(speeds)})}) for s in t.seeds)})
         for name, t in entry.tasks.items()}
     assert entry.model_copy(update={"tasks": tasks}).tokens_per_s() == 1000.0
+
+
+def test_names_of_entries_with_nearly_equal_numbers_do_not_overprint():
+    """Four entries at almost one point (two memories of one state size score alike): every name is
+    drawn inside the axes and no two names overlap, nor does a name cover another entry's marker."""
+    import json
+
+    import pandas as pd
+
+    from matplotlib.text import Text
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    points = [(-0.80, 0.40), (-0.80, 0.401), (-0.799, 0.40), (-0.801, 0.399), (-0.2, 0.6)]
+    rows = pd.DataFrame({"task_kind": ["continual"] * 5, "name": ["linear-attention", "deltanet", "ttt-linear",
+                                                                 "gated-deltanet", "transformer"],
+                         "extra": [json.dumps({"bwt": b, "acc": a}) for b, a in points]})
+    fig, ax = _figure()
+    DRAW["continual"](ax, rows)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}     # the words, not the line
+    assert set(boxes) == set(rows.name)
+    frame = ax.get_window_extent(renderer)
+    for name, box in boxes.items():
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
+    names = sorted(boxes)
+    overlapping = [(a, b) for i, a in enumerate(names) for b in names[i + 1:] if boxes[a].overlaps(boxes[b])]
+    assert not overlapping
+    markers = ax.transData.transform(points)
+    assert not [name for name, box in boxes.items() for x, y in markers if box.contains(x, y)]

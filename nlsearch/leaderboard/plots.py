@@ -52,8 +52,64 @@ def _empty(ax, what: str) -> None:
     ax.set_yticks([])
 
 
-def _label(ax, x: float, y: float, name: str) -> None:
-    ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, parse_math=False)
+# where a point's name may go, in points from the point: rings further and further out, each tried
+# right-above, right-below, left-above, left-below (ring 0 touches the marker; the others get a line)
+_OFFSETS = [(side * (4 + 6 * ring), dy) for ring in range(6) for side in (1, -1)
+            for dy in (3 + 11 * ring, -10 - 11 * ring)]
+
+
+def _text_box(annotation, renderer):
+    """Where an annotation's text is drawn (its line to the point left out), in pixels."""
+    from matplotlib.text import Text
+
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _labels(ax, points) -> None:
+    """Names ``points`` ((x, y, name) in data coordinates) beside their markers, each put at the first
+    of ``_OFFSETS`` where it overlaps no name placed before it and stays inside the axes: entries with
+    nearly equal numbers (two memories of one state size) stay readable. Call once the axes' limits
+    and scales are set; the limits are then frozen so the names stay where they were placed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
+
+    if not points:
+        return
+    fig = ax.figure
+    if not isinstance(fig.canvas, FigureCanvasAgg):
+        FigureCanvasAgg(fig)                          # text extents need a renderer (no pyplot state)
+    fig.tight_layout()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    legend = ax.get_legend()
+    placed = [legend.get_window_extent(renderer)] if legend is not None else []
+    r = 3.5 * fig.dpi / 72                            # a marker's half-width (default size), in pixels
+    for collection in ax.collections:                 # every marker: a name does not cover another's
+        for px, py in ax.transData.transform(collection.get_offsets()):
+            placed.append(Bbox([[px - r, py - r], [px + r, py + r]]))
+    for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):          # top first: reads downwards
+        text = None
+        for dx, dy in _OFFSETS:
+            if text is not None:
+                text.remove()
+            near = abs(dx) <= 4                               # beside its marker; further out: a thin line
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                               parse_math=False, ha="left" if dx >= 0 else "right", annotation_clip=False,
+                               arrowprops=None if near else {"arrowstyle": "-", "lw": 0.4, "color": "grey",
+                                                             "shrinkA": 0, "shrinkB": 3})
+            box = _text_box(text, renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+        else:                                         # nowhere free: the first place, as before
+            text.remove()
+            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=_OFFSETS[0], fontsize=7,
+                               parse_math=False)
+            box = _text_box(text, renderer)
+        placed.append(box)
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
@@ -62,30 +118,39 @@ def _state(ax, rows: pd.DataFrame) -> None:
         return _empty(ax, "recall")
     for task, group in sub.groupby("task", sort=False):
         ax.scatter(group.state_size, group["mean"], label=task)
-    for name, group in sub.groupby("name", sort=False):      # once, at its best task: its points share x
-        top = group.loc[group["mean"].idxmax()]
-        _label(ax, top.state_size, top["mean"], name)
     ax.set_xscale("log")
     ax.set_xlabel("state size (numbers per sequence, longest eval length)")
     ax.set_ylabel("accuracy (mean over seeds)")
     ax.legend(fontsize=7)
+    best = [group.loc[group["mean"].idxmax()] for _, group in sub.groupby("name", sort=False)]
+    _labels(ax, [(top.state_size, top["mean"], top["name"]) for top in best])   # once, at its best task
 
 
 def _length(ax, rows: pd.DataFrame) -> None:
+    from matplotlib import colormaps
+
     sub = rows[rows.task_kind == "longctx"]
+    several = sub.task.nunique() > 1                  # one long-context task: the legend need not name it
+    colors, markers = colormaps["tab20"].colors, "os^Dv<>p"
     lines = 0
     for r in sub.itertuples():
         points = {int(k): v for k, v in json.loads(r.per_length).items() if v is not None and not math.isnan(v)}
         if points:
             xs = sorted(points)
-            ax.plot(xs, [points[x] for x in xs], marker="o", label=_literal(f"{r.name} ({r.task.split('@')[0]})"))
+            name = f"{r.name} ({r.task.split('@')[0]})" if several else r.name
+            ax.plot(xs, [points[x] for x in xs], marker=markers[lines % len(markers)], markersize=5,
+                    color=colors[(2 * lines) % 20 + (lines // 10) % 2], label=_literal(name))   # 20 distinct
             lines += 1
     if not lines:
         return _empty(ax, "long-context")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("evaluation length (tokens)")
     ax.set_ylabel(f"{sub.metric.iloc[0]} (mean over seeds)")
-    ax.legend(fontsize=7)
+    if lines <= 5:
+        ax.legend(fontsize=7)
+    else:                                             # many entries: beside the axes, not over the lines
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                  ncol=1 + lines // 16)
 
 
 def _continual(ax, rows: pd.DataFrame) -> None:
@@ -99,11 +164,10 @@ def _continual(ax, rows: pd.DataFrame) -> None:
     if not points:
         return _empty(ax, "continual (acc, bwt)")
     ax.scatter([p[0] for p in points], [p[1] for p in points])
-    for bwt, acc, name in points:
-        _label(ax, bwt, acc, name)
     ax.axvline(0.0, color="grey", lw=0.5)
     ax.set_xlabel("BWT (backward transfer; negative = forgetting)")
     ax.set_ylabel("ACC (mean accuracy after the last phase)")
+    _labels(ax, points)
 
 
 def _integer_x(ax, values: pd.Series) -> None:
@@ -120,11 +184,10 @@ def _depth(ax, rows: pd.DataFrame) -> None:
     if sub.empty:
         return _empty(ax, "language-modeling")
     ax.scatter(sub.nesting_depth, sub["mean"])
-    for r in sub.itertuples():
-        _label(ax, r.nesting_depth, r.mean, r.name)
     _integer_x(ax, sub.nesting_depth)
     ax.set_xlabel("nesting depth (levels)")
     ax.set_ylabel(f"{sub.metric.iloc[0]} (mean over seeds; lower is better)")
+    _labels(ax, [(r.nesting_depth, r.mean, r.name) for r in sub.itertuples()])
 
 
 DRAW: Dict[str, Callable] = {"state": _state, "length": _length, "continual": _continual, "depth": _depth}
