@@ -50,6 +50,7 @@ def test_changed_code_makes_it_dirty(checkout, path):
 def test_a_running_process_keeps_the_commit_of_the_code_it_imported(checkout):
     """A long run's worker imported the code of one commit: edits and commits made to the tree while
     it runs do not change what its records say it ran (the checkout's provenance module is this one)."""
+    import os
     import sys
     from pathlib import Path
 
@@ -72,6 +73,6 @@ def test_a_running_process_keeps_the_commit_of_the_code_it_imported(checkout):
               "p.git_commit.cache_clear()\n"
               "print(p.code_commit(), p.git_commit())\n")
     out = subprocess.run([sys.executable, "-c", script, str(root)], cwd=root, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                         env={**os.environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [loaded, f"{loaded}-dirty"] and loaded != sha
