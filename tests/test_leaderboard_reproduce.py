@@ -338,6 +338,41 @@ def test_within_a_baseline_the_tasks_a_claim_reads_run_first(tmp_path, monkeypat
     assert report["claims"][0]["outcome"] in ("reproduced", "not reproduced")
 
 
+def test_hours_starts_only_the_runs_that_end_in_time_and_the_next_call_goes_on(tmp_path, monkeypatch, capsys):
+    """``--hours``: runs whose estimate would end after the deadline are not started (here the lm runs,
+    made to look long), the others train, the baseline stays pending and the command still exits 0,
+    naming what it left; the next call without a limit finishes the baseline. A bad value is refused
+    before anything is written."""
+    import nlsearch.bench.estimate as estimate
+    import nlsearch.train as train_module
+
+    protocol = write_protocol(tmp_path / "p", tasks=("tiny_recall", "tiny_lm"))
+    (tmp_path / "transformer.yaml").write_text(yaml.safe_dump(TINY_MODEL))
+    trained = []
+    real = train_module.train
+    monkeypatch.setattr(train_module, "train", lambda cfg, task, *a, **k: trained.append(task.spec.name) or
+                        real(cfg, task, *a, **k))
+    monkeypatch.setattr(estimate, "seconds_left",
+                        lambda plan, *a, **k: 1e6 if plan.task.spec.name == "tiny_lm" else 1.0)
+    args = ["reproduce", "--protocol", str(protocol), "--budget", "tiny", "--dir", str(tmp_path / "lb"),
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"),
+            "--presets", str(tmp_path / "transformer.yaml")]
+    with pytest.raises(SystemExit) as bad:
+        main(args + ["--hours", "-1"])
+    assert bad.value.code == 2 and "--hours takes a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+    assert main(args + ["--hours", "1"]) == 0
+    assert trained == ["tiny_recall"] * 3
+    assert "3 run(s) not started" in capsys.readouterr().out
+    assert not Store(tmp_path / "lb").entries()
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["runs"]["transformer"]["tiny_lm@1"]["done"] == 0
+    assert report["runs"]["transformer"]["tiny_recall@1"]["done"] == 3
+    assert main(args) == 0
+    assert trained == ["tiny_recall"] * 3 + ["tiny_lm"] * 3
+    assert [e.name for e in Store(tmp_path / "lb").entries()] == ["transformer"]
+
+
 def test_a_claim_reading_a_baseline_still_to_score_is_pending():
     from nlsearch.leaderboard.claims import Claim, judge
 

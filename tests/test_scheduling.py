@@ -197,3 +197,41 @@ def test_a_dead_worker_breaks_only_its_jobs_and_a_new_executor_takes_the_rest(tm
     status = {r.job.seed: r.status for r in seen}
     assert status[1].startswith("error: worker lost (BrokenProcessPool")
     assert [status[s] for s in (0, 2, 3, 4, 5)] == ["completed"] * 5 and len(pools) == 2
+
+
+def test_a_job_that_does_not_fit_is_passed_over_and_returned(monkeypatch):
+    """``fits`` (a deadline) refuses b's long run: the next in line starts instead, nothing waits on the
+    refused one, and it is returned; its follow-ups were never queued."""
+    backend = Scripted(capacity=1)
+    monkeypatch.setattr(runner, "_backend", lambda *a, **k: backend)
+    starts = [(0, _job("a")), (1, _job("long")), (2, _job("c"))]
+
+    def follow(priority, result):
+        return [(0, _job("after-long"))] if result.job.model["name"] == "long" else []
+
+    refused = run_dynamic(starts, follow, fits=lambda job: job.model["name"] != "long")
+    assert [name for kind, name, _ in backend.events if kind == "start"] == ["a", "c"]
+    assert [job.model["name"] for job in refused] == ["long"]
+    assert run_dynamic([(0, _job("long"))], follow, fits=lambda job: False)[0].model["name"] == "long"
+
+
+def test_the_time_a_run_needs_counts_what_its_checkpoint_has_done(tmp_path):
+    """The estimate: training tokens x the preset's measured core-seconds per token (0.1 s for 8 x 128
+    tokens at one thread: 4 steps take 0.4 s), the steps already checkpointed taken off, shared by the
+    threads; an unmeasured preset has no estimate."""
+    import math
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from nlsearch.bench.estimate import seconds_left
+
+    table = pd.DataFrame({"preset": ["p"], "T": [128], "B": [8], "seconds": [0.1], "hardware": ["x, 1 threads"]})
+    plan = SimpleNamespace(train_lengths=[128], total_steps=4, kb=SimpleNamespace(batch_size=8))
+    assert seconds_left(plan, "p", table) == pytest.approx(0.4)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000003\n")
+    assert seconds_left(plan, "p", table, tmp_path) == pytest.approx(0.1)
+    assert seconds_left(plan, "p", table, tmp_path, threads=2) == pytest.approx(0.05)
+    assert seconds_left(plan, "p", table, tmp_path / "no-run-yet") == pytest.approx(0.4)
+    assert math.isnan(seconds_left(plan, "unmeasured", table))

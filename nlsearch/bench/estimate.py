@@ -61,6 +61,23 @@ def core_seconds_per_token(table: Optional[pd.DataFrame], preset: Optional[str],
     return float(np.interp(length, rows["T"].to_numpy(dtype=float), per_token))
 
 
+def seconds_left(plan, preset: Optional[str], table: Optional[pd.DataFrame], run_dir: Optional[Path] = None,
+                 threads: int = 1) -> float:
+    """Estimated wall-clock seconds a run still needs: its training tokens after the checkpoint
+    ``run_dir`` would resume from (the ``latest`` pointer's step; the whole run without one) times the
+    preset's measured core-seconds per token, shared by ``threads``; NaN when the preset is unmeasured."""
+    run = PlannedRun.of(preset or "", preset, plan, False)
+    done = 0
+    if run_dir is not None:
+        try:
+            found = re.fullmatch(r"step-(\d+)", (Path(run_dir) / "checkpoints" / "latest").read_text().strip())
+            done = int(found.group(1)) if found else 0
+        except (OSError, ValueError):
+            done = 0
+    left = max(0.0, 1.0 - done / max(plan.total_steps, 1))
+    return run.tokens * left * core_seconds_per_token(table, preset, run.length) / max(threads, 1)
+
+
 def estimate(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> pd.DataFrame:
     """One row per model: runs, finished, to run, core-hours left and the longest run left in
     core-hours (NaN without a timing)."""

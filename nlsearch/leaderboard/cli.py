@@ -4,6 +4,7 @@ prints as an error with exit code 2."""
 from __future__ import annotations
 
 import argparse
+import math
 
 from rich.console import Console
 
@@ -95,7 +96,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     report = reproduce(args.budget, args.workers, protocol=args.protocol, root=args.dir, runs_dir=args.runs,
                        out_dir=args.out, baselines=args.presets or None, address=args.address,
-                       log=lambda msg: console.print(safe(msg)))
+                       log=lambda msg: console.print(safe(msg)), hours=args.hours)
     console.print(safe(report.read_text()))
     console.print(f"saved {safe(str(report))}")
     return 0
@@ -112,6 +113,16 @@ def _run_options(p: argparse.ArgumentParser, runs: str = "results/runs/leaderboa
                    f"default {runs})")
     p.add_argument("--workers", type=int, default=1, help="training runs in parallel processes")
     p.add_argument("--address", default=None, help="a Ray cluster address: run the training there")
+
+
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"--hours takes a positive number of hours, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -151,6 +162,10 @@ def add_commands(sub) -> None:
     rp.add_argument("--out", default="results/reproduce", help="OUT/report.md and OUT/report.json")
     rp.add_argument("--dry-run", action="store_true", help="print the runs it would do (how many are finished) "
                     "and their estimated core-hours (from results/bench/models-cpu.parquet); train nothing")
+    rp.add_argument("--hours", type=_hours, default=None, metavar="H",
+                    help="start no run that would end more than H hours from now by its estimate (the dry "
+                    "run's, with 25%% to spare); the command then ends with whole runs only, and the next "
+                    "call goes on (a batch job's wall-time limit, a sitting)")
     _common(rp, "cpu or gpu (default: the protocol's first track)")
     _run_options(rp, "results/reproduce/runs")
     rp.set_defaults(func=_reproduce)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
@@ -22,7 +23,7 @@ from nlsearch.io import check_writable_folder, write_text
 from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
-from nlsearch.leaderboard.runner import Log, run_dynamic
+from nlsearch.leaderboard.runner import Job, Log, run_dynamic
 from nlsearch.leaderboard.render import render
 from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
@@ -253,10 +254,13 @@ def _claims(protocol: Protocol) -> Sequence[Claim]:
 def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union[Protocol, str, Path, None] = None,
               root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = RUNS,
               out_dir: Union[str, Path] = "results/reproduce", baselines: Optional[Sequence[ModelSpec]] = None,
-              address: Optional[str] = None, log: Optional[Log] = None) -> Path:
+              address: Optional[str] = None, log: Optional[Log] = None, hours: Optional[float] = None) -> Path:
     """Scores every baseline (default ``BASELINES``; preset names or config mappings), adds them to the
     leaderboard at ``root``, judges the protocol's claims and writes ``out_dir/report.md`` (and
-    ``report.json``); returns the report's path."""
+    ``report.json``); returns the report's path. ``hours``: start no run that would end later than
+    that from now by its estimate (:meth:`_Reproduction.fits`); the runs left wait for the next call."""
+    if hours is not None and not (hours > 0 and math.isfinite(hours)):
+        raise ValueError(f"hours must be a positive number, got {hours}")
     log = log or (lambda _msg: None)
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
@@ -270,7 +274,12 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     specs = claims_first(specs, [c for c in claims if testable_at(c, protocol, track)])   # verdicts soonest
     run = _Reproduction(protocol, track, specs, claims, Store(root), Path(runs_dir), Path(out_dir),
                         None if address else workers, log)
-    return run.run(workers, address)
+    return run.run(workers, address, hours)
+
+
+SPARE = 1.25
+"""A run is started before a deadline only when its estimate times this still ends before it: estimates
+come from a quiet machine's step times (finished cpu runs took 0.7-1.3x theirs)."""
 
 
 class _Reproduction:
@@ -309,7 +318,35 @@ class _Reproduction:
         return _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
                              self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
 
-    def run(self, workers: int, address: Optional[str]) -> Path:
+    def fits(self, hours: float) -> Callable[[Job], bool]:
+        """Whether a run may start now and still end within ``hours`` of this call: a finished one is
+        reused at once; else its estimate (:func:`nlsearch.bench.estimate.seconds_left`: the training
+        tokens left after its checkpoint at its preset's measured core-seconds per token, one thread a
+        run) times ``SPARE`` must end before then. A preset without a timing is started (it cannot be
+        told). On a Ray cluster a run is counted from when it is handed out, not from when it starts."""
+        from nlsearch.bench.estimate import load_timing, seconds_left
+        from nlsearch.leaderboard.scoring import cached_plan
+        from nlsearch.train import default_run_dir
+        from nlsearch.train.record import finished_failure, finished_record
+
+        deadline, table = time.monotonic() + hours * 3600, load_timing()
+        tasks_dir = self.protocol.resolve_tasks_dir()
+
+        def fits(job: Job) -> bool:
+            plan = cached_plan(job.model, job.lr_factor, job.task, self.track, job.seed, tasks_dir)
+            run_dir = default_run_dir(job.runs_dir, plan)
+            try:
+                if finished_record(run_dir, plan.identity()) or finished_failure(run_dir, plan.identity()):
+                    return True
+            except ValueError:
+                pass
+            seconds = seconds_left(plan, job.model.get("name"), table, run_dir)
+            if math.isnan(seconds):
+                return True
+            return time.monotonic() + SPARE * seconds <= deadline
+        return fits
+
+    def run(self, workers: int, address: Optional[str], hours: Optional[float] = None) -> Path:
         self.write()
         starts: List[Tuple[int, Any]] = []
         for i, (name, kind, _, scoring) in enumerate(self.scorings):
@@ -324,9 +361,15 @@ class _Reproduction:
         done = sum(cell["done"] for tasks in runs.values() for cell in tasks.values())
         needed = sum(cell["needed"] for tasks in runs.values() for cell in tasks.values())
         self.log(f"{done} of {needed} runs finished already: reused, not logged one by one")
-        run_dynamic(starts, self.follow, workers, address, self.log, self.track.threads, self.track.gpu_share(),
-                    on_result=self.settle, log_reused=False)
+        refused = run_dynamic(starts, self.follow, workers, address, self.log, self.track.threads,
+                              self.track.gpu_share(), on_result=self.settle, log_reused=False,
+                              fits=None if hours is None else self.fits(hours))
         report = self.write()
+        if refused:
+            self.log(f"{len(refused)} run(s) not started: by their estimates they would end more than {hours:g} "
+                     f"hours after the start (--hours); they and the runs that follow them wait for the next "
+                     f"call: {', '.join(job.label() for job in refused[:4])}"
+                     + (f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""))
         if self.errors:
             raise RunError(f"{len(self.errors)} baseline(s) not scored ({report} lists them as pending):\n"
                            + "\n".join(self.errors.values()))

@@ -150,7 +150,7 @@ Follow = Callable[[Priority, JobResult], Sequence[Tuple[Priority, Job]]]
 def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow] = None, workers: int = 1,
                 address: Optional[str] = None, log: Optional[Log] = None, budget_threads: Optional[int] = None,
                 gpus_per_job: float = 0.0, on_result: Optional[Callable[[JobResult], Any]] = None,
-                log_reused: bool = True) -> None:
+                log_reused: bool = True, fits: Optional[Callable[[Job], bool]] = None) -> List[Job]:
     """Runs jobs as they become known: ``starts`` at once, then the jobs ``follow`` returns for each
     finished one, called with that job's priority and its result (a task whose lr sweep is complete
     queues its seeds), until none waits or runs.
@@ -162,7 +162,9 @@ def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow]
     first. ``follow`` should be quick: a freed worker gets its next job after it, before the result is
     logged and handed to ``on_result`` (which may be slow: a report). A worker that dies gives its
     job an ``error`` result (:func:`lost`); Ctrl-C (any exception) stops every running job at once and
-    starts no other. ``log_reused=False``: finished runs found and reused are not logged one by one."""
+    starts no other. ``log_reused=False``: finished runs found and reused are not logged one by one.
+    ``fits``: asked of each job as its turn comes (a deadline); one it refuses is not started and the
+    next in line is asked. Returns the jobs refused (their follow-ups were never queued)."""
     log = log or (lambda _msg: None)
 
     def after(_priority: Priority, result: JobResult) -> None:
@@ -171,9 +173,11 @@ def run_dynamic(starts: Sequence[Tuple[Priority, Job]], follow: Optional[Follow]
         if on_result is not None:
             on_result(result)
 
+    refused: List[Job] = []
     if starts:
         _drive(_backend(workers, address, budget_threads, gpus_per_job), starts, follow or (lambda _p, _r: ()),
-               after)
+               after, fits, refused)
+    return refused
 
 
 def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = None, log: Optional[Log] = None,
@@ -192,9 +196,11 @@ def run_jobs(jobs: Sequence[Job], workers: int = 1, address: Optional[str] = Non
 
 
 def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]], follow: Follow,
-           after: Callable[[Priority, Any], Any]) -> None:
-    """The loop of :func:`run_dynamic`: start waiting jobs while ``backend`` has room, wait for one to
-    finish, queue what ``follow`` returns for it, fill the freed room, then ``after`` (the slow part)."""
+           after: Callable[[Priority, Any], Any], fits: Optional[Callable[[Job], bool]] = None,
+           refused: Optional[List[Job]] = None) -> None:
+    """The loop of :func:`run_dynamic`: start waiting jobs while ``backend`` has room (those ``fits``
+    refuses go to ``refused``), wait for one to finish, queue what ``follow`` returns for it, fill the
+    freed room, then ``after`` (the slow part)."""
     waiting: List[Tuple[Priority, int, Job]] = []
     order = itertools.count()
     priorities: Dict[Any, Priority] = {}
@@ -207,6 +213,10 @@ def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]], follow: 
         room = backend.capacity - len(backend.running)
         while waiting and room > 0:
             priority, _, job = heapq.heappop(waiting)
+            if fits is not None and not fits(job):
+                if refused is not None:
+                    refused.append(job)
+                continue
             priorities[backend.start(job)] = priority
             room -= 1
 
@@ -214,6 +224,8 @@ def _drive(backend: "_Backend", starts: Sequence[Tuple[Priority, Job]], follow: 
     with backend:
         while waiting or backend.running:
             fill()
+            if not backend.running:                    # every waiting job refused
+                break
             handle, result = backend.wait()
             priority = priorities.pop(handle)
             push(follow(priority, result))

@@ -226,21 +226,15 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
     every seed), mapped to its ``RunPlan`` and its outcome where one passes the reuse check (a
     ``RunRecord``, or the ``Failure`` of a run that diverged; else None): ``(plan, outcome)``. Reads
     the runs folder; trains nothing."""
-    from nlsearch.leaderboard.runner import scale_lr
-    from nlsearch.train import default_run_dir, plan_run
+    from nlsearch.train import default_run_dir
     from nlsearch.train.record import finished_failure, finished_record
 
     tasks_dir = protocol.resolve_tasks_dir()
-    device = "cpu" if not budget.gpu_share() else "auto"       # where the runner puts them (runner._place)
-    model_key = json.dumps(model, sort_keys=True, default=str)
     out: Dict[Tuple[str, int, float], Any] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
         for seed in protocol.seeds:
             for factor in protocol.lr_sweep.factors:
-                key = (model_key, factor, rule.task, budget.sha256(), seed, device, str(tasks_dir))
-                if key not in _PLANS:              # validating a run builds its model: ~15 ms each
-                    _PLANS[key] = plan_run(scale_lr(model, factor), rule.task, budget, seed, device, None, tasks_dir)
-                plan = _PLANS[key]
+                plan = cached_plan(model, factor, rule.task, budget, seed, tasks_dir)
                 run_dir = default_run_dir(runs_dir, plan)
                 try:
                     record = finished_record(run_dir, plan.identity()) or finished_failure(run_dir, plan.identity())
@@ -248,6 +242,20 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
                     record = None
                 out[(rule.task, seed, factor)] = (plan, record)
     return out
+
+
+def cached_plan(model: Dict[str, Any], factor: float, task: str, budget: Budget, seed: int, tasks_dir: Path):
+    """The ``RunPlan`` of ``model`` at lr x``factor`` on ``task``/``seed``, where the runner puts it
+    (``runner._place``), from ``_PLANS`` once built (validating a run builds its model: ~15 ms)."""
+    from nlsearch.leaderboard.runner import scale_lr
+    from nlsearch.train import plan_run
+
+    device = "cpu" if not budget.gpu_share() else "auto"
+    key = (json.dumps(model, sort_keys=True, default=str), factor, task, budget.sha256(), seed, device,
+           str(tasks_dir))
+    if key not in _PLANS:
+        _PLANS[key] = plan_run(scale_lr(model, factor), task, budget, seed, device, None, tasks_dir)
+    return _PLANS[key]
 
 
 def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
