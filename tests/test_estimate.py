@@ -61,3 +61,20 @@ def test_run_suite_dry_run_counts_a_finished_run_and_trains_nothing(tmp_path):
     after = suite_runs([TINY_MODEL], [task], "smoke", [0, 1], tmp_path / "suite")
     assert [r.finished for r in after] == [True, False]
     assert after[0].tokens == 20 * 4 * 256 and after[0].length == 256                # smoke recall: 20 steps x 4 x 256
+
+
+def test_an_interrupted_run_counts_only_the_steps_after_its_checkpoint(tmp_path):
+    """A run stopped at step 10 of 20 (its checkpoint there) costs half its tokens in the estimate; one
+    with no checkpoint, all of them."""
+    from nlsearch.train import default_run_dir, plan_run, train
+    from nlsearch.train.suite import suite_runs
+    from train_fixtures import TINY_MODEL, write_tasks
+
+    tasks_dir = write_tasks(tmp_path / "tasks")
+    task = str(tasks_dir / "tiny_recall.yaml")
+    plan = plan_run(TINY_MODEL, task, "smoke", 0, "cpu", None, None)
+    run_dir = default_run_dir(tmp_path / "suite" / "runs", plan)
+    train(plan.cfg, plan.task, plan.budget, 0, run_dir=run_dir, stop_after=10)
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "step-00000010"
+    stopped, fresh = suite_runs([TINY_MODEL], [task], "smoke", [0, 1], tmp_path / "suite")
+    assert not stopped.finished and stopped.tokens == 10 * 4 * 256 and fresh.tokens == 20 * 4 * 256

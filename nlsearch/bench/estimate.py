@@ -5,7 +5,8 @@ core-seconds per training token at that length (``results/bench/models-cpu.parqu
 bench models``: seconds x threads / (B x T), linear in T between the measured lengths, the nearest one
 outside them). Evaluation is not counted (a few percent of a run at the ``cpu`` budget), nor the
 difference between one and two threads per run; a preset the table lacks is reported without an
-estimate. Finished runs (found and checked as the real command would) cost nothing.
+estimate. Finished runs (found and checked as the real command would) cost nothing, an interrupted one
+only the steps after its checkpoint.
 """
 from __future__ import annotations
 
@@ -30,11 +31,26 @@ class PlannedRun:
     finished: bool
 
     @classmethod
-    def of(cls, model: str, preset: Optional[str], plan, finished: bool) -> "PlannedRun":
-        """From a :class:`~nlsearch.train.plan.RunPlan`: its steps (every phase) x batch x mean length."""
+    def of(cls, model: str, preset: Optional[str], plan, finished: bool,
+           run_dir: Optional[Path] = None) -> "PlannedRun":
+        """From a :class:`~nlsearch.train.plan.RunPlan`: its steps (every phase) x batch x mean length;
+        an unfinished run's steps after the checkpoint in ``run_dir`` it would resume from."""
         lengths = plan.train_lengths
         mean = sum(lengths) / len(lengths)
-        return cls(model, preset, int(plan.total_steps * plan.kb.batch_size * mean), mean, finished)
+        steps = plan.total_steps - (0 if finished else min(checkpointed_steps(run_dir), plan.total_steps))
+        return cls(model, preset, int(steps * plan.kb.batch_size * mean), mean, finished)
+
+
+def checkpointed_steps(run_dir: Optional[Path]) -> int:
+    """The step of the checkpoint ``run_dir``'s ``latest`` pointer names (0 without one): what a run
+    resumed there has done already (the checkpoint itself is checked when the run resumes)."""
+    if run_dir is None:
+        return 0
+    try:
+        found = re.fullmatch(r"step-(\d+)", (Path(run_dir) / "checkpoints" / "latest").read_text().strip())
+    except (OSError, ValueError):
+        return 0
+    return int(found.group(1)) if found else 0
 
 
 def load_timing(path: Optional[Path] = None) -> Optional[pd.DataFrame]:
@@ -64,18 +80,10 @@ def core_seconds_per_token(table: Optional[pd.DataFrame], preset: Optional[str],
 def seconds_left(plan, preset: Optional[str], table: Optional[pd.DataFrame], run_dir: Optional[Path] = None,
                  threads: int = 1) -> float:
     """Estimated wall-clock seconds a run still needs: its training tokens after the checkpoint
-    ``run_dir`` would resume from (the ``latest`` pointer's step; the whole run without one) times the
-    preset's measured core-seconds per token, shared by ``threads``; NaN when the preset is unmeasured."""
-    run = PlannedRun.of(preset or "", preset, plan, False)
-    done = 0
-    if run_dir is not None:
-        try:
-            found = re.fullmatch(r"step-(\d+)", (Path(run_dir) / "checkpoints" / "latest").read_text().strip())
-            done = int(found.group(1)) if found else 0
-        except (OSError, ValueError):
-            done = 0
-    left = max(0.0, 1.0 - done / max(plan.total_steps, 1))
-    return run.tokens * left * core_seconds_per_token(table, preset, run.length) / max(threads, 1)
+    ``run_dir`` would resume from (the whole run without one) times the preset's measured core-seconds
+    per token, shared by ``threads``; NaN when the preset is unmeasured."""
+    run = PlannedRun.of(preset or "", preset, plan, False, run_dir)
+    return run.tokens * core_seconds_per_token(table, preset, run.length) / max(threads, 1)
 
 
 def estimate(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> pd.DataFrame:

@@ -296,7 +296,8 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
     """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
     passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
     (at the factor the sweep will choose: finished when a run of any factor is there)."""
-    from nlsearch.bench.estimate import PlannedRun
+    from nlsearch.bench.estimate import PlannedRun, checkpointed_steps
+    from nlsearch.train import default_run_dir
 
     runs = finished_runs(model, protocol, budget, runs_dir, tasks)
     factors = tuple(protocol.lr_sweep.factors)
@@ -307,7 +308,9 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
             done = [runs[(rule.task, seed, f)][1] is not None for f in factors]
             plans = [runs[(rule.task, seed, f)][0] for f in factors]
             if sweep:
-                out += [PlannedRun.of(label, preset, p, d) for p, d in zip(plans, done)]
-            else:
-                out.append(PlannedRun.of(label, preset, plans[-1], any(done)))
+                out += [PlannedRun.of(label, preset, p, d, default_run_dir(runs_dir, p)) for p, d in zip(plans, done)]
+            else:        # the factor may not be chosen yet: the run furthest along (or the last factor's)
+                dirs = [default_run_dir(runs_dir, p) for p in plans]
+                ahead = max(range(len(plans)), key=lambda i: (checkpointed_steps(dirs[i]), i))
+                out.append(PlannedRun.of(label, preset, plans[ahead], any(done), dirs[ahead]))
     return out

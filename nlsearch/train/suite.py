@@ -246,12 +246,13 @@ def suite_runs(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Se
     out = []
     for label, spec, plan in plan_suite(presets, tasks, budget, list(dict.fromkeys(seeds)),
                                         device, tasks_dir):
+        run_dir = default_run_dir(Path(out_dir) / "runs", plan)
         try:
-            finished = _equivalent_run(default_run_dir(Path(out_dir) / "runs", plan), plan) is not None
+            finished = _equivalent_run(run_dir, plan) is not None
         except ValueError:
             finished = False
         preset = str(spec) if isinstance(spec, (str, Path)) and str(spec) in list_presets() else None
-        out.append(PlannedRun.of(label, preset, plan, finished))
+        out.append(PlannedRun.of(label, preset, plan, finished, run_dir))
     return out
 
 
