@@ -75,8 +75,8 @@ def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str]
         table = table.sort_values(["rank", "name"], kind="stable").reset_index(drop=True)
     heads = task_headers(index, all_tasks)
     out = pd.DataFrame({"rank": table["rank"], "name": table["name"], "kind": table["kind"],
-                        "depth": table["nesting_depth"], "params": table["params"],
-                        "state": table["state_size"]})
+                        "depth": table["nesting_depth"], "params": [f"{int(x):,}" for x in table["params"]],
+                        "state": [f"{int(x):,}" for x in table["state_size"]]})
     for ref, head in zip(all_tasks, heads):
         out[head] = [mean_std(m, s) for m, s in zip(table[f"{ref}.mean"], table[f"{ref}.std"])]
     out["tokens/s"] = [("-" if math.isnan(x) else f"{x:,.0f}") for x in table["tokens_per_s"]]
