@@ -123,3 +123,36 @@ def test_resume_reads_the_checkpoint(tasks, tmp_path):
     resumed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=1, run_dir=tmp_path, resume=True)
     assert resumed.losses[:4] == full.losses[:4]
     assert resumed.losses[4:] != full.losses[4:]
+
+
+def test_cpu_time_throughput_leaves_out_time_the_run_did_not_compute(tasks, tmp_path, monkeypatch):
+    """A step that waits 20 ms without computing (a paused run, a core given to another process) slows
+    the wall-clock tokens/s, not the CPU-time one; a run resumed from a checkpoint of code that did not
+    count CPU time has none (a part unmeasured), and its wall-clock figure stays."""
+    import time
+
+    import nlsearch.train.loop as loop
+
+    real = loop.train_step
+
+    def waiting(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        time.sleep(0.02)
+        return loss
+
+    monkeypatch.setattr(loop, "train_step", waiting)
+    budget = tiny_budget(steps=8)
+    timed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, threads=1).record
+    assert timed.device == "cpu" and timed.tokens_per_cpu_s is not None
+    seconds_waited = 8 * 0.02
+    assert timed.train_tokens / timed.tokens_per_s >= seconds_waited                  # the wall clock saw them
+    assert timed.train_tokens / timed.tokens_per_cpu_s < seconds_waited / 2          # the CPU time did not
+    monkeypatch.setattr(loop, "train_step", real)
+
+    train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=tmp_path, stop_after=4)
+    trainer_file = latest_checkpoint(tmp_path) / "trainer.json"
+    trainer = json.loads(trainer_file.read_text())
+    del trainer["state"]["train_cpu_time"]                                    # written by older code
+    trainer_file.write_text(json.dumps(trainer))
+    resumed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=tmp_path, resume=True).record
+    assert resumed.tokens_per_cpu_s is None and resumed.tokens_per_s > 0

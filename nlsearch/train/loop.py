@@ -82,6 +82,8 @@ class TrainerState:
     baseline: Optional[List[float]] = None                      # untrained scores per phase
     train_tokens: int = 0
     train_time: float = 0.0                         # seconds in forward, backward and optimizer steps
+    train_cpu_time: Optional[float] = 0.0           # this process's CPU seconds in them (None: a part of the
+                                                    # run was trained by code that did not count them)
     wall_time: float = 0.0                          # seconds of earlier sessions of this run
     sessions: List[Dict[str, Any]] = field(default_factory=list)   # record.session_info of each start/resume
 
@@ -210,7 +212,7 @@ def _start(plan: RunPlan, model: torch.nn.Module, optimizer: torch.optim.Optimiz
         raise ValueError(f"checkpoint {folder} belongs to another run: {identity} != {plan.identity()}")
     trainer, rng = load_checkpoint(folder, model, optimizer, plan.device)
     restore_rng(rng, plan.device)
-    state = TrainerState(**trainer["state"])
+    state = TrainerState(**{"train_cpu_time": None, **trainer["state"]})   # older checkpoints: not counted
     state.sessions.append(session_info(plan.device, state.step))
     return state
 
@@ -229,7 +231,7 @@ def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], 
         rows = evaluate(model, plan.task, plan.budget, lengths=plan.eval_lengths, device=plan.device).rows
     record = build_record(status="completed", plan=plan, model=model, rows=rows, steps=state.step,
                           train_tokens=state.train_tokens, train_time=state.train_time, wall_time=wall,
-                          sessions=state.sessions, compile=compile)
+                          sessions=state.sessions, compile=compile, train_cpu_time=state.train_cpu_time)
     if run_dir is not None:
         write_run(run_dir, record, rows, state.history)
     return RunResult("completed", state.step, {r.name: r.value for r in rows},
@@ -276,12 +278,14 @@ def _loop(plan: RunPlan, model, optimizer, state: TrainerState, base_lrs: List[f
                 group["lr"] = lr * lr_factor
             length = plan.train_lengths[step % len(plan.train_lengths)]
             batch = plan.task.batch(kb.batch_size, length, derive_seed("train", plan.seed, step), "train", phase)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             with compiled_steps(compile.on):
                 loss = train_step(model, optimizer, batch, plan.device, budget.grad_clip, step)
             if plan.device.type == "cuda":
                 torch.cuda.synchronize(plan.device)
             state.train_time += time.perf_counter() - start
+            if state.train_cpu_time is not None:
+                state.train_cpu_time += time.process_time() - cpu_start
             state.train_tokens += batch.inputs.numel()
             state.losses.append(loss)
             state.step += 1

@@ -118,6 +118,9 @@ class RunRecord(BaseModel):
     # added with the automatic choice of compiled layer steps: why the last session compiled its training
     # steps or not (``compiled_steps``; nlsearch.train.plan.choose_compile); older records: None
     compile_reason: Optional[str] = None
+    # added with CPU-time throughput: training tokens per CPU-second of the process on a CPU run (with one
+    # thread, its speed while it had a core: pauses and a shared core do not count); older records: None
+    tokens_per_cpu_s: Optional[float] = None
 
 
 def session_info(device: torch.device, from_step: int, compile: Any = None) -> Dict[str, Any]:
@@ -156,9 +159,11 @@ def _number(x: float) -> Optional[float]:
 def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[MetricRow], steps: int,
                  train_tokens: int, train_time: float, wall_time: float,
                  sessions: Sequence[Dict[str, Any]] = (), trained_as: Optional[Dict[str, Any]] = None,
-                 compile: Any = None) -> RunRecord:
+                 compile: Any = None, train_cpu_time: Optional[float] = None) -> RunRecord:
     """Returns the record of ``model`` trained (or evaluated) under ``plan`` with ``rows``; ``compile``:
-    the last session's :class:`~nlsearch.train.plan.CompileChoice` (None: the environment's setting)."""
+    the last session's :class:`~nlsearch.train.plan.CompileChoice` (None: the environment's setting);
+    ``train_cpu_time``: the training steps' CPU seconds (None: not counted for the whole run), read as
+    throughput only for a CPU run (on a GPU the process's CPU time is not the work)."""
     prov = provenance(plan.device)
     longest = max(plan.eval_lengths)
     return RunRecord(
@@ -174,6 +179,8 @@ def build_record(*, status: str, plan, model: torch.nn.Module, rows: Sequence[Me
         params=sum(p.numel() for p in model.parameters()), state_size=int(model.state_size(longest)),
         state_size_length=longest, train_tokens=train_tokens,
         tokens_per_s=train_tokens / train_time if train_time > 0 else None, wall_time_s=wall_time,
+        tokens_per_cpu_s=(train_tokens / train_cpu_time if plan.device.type == "cpu" and train_cpu_time
+                          else None),
         device=str(plan.device), threads=torch.get_num_threads(), hardware=prov["hardware"],
         cpu_count=prov["cpu_count"], torch=prov["torch"], nlsearch=prov["nlsearch"],
         git_commit=prov["git_commit"], python=prov["python"], allocator=prov["allocator"],
