@@ -66,6 +66,17 @@ def test_verdicts(synthetic, check, outcome):
     assert verdict.outcome == outcome, verdict.reason
 
 
+def test_a_failed_beats_check_shows_every_models_numbers_and_names_the_pairs_that_fail(synthetic):
+    """The first failing pair decides the verdict, but the reader gets every model's numbers and which
+    pairs fail, not only the first one looked up."""
+    protocol, entries = synthetic
+    check = {"kind": "beats", "winners": ["dot", "attn"], "losers": ["delta"], "roles": ["recall"]}
+    verdict = judge(_claim(check), entries, protocol, "tiny")
+    assert verdict.outcome == "not reproduced"
+    assert {k.split()[0] for k in verdict.numbers} == {"attn", "dot", "delta"}
+    assert "(1 of 2 pairs fail: dot not better than delta)" in verdict.reason
+
+
 def test_the_gap_grows_check_compares_the_leads(synthetic):
     protocol, entries = synthetic
     easy_hard = {"kind": "gap_grows", "reference": "attn", "models": ["dot"], "roles": ["lm", "recall"]}
@@ -422,6 +433,34 @@ def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_
     delta = next(c for c in data["claims"] if c["id"] == "delta-beats-dot")
     assert delta["outcome"] == "pending" and "deltanet 7/9 runs done" in delta["reason"]
     assert "linear-attention 6/6 runs done" in delta["reason"]
+
+
+def test_a_claim_is_judged_once_the_tasks_it_reads_are_complete_before_the_baselines_are(reproduced, tmp_path):
+    """No baseline is an entry yet and DeltaNet misses two recall runs: the claims that read only tasks
+    whose runs are all back (lm order, the needle claim task) are judged already, with the numbers and
+    verdicts of the finished reproduction, and say so; the claim reading DeltaNet's recall waits."""
+    import shutil
+
+    from nlsearch.leaderboard.claims import load_claims
+    from nlsearch.leaderboard.reproduce import _write_report
+
+    root, protocol, _ = reproduced
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    for folder in [d for d in runs.glob("tiny_recall@1/*/*seed[12]") if _objective(d) == "l2"]:
+        shutil.rmtree(folder)
+    specs = [str(root / f"{n}.yaml") for n in ("transformer", "deltanet", "linear-attention")]
+    claims = load_claims(protocol.claims_path(), protocol).claims
+    _write_report(protocol, protocol.load_budget("tiny"), Store(tmp_path / "lb"), claims, None, specs,
+                  ["transformer", "deltanet", "linear-attention"], tmp_path / "out", {}, runs)
+    early = {c["id"]: c for c in json.loads((tmp_path / "out" / "report.json").read_text())["claims"]}
+    final = {c["id"]: c for c in json.loads((root / "out" / "report.json").read_text())["claims"]}
+    for claim in ("lm-order", "needle"):
+        assert early[claim]["outcome"] == final[claim]["outcome"] in ("reproduced", "not reproduced")
+        assert early[claim]["numbers"] == final[claim]["numbers"] and early[claim]["numbers"]
+        assert "finished runs of the tasks it reads" in early[claim]["reason"]
+        assert "finished runs" not in final[claim]["reason"]
+    assert early["delta-beats-dot"]["outcome"] == "pending"
 
 
 def test_a_report_written_again_judges_finished_baselines_from_their_runs(reproduced, tmp_path):

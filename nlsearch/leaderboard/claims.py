@@ -191,9 +191,13 @@ class _Lookup:
     baseline whatever its name) and from the claim tasks' results, in 'higher is better' orientation."""
 
     def __init__(self, entries: List[Entry], protocol: Protocol, length: Union[int, str],
-                 extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None, metric: Optional[str] = None):
+                 extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None, metric: Optional[str] = None,
+                 measured: Optional[Mapping[str, Mapping[str, TaskResult]]] = None):
         baselines = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
         self.results: Dict[str, Dict[str, TaskResult]] = {n: dict(e.tasks) for n, e in baselines.items()}
+        for name, tasks in (measured or {}).items():      # a baseline still being scored: its finished tasks
+            if name not in self.results:
+                self.results[name] = dict(tasks)
         for name, tasks in (extra or {}).items():
             if name in self.results:                      # claim tasks count only beside a measured baseline
                 self.results[name].update(tasks)
@@ -231,8 +235,11 @@ def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
         return value >= bound, f"{check.model} {'≥' if hib else '≤'} {check.value}"
     if check.kind == "beats":
         pairs = [(w, lo, r) for r in check.roles for w in check.winners for lo in check.losers]
-        ok = all(look.get(w, r)[0] > look.get(lo, r)[0] for w, lo, r in pairs)
-        return ok, f"{', '.join(check.winners)} better than {', '.join(check.losers)} on {', '.join(check.roles)}"
+        held = [look.get(w, r)[0] > look.get(lo, r)[0] for w, lo, r in pairs]     # every pair: all numbers shown
+        what = f"{', '.join(check.winners)} better than {', '.join(check.losers)} on {', '.join(check.roles)}"
+        lost = [f"{w} not better than {lo}" + (f" on {r}" if len(check.roles) > 1 else "")
+                for (w, lo, r), h in zip(pairs, held) if not h]
+        return all(held), what + (f" ({len(lost)} of {len(pairs)} pairs fail: {'; '.join(lost)})" if lost else "")
     if check.kind == "order":
         values = [look.get(m, check.role)[0] for m in check.models]
         ok = all(a >= b for a, b in zip(values, values[1:]))
@@ -283,12 +290,23 @@ def testable_at(claim: Claim, protocol: Protocol, budget) -> bool:
 
 def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str,
           pending: Sequence[str] = (), budget=None,
-          extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None) -> Verdict:
+          extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None,
+          measured: Optional[Mapping[str, Mapping[str, TaskResult]]] = None) -> Verdict:
     """The verdict on ``claim`` from ``entries`` (one protocol version and track) and ``extra`` (claim
     task results by baseline name and task ref). ``pending``: baselines a reproduction has still to
-    score; a claim that reads one of them is ``pending``, naming them. ``budget``: the track's Budget,
-    for the training-scale rule (None: no scale comparison)."""
-    waiting = [m for m in claim.models() if m in pending]
+    score; a claim that reads one of them is ``pending``, naming them, unless ``measured`` (by baseline
+    name and task ref: the tasks of a pending baseline whose every run the reproduction has finished)
+    holds every task the claim reads of it. ``budget``: the track's Budget, for the training-scale rule
+    (None: no scale comparison)."""
+    measured = measured or {}
+
+    def complete(model: str) -> bool:
+        if protocol is None or model not in measured:
+            return False
+        roles = protocol.by_role()
+        return all(r in roles and roles[r].task in measured[model] for r in claim.check.read_roles())
+
+    waiting = [m for m in claim.models() if m in pending and not complete(m)]
     scale = claim_scale(claim, protocol, budget)
     small = too_small(claim, scale, budget_name)
     if waiting and (small or budget_name not in claim.budgets):     # decided by the track alone: no need to wait
@@ -297,7 +315,8 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
                                               f"{', '.join(waiting)})", {}, scale)
     if waiting:
         return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
-    look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric)
+    look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric,
+                   {m: measured[m] for m in claim.models() if m in pending and complete(m)})
     try:
         ok, what = _judge(claim.check, look)
     except _Untestable as why:

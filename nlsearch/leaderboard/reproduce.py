@@ -479,11 +479,20 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
     if prog is not None:                          # finished before this call: judged from their runs at once
         done = _finished_baselines(specs, pending, prog, store, claims, protocol, track)
         pending, extra = [n for n in pending if n not in done], {**done, **(extra or {})}
-    verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra) for c in claims]
+    measured = {} if prog is None else {    # a pending baseline's tasks whose every run is back
+        name: {task: r for task, (done, needed, r) in prog[name].items() if done == needed and r is not None}
+        for name in pending if name in prog}
+    verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra, measured=measured)
+                for c in claims]
     for v in verdicts:
         if v.outcome == "pending" and prog is not None:
             missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models() if m in pending and m in prog]
             v.reason = f"waiting for {', '.join(missing)}"
+        elif v.outcome in ("reproduced", "not reproduced"):
+            early = [m for m in v.claim.models() if m in pending and m in measured]
+            if early:
+                v.reason += (f" (judged from {', '.join(early)}'s finished runs of the tasks it reads; "
+                             f"{'its entry is' if len(early) == 1 else 'their entries are'} still to come)")
     left = None
     if runs_dir is not None:
         from nlsearch.bench.estimate import estimate, load_timing, summary_line
