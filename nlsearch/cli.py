@@ -32,7 +32,10 @@ def _bench_ops(args: argparse.Namespace) -> int:
 
 
 def _bench_models(args: argparse.Namespace) -> int:
-    from nlsearch.bench.models import ModelsBenchConfig, model_floor_checks, run_models_bench
+    import pandas as pd
+
+    from nlsearch.bench.models import (ModelsBenchConfig, check_setting, model_floor_checks, run_models_bench,
+                                       update_rows)
     from nlsearch.bench.ops import pick_device
     from nlsearch.bench.report import report
 
@@ -40,14 +43,24 @@ def _bench_models(args: argparse.Namespace) -> int:
                             n_layers=args.n_layers, repeats=args.repeats, device=args.device,
                             compile=args.compile)
     device = pick_device(cfg.device)
+    stem = f"models-compile-{device.type}" if cfg.compile else f"models-{device.type}"
+    table = Path(args.out) / f"{stem}.parquet"
+    if args.update and not cfg.presets:
+        raise ValueError("--update replaces the rows of the presets named by --presets: name them")
+    old = pd.read_parquet(table) if args.update and table.is_file() else None
+    if old is not None:                            # refuse before timing anything
+        check_setting(old, {"B": [str(cfg.batch)], "d_model": [str(cfg.d_model)], "n_layers": [str(cfg.n_layers)],
+                            "device": [device.type]})
     df = run_models_bench(cfg, log=console.print)
+    if old is not None:
+        df = update_rows(old, df)
     shown = ["preset", "T", "seconds", "tokens_per_s", "saved_bytes_per_token", "peak_bytes"]
     if cfg.compile:
         shown[3:3] = ["compiled_seconds", "compile_seconds"]
     report(console, df, model_floor_checks(df), shown,
            f"bench models: training step, B={cfg.batch} d_model={cfg.d_model} layers={cfg.n_layers}"
            + (", eager and compiled layer steps" if cfg.compile else ""),
-           Path(args.out), f"models-compile-{device.type}" if cfg.compile else f"models-{device.type}")
+           Path(args.out), stem)
     return 0
 
 
@@ -241,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--compile", action="store_true",
                         help="also time each preset with its layers' steps compiled, and the compile (writes "
                              "models-compile-<device>.*, the table runs choose compiled steps from)")
+    models.add_argument("--update", action="store_true",
+                        help="keep the saved table's other presets and replace only those of --presets (each "
+                             "row keeps the run that timed it; floors compare rows of one run only)")
     models.add_argument("--out", default="results/bench")
     models.set_defaults(func=_bench_models)
     from nlsearch.bench.search import DEFAULT_SPACE

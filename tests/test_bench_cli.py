@@ -70,3 +70,25 @@ def test_measure_many_times_the_steps_round_robin(monkeypatch):
     assert calls == ["a", "b", "slow"] + ["a", "a", "b", "b", "slow"] + ["a", "a", "b", "b"] * 2
     assert [res[n]["repeats"] for n in ("a", "b", "slow")] == [3, 3, 1]
     assert res["a"]["seconds"] == pytest.approx(0.001)      # the untimed run is not in the time
+
+
+def test_bench_models_update_replaces_only_the_named_presets(tmp_path):
+    """``--update``: the named presets are timed again and replace their rows; the others keep theirs
+    and the run that timed them; a ratio floor between rows of different runs is not computed; a table
+    of another setting is refused, naming the column, and left as it was."""
+    common = ["--lengths", "512", "--batch", "1", "--d-model", "32", "--n-layers", "1", "--repeats", "1",
+              "--device", "cpu", "--out", str(tmp_path)]
+    assert main(["bench", "models", "--presets", "transformer", "mamba2", *common]) == 0
+    first = pd.read_parquet(tmp_path / "models-cpu.parquet")
+    assert main(["bench", "models", "--presets", "mamba2", "--update", *common]) == 0
+    after = pd.read_parquet(tmp_path / "models-cpu.parquet")
+    assert sorted(after.preset) == ["mamba2", "transformer"]
+    kept, old = after[after.preset == "transformer"].iloc[0], first[first.preset == "transformer"].iloc[0]
+    assert kept.seconds == old.seconds and kept.run == old.run
+    assert after[after.preset == "mamba2"].iloc[0].run != first[first.preset == "mamba2"].iloc[0].run
+    text = (tmp_path / "models-cpu.md").read_text()
+    assert "mamba2 step / transformer step, T=512 (timed in different runs: not compared)" in text
+    assert "rows from 2 runs" in text
+    assert main(["bench", "models", "--presets", "mamba2", "--update", *common[:7], "4", *common[8:]]) == 2
+    assert pd.read_parquet(tmp_path / "models-cpu.parquet").equals(after)
+    assert main(["bench", "models", "--update", *common]) == 2

@@ -18,6 +18,7 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
 
 import pandas as pd
@@ -119,6 +120,7 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
     if unknown:
         raise KeyError(f"unknown model presets {unknown}; known: {list_presets()}")
     rows: List[Dict] = []
+    run = datetime.now(timezone.utc).isoformat(timespec="seconds")     # which rows were timed together
     with tempfile.TemporaryDirectory(prefix="nlsearch-inductor-") as caches:
         for t in cfg.lengths:
             steps, first = {}, {}
@@ -147,7 +149,8 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
                 row = dict(preset=name, T=t, B=cfg.batch, d_model=cfg.d_model, n_layers=cfg.n_layers,
                            seconds=res["seconds"], tokens_per_s=tokens / res["seconds"],
                            saved_bytes=res["saved_bytes"], saved_bytes_per_token=res["saved_bytes"] / tokens,
-                           peak_bytes=res["peak_bytes"], device=device.type, threads=torch.get_num_threads(), **prov)
+                           peak_bytes=res["peak_bytes"], device=device.type, threads=torch.get_num_threads(),
+                           run=run, **prov)
                 if cfg.compile:
                     fast = results.get(name + COMPILED, {}).get("seconds", math.nan)
                     row.update(compiled_seconds=fast, compile_seconds=first[name][0] - fast,
@@ -168,6 +171,42 @@ def _get(df: pd.DataFrame, name: str, t: int, col: str = "seconds") -> float:
     return float(sel[col].iloc[0]) if len(sel) else math.nan
 
 
+SAME_SETTING = ("B", "d_model", "n_layers", "device", "threads", "hardware", "torch")
+"""What rows measured in different runs must share to sit in one table (``update_rows``)."""
+
+
+def update_rows(old: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
+    """``old`` with the rows of ``new``'s presets replaced by ``new`` (``bench models --update``: time a
+    new preset without timing every other again). Each row keeps the run that timed it (``run``;
+    ``git_commit``), and the floors compare only rows of one run. Refuses, naming the column and both
+    values, when the two tables were measured in different settings."""
+    check_setting(old, {col: sorted(set(map(str, new[col]))) for col in SAME_SETTING if col in new})
+    old = old.copy()
+    if "run" not in old:
+        old["run"] = "before " + str(new["run"].iloc[0]) if "run" in new else "earlier"
+    kept = old[~old.preset.isin(set(new.preset))]
+    return pd.concat([kept, new], ignore_index=True).sort_values(["T", "preset"], kind="stable",
+                                                                 ignore_index=True)
+
+
+def check_setting(old: pd.DataFrame, setting: Dict[str, List[str]]) -> None:
+    """Raises, naming the column and both values, when ``old`` was measured in another setting (a
+    column's values as strings) than ``setting``; called before timing with what the config fixes, and
+    again with the timed rows."""
+    for col, now in setting.items():
+        if col in old:
+            before = sorted(set(map(str, old[col])))
+            if before != now:
+                raise ValueError(f"cannot update a table measured with {col}={before} by rows measured with "
+                                 f"{col}={now}: time every preset again (without --update)")
+
+
+def _one_run(df: pd.DataFrame, names: Sequence[str], t: int) -> bool:
+    if "run" not in df:
+        return True
+    return df[(df.preset.isin(names)) & (df["T"] == t)]["run"].nunique() <= 1
+
+
 def model_floor_checks(df: pd.DataFrame) -> pd.DataFrame:
     checks = []
     lo, hi = min(df["T"]), max(df["T"])
@@ -180,7 +219,10 @@ def model_floor_checks(df: pd.DataFrame) -> pd.DataFrame:
             if col not in df or (col != "seconds" and math.isnan(_get(df, name, t, col))):
                 continue
             ratio = _get(df, name, t, col) / _get(df, "transformer", t)
-            checks.append(dict(check=f"{name} {what} / transformer step, T={t}", value=ratio,
+            apart = not _one_run(df, [name, "transformer"], t)        # timed in different runs: no ratio
+            ratio = math.nan if apart else ratio
+            checks.append(dict(check=f"{name} {what} / transformer step, T={t}"
+                               + (" (timed in different runs: not compared)" if apart else ""), value=ratio,
                                floor=f"< {most}" if most == 1.0 else f"<= {most}",
                                ok=None if math.isnan(ratio) else bool(ratio < most if most == 1.0 else ratio <= most)))
     return pd.DataFrame(checks)

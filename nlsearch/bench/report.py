@@ -23,8 +23,11 @@ def report(console: Console, df: pd.DataFrame, floors: pd.DataFrame, shown: List
         allocator += ", compiled layer steps (NLSEARCH_COMPILE=1)"
     if "denormals" in df:
         allocator += f", subnormals {df['denormals'].iloc[0]}"
+    commits = list(dict.fromkeys(map(str, df["git_commit"])))
+    runs = df["run"].nunique() if "run" in df else 1
     head = (f"# nlsearch {title} ({df['hardware'].iloc[0]}, torch {df['torch'].iloc[0]}{allocator}, "
-            f"commit {df['git_commit'].iloc[0]})")
+            f"commit{'s' if len(commits) > 1 else ''} {', '.join(commits)}"
+            + (f"; rows from {runs} runs, see the `run` column of the Parquet table" if runs > 1 else "") + ")")
     md_path = write_text("\n\n".join([head, markdown_table(view), "## Floors", markdown_table(floors)]) + "\n",
                          Path(out) / f"{stem}.md")
     console.print(f"saved {table_path} and {md_path}")
