@@ -32,7 +32,7 @@ from nlsearch.leaderboard.table import column_label, display, mean_std
 from nlsearch.provenance import code_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
-             "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "hope")
+             "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps", "hope")
 AUTHOR = "nlsearch reproduce"
 RUNS = Path("results/reproduce/runs")     # committed: a reproduction grows across machines and sittings
 ModelSpec = Union[str, Dict[str, Any]]
