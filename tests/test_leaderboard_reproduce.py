@@ -77,6 +77,32 @@ def test_a_failed_beats_check_shows_every_models_numbers_and_names_the_pairs_tha
     assert "(1 of 2 pairs fail: dot not better than delta)" in verdict.reason
 
 
+def test_a_verdict_says_when_its_deciding_gap_is_within_the_seeds_spread(synthetic):
+    """Means 0.70 against 0.65 with seeds 0.5/0.7/0.9 (std 0.2): the order holds but the seeds do not
+    settle it, and the verdict says so with the gap and the std; a gap larger than both stds says
+    nothing more; a failing pair within the spread is named too."""
+    protocol, _ = synthetic
+    wide = make_entry("wide", {"tiny_recall@1": task_result("tiny_recall@1", [0.5, 0.7, 0.9])}, kind="baseline")
+    tight = make_entry("tight", {"tiny_recall@1": task_result("tiny_recall@1", [0.65] * 3)}, kind="baseline")
+    low = make_entry("low", {"tiny_recall@1": task_result("tiny_recall@1", [0.1] * 3)}, kind="baseline")
+    entries = [wide, tight, low]
+
+    def verdict(winners, losers):
+        check = {"kind": "beats", "winners": winners, "losers": losers, "roles": ["recall"]}
+        return judge(_claim(check), entries, protocol, "tiny")
+
+    close = verdict(["wide"], ["tight"])
+    assert close.outcome == "reproduced"
+    assert "within the seeds' spread (gap under the larger std): wide vs tight (gap 0.05, std 0.2)" in close.reason
+    apart = verdict(["tight"], ["low"])
+    assert apart.outcome == "reproduced" and "spread" not in apart.reason
+    failing = verdict(["tight"], ["wide"])
+    assert failing.outcome == "not reproduced" and "tight vs wide (gap 0.05, std 0.2)" in failing.reason
+    ordered = judge(_claim({"kind": "order", "role": "recall", "models": ["wide", "tight", "low"]}), entries,
+                    protocol, "tiny")
+    assert ordered.outcome == "reproduced" and "wide vs tight" in ordered.reason and "tight vs low" not in ordered.reason
+
+
 def test_the_gap_grows_check_compares_the_leads(synthetic):
     protocol, entries = synthetic
     easy_hard = {"kind": "gap_grows", "reference": "attn", "models": ["dot"], "roles": ["lm", "recall"]}

@@ -204,6 +204,19 @@ class _Lookup:
         self.roles = protocol.by_role()
         self.length, self.metric = length, metric
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
+        self.spread: Dict[Tuple[str, str], float] = {}         # (model, role) -> std over seeds
+
+    def close(self, pairs: Sequence[Tuple[str, str, str]]) -> str:
+        """A note naming the (model, model, role) ``pairs`` (already looked up) whose gap is smaller than
+        the larger of their two seed stds: an order those seeds do not settle; '' when none is."""
+        out = []
+        for a, b, role in pairs:
+            gap = abs(self.get(a, role)[0] - self.get(b, role)[0])
+            std = max(self.spread[(a, role)], self.spread[(b, role)])
+            if gap < std:
+                out.append(f"{a} vs {b}{f' on {role}' if len(set(r for *_, r in pairs)) > 1 else ''} "
+                           f"(gap {gap:.4g}, std {std:.4g})")
+        return f"; within the seeds' spread (gap under the larger std): {'; '.join(out)}" if out else ""
 
     def get(self, model: str, role: str) -> Tuple[float, bool]:
         if role not in self.roles:
@@ -223,6 +236,7 @@ class _Lookup:
             metric = f"{metric}@{self.length}"
         mean, std, n = result.aggregate(metric)
         self.numbers[f"{model} {result.task} {metric}"] = (mean, std, n)
+        self.spread[(model, role)] = std
         if math.isnan(mean):
             raise _Untestable(f"{model} has no finite {metric} on {result.task}")
         return (mean if hib else -mean), hib
@@ -239,11 +253,15 @@ def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
         what = f"{', '.join(check.winners)} better than {', '.join(check.losers)} on {', '.join(check.roles)}"
         lost = [f"{w} not better than {lo}" + (f" on {r}" if len(check.roles) > 1 else "")
                 for (w, lo, r), h in zip(pairs, held) if not h]
-        return all(held), what + (f" ({len(lost)} of {len(pairs)} pairs fail: {'; '.join(lost)})" if lost else "")
+        deciding = [p for p, h in zip(pairs, held) if not h] if lost else pairs
+        return all(held), (what + (f" ({len(lost)} of {len(pairs)} pairs fail: {'; '.join(lost)})" if lost else "")
+                           + look.close(deciding))
     if check.kind == "order":
         values = [look.get(m, check.role)[0] for m in check.models]
-        ok = all(a >= b for a, b in zip(values, values[1:]))
-        return ok, f"best first: {' ≥ '.join(check.models)} on {check.role}"
+        held = [a >= b for a, b in zip(values, values[1:])]
+        pairs = [(a, b, check.role) for a, b in zip(check.models, check.models[1:])]
+        deciding = [p for p, h in zip(pairs, held) if not h] if not all(held) else pairs
+        return all(held), f"best first: {' ≥ '.join(check.models)} on {check.role}" + look.close(deciding)
     easy, hard = check.roles[0], check.roles[1]
     gaps = [(look.get(check.reference, easy)[0] - look.get(m, easy)[0],
              look.get(check.reference, hard)[0] - look.get(m, hard)[0]) for m in check.models]
