@@ -156,3 +156,13 @@ def test_cpu_time_throughput_leaves_out_time_the_run_did_not_compute(tasks, tmp_
     trainer_file.write_text(json.dumps(trainer))
     resumed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=tmp_path, resume=True).record
     assert resumed.tokens_per_cpu_s is None and resumed.tokens_per_s > 0
+    # a run whose sessions ran with different thread counts mixes machines: no CPU-time figure either
+    other = tmp_path / "threads"
+    train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=other, stop_after=4, threads=1)
+    mixed = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=other, resume=True,
+                  threads=2).record
+    assert [s["threads"] for s in mixed.sessions] == [1, 2] and mixed.tokens_per_cpu_s is None
+    same = tmp_path / "same"
+    train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=same, stop_after=4, threads=1)
+    kept = train(TINY_MODEL, _task(tasks, "tiny_recall"), budget, seed=0, run_dir=same, resume=True, threads=1).record
+    assert kept.tokens_per_cpu_s is not None

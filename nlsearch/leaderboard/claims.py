@@ -196,8 +196,8 @@ class _Lookup:
         baselines = {e.name: e for e in entries if e.kind == "baseline" and e.verification is None}
         self.results: Dict[str, Dict[str, TaskResult]] = {n: dict(e.tasks) for n, e in baselines.items()}
         for name, tasks in (measured or {}).items():      # a baseline still being scored: its finished tasks
-            if name not in self.results:
-                self.results[name] = dict(tasks)
+            for task, result in tasks.items():            # (beside its entry's, which stand where both are)
+                self.results.setdefault(name, {}).setdefault(task, result)
         for name, tasks in (extra or {}).items():
             if name in self.results:                      # claim tasks count only beside a measured baseline
                 self.results[name].update(tasks)
@@ -212,7 +212,8 @@ class _Lookup:
         out = []
         for a, b, role in pairs:
             gap = abs(self.get(a, role)[0] - self.get(b, role)[0])
-            std = max(self.spread[(a, role)], self.spread[(b, role)])
+            stds = [x for x in (self.spread[(a, role)], self.spread[(b, role)]) if not math.isnan(x)]
+            std = max(stds, default=math.nan)                 # one seed has no spread to compare with
             if gap < std:
                 out.append(f"{a} vs {b}{f' on {role}' if len(set(r for *_, r in pairs)) > 1 else ''} "
                            f"(gap {gap:.4g}, std {std:.4g})")
@@ -306,6 +307,12 @@ def testable_at(claim: Claim, protocol: Protocol, budget) -> bool:
     return budget.name in claim.budgets and too_small(claim, claim_scale(claim, protocol, budget), budget.name) is None
 
 
+def reads_complete(claim: Claim, protocol: Protocol, tasks: Mapping[str, Any]) -> bool:
+    """Whether ``tasks`` (by task ref) hold every task ``claim`` reads."""
+    roles = protocol.by_role()
+    return all(r in roles and roles[r].task in tasks for r in claim.check.read_roles())
+
+
 def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str,
           pending: Sequence[str] = (), budget=None,
           extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None,
@@ -319,10 +326,7 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
     measured = measured or {}
 
     def complete(model: str) -> bool:
-        if protocol is None or model not in measured:
-            return False
-        roles = protocol.by_role()
-        return all(r in roles and roles[r].task in measured[model] for r in claim.check.read_roles())
+        return protocol is not None and reads_complete(claim, protocol, measured.get(model, {}))
 
     waiting = [m for m in claim.models() if m in pending and not complete(m)]
     scale = claim_scale(claim, protocol, budget)

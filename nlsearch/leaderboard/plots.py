@@ -198,7 +198,7 @@ def plot_svgs(rows: pd.DataFrame) -> Dict[str, str]:
     out = {}
     for name in PLOTS:
         fig, ax = _figure()
+        ax.set_title(TITLES[name])                # before the names are placed: the layout they are placed in
         DRAW[name](ax, rows)
-        ax.set_title(TITLES[name])
         out[name] = _svg(fig)
     return out

@@ -20,7 +20,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
 from nlsearch.io import check_writable_folder, write_text
-from nlsearch.leaderboard.claims import Claim, Verdict, judge, load_claims, scale_text, testable_at
+from nlsearch.leaderboard.claims import (Claim, Verdict, judge, load_claims, reads_complete, scale_text,
+                                         testable_at)
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Job, Log, run_dynamic
@@ -32,7 +33,8 @@ from nlsearch.leaderboard.table import column_label, display, mean_std
 from nlsearch.provenance import code_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
-             "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps", "hope")
+             "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps",
+             "cms-steps-single", "hope")
 AUTHOR = "nlsearch reproduce"
 RUNS = Path("results/reproduce/runs")     # committed: a reproduction grows across machines and sittings
 ModelSpec = Union[str, Dict[str, Any]]
@@ -74,7 +76,7 @@ def tasks_claims_read(name: str, claims: Sequence[Claim], protocol: Protocol, bu
     """Refs of every task (ranked or claim task) that a claim testable on this track reads with
     baseline ``name``: its runs decide a verdict."""
     by_role = protocol.by_role()
-    return {by_role[r].task for r in _roles_read(name, claims, protocol, budget)}
+    return {by_role[r].task for r in _roles_read(name, claims, protocol, budget) if r in by_role}
 
 
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
@@ -264,6 +266,9 @@ def reproduce(budget: Optional[str] = None, workers: int = 1, *, protocol: Union
     log = log or (lambda _msg: None)
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
     track = protocol.load_budget(budget)
+    if hours is not None and track.gpu_share():
+        raise ValueError(f"--hours estimates runs from CPU step times (results/bench/models-cpu.parquet); "
+                         f"{track.ref} trains on GPUs, where they would be far off: leave --hours out")
     specs = list(BASELINES if baselines is None else baselines)
     claims = _claims(protocol)
     for spec in specs:                         # validate every config before the first run
@@ -311,6 +316,7 @@ class _Reproduction:
         self.errors: Dict[str, str] = {}                        # baselines whose runs raised: pending
         self.pending = list(dict.fromkeys(name for name, *_ in self.scorings))
         self.decisive = {name: tasks_claims_read(name, claims, protocol, track) for name, *_ in self.scorings}
+        self.order = {name: k for k, name in enumerate(self.pending)}     # baselines, claims first
         self.complete: List[int] = []                           # scorings whose runs are all back, not scored
 
     def write(self) -> Path:
@@ -375,14 +381,16 @@ class _Reproduction:
                            + "\n".join(self.errors.values()))
         return report
 
-    def _priority(self, i: int, job: Any) -> Tuple[int, bool]:
-        """A run's place in the queue: its scoring's place (the claims-first order of baselines), then
-        within a baseline the tasks a claim reads before the others (a verdict waits on those only)."""
-        return i, job.task not in self.decisive[self.scorings[i][0]]
+    def _priority(self, i: int, job: Any) -> Tuple[int, bool, int]:
+        """A run's place in the queue: its baseline's place (the claims-first order), then within a
+        baseline the tasks a claim reads (ranked or claim tasks) before the others, a verdict waiting on
+        those only; then its scoring (ranked tasks before claim tasks)."""
+        name = self.scorings[i][0]
+        return self.order[name], job.task not in self.decisive[name], i
 
-    def follow(self, priority: Tuple[int, bool], result: Any) -> List[Tuple[Tuple[int, bool], Any]]:
+    def follow(self, priority: Tuple[int, bool, int], result: Any) -> List[Tuple[Tuple[int, bool, int], Any]]:
         """A finished run's follow-ups (quick: a freed worker waits for them)."""
-        i = priority[0]
+        i = priority[2]
         scoring = self.scorings[i][3]
         jobs = [(self._priority(i, job), job) for job in scoring.take(result)]
         if scoring.done:
@@ -486,7 +494,8 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
                 for c in claims]
     for v in verdicts:
         if v.outcome == "pending" and prog is not None:
-            missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models() if m in pending and m in prog]
+            missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models()
+                       if m in pending and m in prog and not reads_complete(v.claim, protocol, measured.get(m, {}))]
             v.reason = f"waiting for {', '.join(missing)}"
         elif v.outcome in ("reproduced", "not reproduced"):
             early = [m for m in v.claim.models() if m in pending and m in measured]

@@ -223,6 +223,13 @@ def _save(plan: RunPlan, run_dir: Path, model, optimizer, state: TrainerState, w
     save_checkpoint(run_dir, state.step, model, optimizer, trainer, plan.device)
 
 
+def _cpu_time(state: TrainerState) -> Optional[float]:
+    """The training steps' CPU seconds when every session ran on one device with one thread count
+    (else a CPU-time throughput would mix machines: None)."""
+    where = {(s.get("device"), s.get("threads"), s.get("hardware")) for s in state.sessions}
+    return state.train_cpu_time if len(where) <= 1 else None
+
+
 def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], wall: float,
             compile: CompileChoice) -> RunResult:
     if plan.n_phases > 1:
@@ -231,7 +238,7 @@ def _finish(plan: RunPlan, model, state: TrainerState, run_dir: Optional[Path], 
         rows = evaluate(model, plan.task, plan.budget, lengths=plan.eval_lengths, device=plan.device).rows
     record = build_record(status="completed", plan=plan, model=model, rows=rows, steps=state.step,
                           train_tokens=state.train_tokens, train_time=state.train_time, wall_time=wall,
-                          sessions=state.sessions, compile=compile, train_cpu_time=state.train_cpu_time)
+                          sessions=state.sessions, compile=compile, train_cpu_time=_cpu_time(state))
     if run_dir is not None:
         write_run(run_dir, record, rows, state.history)
     return RunResult("completed", state.step, {r.name: r.value for r in rows},

@@ -79,7 +79,6 @@ def evaluate_checkpoint(path: Union[str, Path], task: Union[str, Path, Task, Non
                   "train_lengths": _train_lengths(trained_budget, trainer, tasks_dir)}
     record = build_record(status="evaluated", plan=plan, model=model, rows=result.rows, steps=state["step"],
                           train_tokens=state["train_tokens"], train_time=state["train_time"],
-                          train_cpu_time=state.get("train_cpu_time"),
                           wall_time=time.perf_counter() - t0, sessions=state.get("sessions", ()),
                           trained_as=trained_as)
     out = _out_dir(folder, plan.task.ref, plan.budget.ref)
