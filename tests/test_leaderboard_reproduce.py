@@ -365,8 +365,8 @@ def test_claims_first_orders_baselines_by_their_cheapest_claim(monkeypatch):
 
 
 def test_within_a_baseline_the_tasks_a_claim_reads_run_first(tmp_path, monkeypatch):
-    """A claim reading the lm role of two baselines and one reading a claim task (needle): each
-    baseline's lm and needle runs train before its recall runs, though recall is the protocol's first
+    """A claim reading the lm role of two baselines and one reading a claim task (needle): every lm and
+    needle run of either baseline trains before any recall run, though recall is the protocol's first
     task and needle a task of another scoring; a verdict waits on them only."""
     import nlsearch.train as train_module
 
@@ -391,6 +391,7 @@ def test_within_a_baseline_the_tasks_a_claim_reads_run_first(tmp_path, monkeypat
     for name in models:
         tasks = [task for model, task in order if model == name]
         assert tasks == ["tiny_lm"] * 3 + ["tiny_needle"] * 3 + ["tiny_recall"] * 3, (name, order)
+    assert {task for _, task in order[:12]} == {"tiny_lm", "tiny_needle"}     # every claim's runs, then the rest
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert all(c["outcome"] in ("reproduced", "not reproduced") for c in report["claims"])
 

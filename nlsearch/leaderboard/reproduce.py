@@ -381,14 +381,14 @@ class _Reproduction:
                            + "\n".join(self.errors.values()))
         return report
 
-    def _priority(self, i: int, job: Any) -> Tuple[int, bool, int]:
-        """A run's place in the queue: its baseline's place (the claims-first order), then within a
-        baseline the tasks a claim reads (ranked or claim tasks) before the others, a verdict waiting on
-        those only; then its scoring (ranked tasks before claim tasks)."""
+    def _priority(self, i: int, job: Any) -> Tuple[bool, int, int]:
+        """A run's place in the queue: the runs a testable claim reads (its models on the tasks it
+        reads, ranked or claim tasks) before every other, a verdict waiting on those only; then by
+        baseline in the claims-first order; then by scoring (ranked tasks before claim tasks)."""
         name = self.scorings[i][0]
-        return self.order[name], job.task not in self.decisive[name], i
+        return job.task not in self.decisive[name], self.order[name], i
 
-    def follow(self, priority: Tuple[int, bool, int], result: Any) -> List[Tuple[Tuple[int, bool, int], Any]]:
+    def follow(self, priority: Tuple[bool, int, int], result: Any) -> List[Tuple[Tuple[bool, int, int], Any]]:
         """A finished run's follow-ups (quick: a freed worker waits for them)."""
         i = priority[2]
         scoring = self.scorings[i][3]
