@@ -500,7 +500,7 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
         elif v.outcome in ("reproduced", "not reproduced"):
             early = [m for m in v.claim.models() if m in pending and m in measured]
             if early:
-                v.reason += (f" (judged from {', '.join(early)}'s finished runs of the tasks it reads; "
+                v.reason += (f" (judged from the finished runs of {' and '.join(early)} on the tasks it reads; "
                              f"{'its entry is' if len(early) == 1 else 'their entries are'} still to come)")
     left = None
     if runs_dir is not None:
