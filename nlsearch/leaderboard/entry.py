@@ -46,13 +46,6 @@ class RunInfo(Record):
     files: Dict[str, str] = {}          # sha256 of the run's metrics files (its record's digests)
     tokens_per_cpu_s: Optional[float] = None    # per CPU-second of the process (CPU runs; older runs: None)
 
-    def speed(self) -> Optional[float]:
-        """The run's training tokens per second of its own compute: per CPU-second for a one-thread CPU
-        run (a pause or a shared core does not count), else per wall-clock second where it ran."""
-        if self.threads == 1 and self.device == "cpu" and self.tokens_per_cpu_s:
-            return self.tokens_per_cpu_s
-        return self.tokens_per_s
-
 
 class SeedResult(Record):
     seed: int
@@ -140,11 +133,13 @@ class Entry(Record):
 
     def tokens_per_s(self) -> float:
         """Median training throughput over the measured runs (NaN when none was measured). Each run's
-        is :meth:`RunInfo.speed`: CPU time for one-thread CPU runs that counted it, else wall clock,
-        where a run that shared its machine or was paused reads slower; the median leaves such runs out
-        while they are under half (the mean of one baseline's 15 runs read 11% below their median)."""
-        speeds = [s.run.speed() for t in self.tasks.values() for s in t.seeds
-                  if s.run is not None and s.run.speed()]
+        is its wall-clock training tokens per second where it ran, so a run that shared its machine or
+        was paused reads slower; the median leaves such runs out while they are under half (the mean of
+        one baseline's 15 runs read 11% below their median). Runs also keep a CPU-time figure
+        (``tokens_per_cpu_s``, immune to pauses), not used here: runs made before it have none, and one
+        column must measure every entry alike."""
+        speeds = [s.run.tokens_per_s for t in self.tasks.values() for s in t.seeds
+                  if s.run is not None and s.run.tokens_per_s]
         return statistics.median(speeds) if speeds else math.nan
 
 

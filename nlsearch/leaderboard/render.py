@@ -165,7 +165,6 @@ the leaderboard re-ran seeds of its choosing and found them within tolerance. On
 Columns: rank (mean of the per-task ranks), nesting depth (levels of the nesting profile), parameters,
 state size (numbers carried per sequence at the longest eval length), each task's ranked metric as mean
 ± sample std over seeds (↑ higher / ↓ lower is better), training tokens/s (the median over the runs,
-each measured where it ran: per CPU-second for a one-thread CPU run, so a paused run or a shared core
-does not count, by wall clock otherwise and for runs older than that measure: a guide to cost, not a
-benchmark; `nlsearch bench models` is).
+each measured by wall clock where it ran: a guide to cost, not a benchmark; `nlsearch bench models` is.
+Newer runs' records also hold tokens per CPU-second, which a paused or shared machine does not slow).
 """

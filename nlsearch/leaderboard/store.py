@@ -37,9 +37,10 @@ INDEX_COLUMNS = (
     "id", "name", "author", "kind", "protocol", "budget", "config_sha256", "params", "state_size",
     "nesting_depth", "tokens_per_s", "created", "git_commit", "task", "task_kind", "metric", "higher_is_better",
     "mean", "std", "n", "lr_factor", "per_length", "extra", "path", "derived_by")
-DERIVED_BY = 2
+DERIVED_BY = 3
 """How the index's derived columns are computed from the entries: raised whenever that changes (2: an
-entry's tokens/s is the median over its runs, not the mean), so an index an older nlsearch wrote is
+entry's tokens/s is the median over its runs, not the mean; 3: wall clock for every entry again, after
+a few hours in which CPU-time figures were preferred where runs had them), so an index an older nlsearch wrote is
 rebuilt rather than read."""
 
 
