@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable, Dict, List, Optional, Sequence
@@ -120,7 +121,7 @@ def run_models_bench(cfg: ModelsBenchConfig, log: Optional[Callable[[str], None]
     if unknown:
         raise KeyError(f"unknown model presets {unknown}; known: {list_presets()}")
     rows: List[Dict] = []
-    run = datetime.now(timezone.utc).isoformat(timespec="seconds")     # which rows were timed together
+    run = f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {uuid.uuid4().hex[:6]}"   # rows timed together
     with tempfile.TemporaryDirectory(prefix="nlsearch-inductor-") as caches:
         for t in cfg.lengths:
             steps, first = {}, {}
