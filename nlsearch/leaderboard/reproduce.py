@@ -333,7 +333,7 @@ class _Reproduction:
         from nlsearch.bench.estimate import load_timing, seconds_left
         from nlsearch.leaderboard.scoring import cached_plan
         from nlsearch.train import default_run_dir
-        from nlsearch.train.record import finished_failure, finished_record
+        from nlsearch.train.record import finished_outcome
 
         deadline, table = time.monotonic() + hours * 3600, load_timing()
         tasks_dir = self.protocol.resolve_tasks_dir()
@@ -342,7 +342,7 @@ class _Reproduction:
             plan = cached_plan(job.model, job.lr_factor, job.task, self.track, job.seed, tasks_dir)
             run_dir = default_run_dir(job.runs_dir, plan)
             try:
-                if finished_record(run_dir, plan.identity()) or finished_failure(run_dir, plan.identity()):
+                if finished_outcome(run_dir, plan.identity()) is not None:
                     return True
             except ValueError:
                 pass

@@ -78,7 +78,7 @@ def scale_lr(model: Dict[str, Any], factor: float) -> Dict[str, Any]:
 def run_job(job: Job) -> JobResult:
     """Trains (or reuses) one run; never raises for a failing run: its status says why."""
     from nlsearch.train import NonFiniteLossError, default_run_dir, plan_run, train
-    from nlsearch.train.record import finished_failure, finished_record
+    from nlsearch.train.record import RunRecord, finished_outcome
 
     run_dir, note = None, ""
     try:
@@ -88,8 +88,8 @@ def run_job(job: Job) -> JobResult:
         plan = plan_run(cfg, job.task, job.budget, job.seed, job.device, job.threads, tasks_dir)
         run_dir = default_run_dir(job.runs_dir, plan)
         try:
-            record = finished_record(run_dir, plan.identity())
-            failure = finished_failure(run_dir, plan.identity()) if record is None else None
+            kept = finished_outcome(run_dir, plan.identity())
+            record, failure = (kept, None) if isinstance(kept, RunRecord) else (None, kept)
         except ValueError as err:
             aside = set_aside(run_dir)
             note = f"not reused ({' '.join(str(err).split())[:300]}); set aside as {aside.name}, retrained"

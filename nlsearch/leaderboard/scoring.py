@@ -227,7 +227,7 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
     ``RunRecord``, or the ``Failure`` of a run that diverged; else None): ``(plan, outcome)``. Reads
     the runs folder; trains nothing."""
     from nlsearch.train import default_run_dir
-    from nlsearch.train.record import finished_failure, finished_record
+    from nlsearch.train.record import finished_outcome
 
     tasks_dir = protocol.resolve_tasks_dir()
     out: Dict[Tuple[str, int, float], Any] = {}
@@ -237,7 +237,7 @@ def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, run
                 plan = cached_plan(model, factor, rule.task, budget, seed, tasks_dir)
                 run_dir = default_run_dir(runs_dir, plan)
                 try:
-                    record = finished_record(run_dir, plan.identity()) or finished_failure(run_dir, plan.identity())
+                    record = finished_outcome(run_dir, plan.identity())
                 except ValueError:
                     record = None
                 out[(rule.task, seed, factor)] = (plan, record)

@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import pandas as pd
 import torch
@@ -325,3 +325,10 @@ def finished_record(run_dir: Path, identity: Dict[str, Any], ignore: Sequence[st
     _check_is(record, run_dir, identity, "a finished run", ignore)
     check_files(run_dir, record)
     return record
+
+
+def finished_outcome(run_dir: Path, identity: Dict[str, Any]) -> Optional[Union[RunRecord, Failure]]:
+    """The finished outcome kept in ``run_dir`` for the run ``identity``: its record when it completed,
+    else its :class:`Failure` when it diverged, else None; ``ValueError`` (as both checks raise) when the
+    folder holds something that may not be reused."""
+    return finished_record(run_dir, identity) or finished_failure(run_dir, identity)
