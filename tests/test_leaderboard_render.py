@@ -3,6 +3,7 @@ strings escaped; the page is loaded in headless Chromium (no console errors, the
 show). Without Chromium the browser test skips, except where NLSEARCH_REQUIRE_BROWSER is set (CI)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -262,3 +263,68 @@ def test_an_entrys_speed_is_wall_clock_for_every_entry_alike():
     tasks = {name: t.model_copy(update={"seeds": tuple(s.model_copy(update={"run": next(speeds)}) for s in t.seeds)})
              for name, t in entry.tasks.items()}
     assert entry.model_copy(update={"tasks": tasks}).tokens_per_s() == 300.0
+
+
+def _report(track=("test@1", "tiny@1"), **over):
+    """A reproduction's report.json, written by hand: two claims, one with numbers and hostile text."""
+    claims = [{"id": "a", "claim": "delta beats dot", "source": "Yang 2024", "outcome": "not reproduced",
+               "reason": "1 of 1 pairs fail", "numbers": {"deltanet r@1 accuracy": [0.25, 0.125, 3],
+                                                             "linear-attention r@1 accuracy": [0.5, None, 1]}},
+              {"id": "b", "claim": EVIL, "source": "Zoology", "outcome": "not testable", "reason": EVIL, "numbers": {}}]
+    data = {"protocol": track[0], "budget": track[1], "written": "2026-12-05T10:00:00+00:00", "commit": "abc1234",
+            "runs": {"deltanet": {"r@1": {"done": 5, "needed": 5}}, "hope": {"r@1": {"done": 1, "needed": 5}}},
+            "claims": claims}
+    data.update(over)
+    return data
+
+
+def _board(tmp_path):
+    root = tmp_path / "repo" / "leaderboard"
+    store = Store(root)
+    for entry in _entries():
+        store.add(entry)
+    return root
+
+
+def test_the_page_shows_the_reproductions_claims_on_their_track(tmp_path):
+    """A report.json beside the leaderboard (``results/reproduce/``) is found: its tally, verdicts and
+    numbers (mean ± std (n), a missing std left out) show on its track's section, escaped, linking the
+    report; a report of another track shows nowhere."""
+    root = _board(tmp_path)
+    report = root.parent / "results" / "reproduce" / "report.json"
+    report.parent.mkdir(parents=True)
+    report.write_text(json.dumps(_report()))
+    readme, page = render(root)
+    md = readme.read_text().split("### Published claims")[1]
+    assert "0 reproduced, 1 not reproduced, 1 not testable at this budget" in md
+    assert "[report](../results/reproduce/report.md)" in md and "6 of 10 runs finished" in md
+    assert "| delta beats dot | Yang 2024 | **not reproduced** | deltanet r@1 accuracy: 0.2500 ± 0.1250 \\(n=3\\)<br>" \
+           "linear-attention r@1 accuracy: 0.5000 \\(n=1\\) |" in md
+    assert "&lt;script&gt;alert\\(1\\)" in md and "<script>" not in md and "](https://evil" not in md
+    doc = page.read_text()
+    assert doc.count("<script>") == 1 and "Published claims" in doc
+    assert "<b>not reproduced</b></summary>1 of 1 pairs fail</details>" in doc
+    assert "href=\"../results/reproduce/report.md\"" in doc and "commit abc1234" in doc
+    report.write_text(json.dumps(_report(track=("test@1", "other@1"))))
+    readme, page = render(root)
+    assert "Published claims" not in readme.read_text() and "Published claims" not in page.read_text()
+
+
+@pytest.mark.parametrize("bad, named", [("{not json", "not JSON"),
+                                        (json.dumps(_report(claims=[{"claim": "x"}])), "claims.0.source"),
+                                        (json.dumps(_report(claims=[{**_report()["claims"][0], "outcome": "won"}])),
+                                         "claims.0.outcome"),
+                                        (json.dumps({"claims": []}), "protocol")])
+def test_a_report_that_is_not_one_is_refused_and_nothing_is_written(tmp_path, bad, named):
+    root = _board(tmp_path)
+    render(root)
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    report = tmp_path / "report.json"
+    report.write_text(bad)
+    with pytest.raises(ValueError, match=rf"report\.json.*{re.escape(named)}"):
+        render(root, report=report)
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match="cannot read"):
+        render(root, report=tmp_path / "missing.json")
+    assert main(["leaderboard", "render", "--dir", str(root), "--report", str(report)]) == 2
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before

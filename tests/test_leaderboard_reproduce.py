@@ -213,6 +213,11 @@ def test_baselines_are_entries_and_the_report_judges_every_claim(reproduced):
         assert claim["source"] in report and claim["claim"] in report
     assert "| transformer |" in report and "bigram" in report and "tiny_lm@1" in report
     assert not any(math.isnan(x) for x in lm.values())
+    # the leaderboard page shows the same verdicts, rendered after the last report
+    page = (root / "lb" / "README.md").read_text().split("### Published claims")[1]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in page.splitlines() if line.startswith("| ")}
+    for claim in CLAIMS:
+        assert f"**{data[claim['id']]['outcome']}**" in rows[claim["claim"]]
 
 
 # Hand-set scores: every run's evaluation returns these values (one per seed, in call order), so the

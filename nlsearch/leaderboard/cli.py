@@ -59,13 +59,15 @@ def _leaderboard(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if args.entries or args.retrain:
         raise ValueError(f"ENTRY and --retrain are for 'verify' only, not for {args.action!r}")
+    if args.report is not None and args.action != "render":
+        raise ValueError(f"--report is for 'render' only, not for {args.action!r}")
     if args.action == "index":
         frame = store.rebuild_index()
         console.print(f"indexed {frame.id.nunique()} entries into {safe(str(store.index_path))}")
         _skipped(store, console)
         return 0
     if args.action == "render":
-        readme, page = render(args.dir, load_protocol(args.protocol))
+        readme, page = render(args.dir, load_protocol(args.protocol), args.report)
         console.print(f"wrote {safe(str(readme))}, {safe(str(page))} and {safe(str(store.root / 'plots'))}/")
         return 0
     protocol = load_protocol(args.protocol)
@@ -153,6 +155,8 @@ def add_commands(sub) -> None:
     lb.add_argument("--retrain", type=_positive, default=0, metavar="N", help="verify: also train N measured seeds "
                     "of each entry again from nothing and flag numbers outside the protocol's tolerance")
     lb.add_argument("--workers", type=int, default=1, help="verify --retrain: training runs in parallel processes")
+    lb.add_argument("--report", default=None, metavar="FILE", help="render: the reproduction's report.json whose "
+                    "claims the page shows (default: results/reproduce/report.json beside the --dir folder, if any)")
     lb.add_argument("--address", default=None, help="verify --retrain: a Ray cluster address to train on")
     _common(lb, "the budget track to show (default: the protocol's first)")
     lb.set_defaults(func=_leaderboard)

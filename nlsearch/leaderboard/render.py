@@ -1,27 +1,32 @@
 """``nlsearch leaderboard render``: ``leaderboard/README.md`` and ``leaderboard/index.html``.
 
 The page is static (no server, no network, no external script): one section per protocol version and
-budget track with a table that sorts when a header is clicked (a few lines of inline JavaScript) and
-the four plots of ``plots.py`` inlined as SVG. The README shows the same tables and links the same
-plots, written as ``plots/<protocol>_<budget>_<plot>.svg``. Every string that comes from an entry
-(names, authors) is escaped: an entry is data, and cannot inject markup or script into the page.
+budget track with a table that sorts when a header is clicked (a few lines of inline JavaScript), the
+published claims as the reproduction judged them on that track (from its ``report.json``, when one is
+given or found at ``results/reproduce/report.json`` beside the leaderboard folder) and the four plots
+of ``plots.py`` inlined as SVG. The README shows the same tables and links the same plots, written as
+``plots/<protocol>_<budget>_<plot>.svg``. Every string that comes from an entry (names, authors) or a
+report is escaped: they are data, and cannot inject markup or script into the page.
 """
 from __future__ import annotations
 
 import html
+import json
 import math
+import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from nlsearch.display import markdown_table
 from nlsearch.io import write_text
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.store import DEFAULT_ROOT, Store
-from nlsearch.leaderboard.table import display, mean_std, ranked, task_headers
+from nlsearch.leaderboard.table import claim_numbers, display, mean_std, ranked, task_headers
 
 SCRIPT = """
 document.querySelectorAll("table.leaderboard").forEach(function (table) {
@@ -55,6 +60,15 @@ table.leaderboard th { cursor: pointer; background: #f3f3f3; user-select: none; 
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
 th[aria-sort="descending"]::after { content: " \\25BC"; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
+table.claims { border-collapse: collapse; font-size: 0.85em; max-width: 100%; }
+table.claims th, table.claims td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
+table.claims th { text-align: left; }
+table.claims th { background: #f3f3f3; }
+table.claims td.numbers { white-space: nowrap; font-size: 0.95em; }
+table.claims details { max-width: 40em; }
+table.claims summary { white-space: nowrap; }
+.verdict-reproduced { color: #1a7f37; } .verdict-not-reproduced { color: #b42318; }
+.verdict-not-testable, .verdict-pending { color: #666; }
 .plots figure { margin: 0; }
 """
 
@@ -113,11 +127,114 @@ def _escape_md(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", html.escape(" ".join(str(text).split()), quote=False))
 
 
-def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str, Path, None] = None
-           ) -> Tuple[Path, Path]:
-    """Writes ``root/README.md``, ``root/index.html`` and ``root/plots/*.svg``; returns the two pages."""
+REPORT = Path("results/reproduce/report.json")    # beside the leaderboard folder: root.parent / REPORT
+OUTCOMES = ("reproduced", "not reproduced", "not testable", "pending")
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ReportedClaim(_Loose):
+    claim: str
+    source: str
+    outcome: Literal["reproduced", "not reproduced", "not testable", "pending"]
+    reason: str
+    numbers: Dict[str, Tuple[Optional[float], Optional[float], int]] = {}    # key: (mean, std, n)
+
+
+class ClaimsReport(_Loose):
+    """What the page takes from a reproduction's ``report.json``: its track and its verdicts."""
+
+    protocol: str
+    budget: str
+    written: Optional[str] = None
+    commit: Optional[str] = None
+    runs: Optional[Dict[str, Dict[str, Dict[str, object]]]] = None
+    claims: List[ReportedClaim]
+
+    def runs_done(self) -> Optional[Tuple[int, int]]:
+        if not self.runs:
+            return None
+        cells = [c for tasks in self.runs.values() for c in tasks.values()]
+        return sum(int(c["done"]) for c in cells), sum(int(c["needed"]) for c in cells)
+
+    def tally(self) -> str:
+        counts = {o: sum(c.outcome == o for c in self.claims) for o in OUTCOMES}
+        return (f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
+                f"{counts['not testable']} not testable at this budget"
+                + (f", {counts['pending']} pending" if counts["pending"] else ""))
+
+
+def load_report(path: Union[str, Path]) -> ClaimsReport:
+    """A reproduction's ``report.json``; a file that is not one is refused, naming the file and the key."""
+    path = Path(path)
+    try:
+        return ClaimsReport.model_validate(json.loads(path.read_text()))
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the reproduction report ({err.strerror or err})") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not JSON ({err})") from None
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "(top level)"
+        raise ValueError(f"{path}: not a reproduction report: {where}: {first['msg']}") from None
+
+
+def _report_link(report: Path, root: Path) -> str:
+    """The human report (``report.md`` beside ``report.json``) as a path relative to the page."""
+    return Path(os.path.relpath(report.with_suffix(".md"), root)).as_posix()
+
+
+def _report_facts(report: ClaimsReport) -> str:
+    """When and from what the report was written, as far as it says: "written …, commit …, N of M runs"."""
+    done = report.runs_done()
+    parts = [f"written {report.written}" if report.written else "", f"commit {report.commit}" if report.commit else "",
+             f"{done[0]} of {done[1]} runs finished" if done else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def claims_markdown(report: ClaimsReport, link: str) -> List[str]:
+    facts = _escape_md(_report_facts(report))
+    lines = ["### Published claims", "",
+             f"{report.tally()}; judged by `nlsearch reproduce` on this track. Its [report]({link}) gives each "
+             f"verdict's reason, the pairs compared and the source's setting beside ours ({facts}).",
+             "",
+             "| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
+    for c in report.claims:
+        numbers = "<br>".join(_escape_md(x) for x in claim_numbers(c.numbers)) or "-"
+        lines.append(f"| {_escape_md(c.claim)} | {_escape_md(c.source)} | **{c.outcome}** | {numbers} |")
+    return lines + [""]
+
+
+def claims_html(report: ClaimsReport, link: str) -> str:
+    parts = ["<h3>Published claims</h3>",
+             f"<p>{html.escape(report.tally())}; judged by <code>nlsearch reproduce</code> on this track (report: "
+             f"<a href=\"{html.escape(link)}\">{html.escape(link)}</a>, {html.escape(_report_facts(report))}). "
+             "Open a verdict for its reason.</p>",
+             "<div class=\"table-wrap\"><table class=\"claims\"><thead><tr><th scope=\"col\">claim</th>"
+             "<th scope=\"col\">source</th><th scope=\"col\">verdict</th>"
+             "<th scope=\"col\">numbers (mean ± std over seeds, n)</th></tr></thead><tbody>"]
+    for c in report.claims:
+        numbers = "<br>".join(html.escape(x) for x in claim_numbers(c.numbers)) or "-"
+        css = "verdict-" + c.outcome.replace(" ", "-")
+        parts.append(f"<tr><td>{html.escape(c.claim)}</td><td>{html.escape(c.source)}</td>"
+                     f"<td><details><summary class=\"{css}\"><b>{html.escape(c.outcome)}</b></summary>"
+                     f"{html.escape(c.reason)}</details></td><td class=\"numbers\">{numbers}</td></tr>")
+    parts.append("</tbody></table></div>")
+    return "\n".join(parts)
+
+
+def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str, Path, None] = None,
+           report: Union[str, Path, None] = None) -> Tuple[Path, Path]:
+    """Writes ``root/README.md``, ``root/index.html`` and ``root/plots/*.svg``; returns the two pages.
+    ``report``: a reproduction's ``report.json`` whose claims the page shows on its track (None: the one
+    at ``root/../results/reproduce/report.json`` if there is one). Read before anything is written."""
     root = Path(root)
     protocol = protocol if isinstance(protocol, Protocol) or protocol is None else load_protocol(protocol)
+    if report is None and (root.parent / REPORT).is_file():
+        report = root.parent / REPORT
+    claims = None if report is None else load_report(report)
     index = Store(root).index()
     md = [README_HEAD]
     page = [f"<h1>nlsearch leaderboard</h1><p>{len(index.id.unique())} entries. Click a column header to sort."
@@ -131,8 +248,12 @@ def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str,
         shown = display(index, ref, budget)
         shown["name"] = [_escape_md(n) for n in shown["name"]]
         md += [f"## {ref}, budget {budget}", "", markdown_table(shown), ""]
-        page += [f"<section><h2>{html.escape(ref)}, budget {html.escape(budget)}</h2>", html_table(index, ref, budget),
-                 "<div class=\"plots\">"]
+        page += [f"<section><h2>{html.escape(ref)}, budget {html.escape(budget)}</h2>", html_table(index, ref, budget)]
+        if claims is not None and (claims.protocol, claims.budget) == (ref, budget):
+            link = _report_link(Path(report), root)
+            md += claims_markdown(claims, link)
+            page.append(claims_html(claims, link))
+        page.append("<div class=\"plots\">")
         for plot in PLOTS:
             name = _plot_name(ref, budget, plot)
             write_text(svgs[plot], root / "plots" / name)

@@ -29,7 +29,7 @@ from nlsearch.leaderboard.render import render
 from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
-from nlsearch.leaderboard.table import column_label, display, mean_std
+from nlsearch.leaderboard.table import claim_numbers, column_label, display, mean_std
 from nlsearch.provenance import code_commit
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
@@ -97,7 +97,7 @@ def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
 def _verdict_lines(verdicts: Sequence[Verdict]) -> List[str]:
     lines = ["| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
     for v in verdicts:
-        numbers = "<br>".join(f"{k}: {mean_std(m, s)} (n={n})" for k, (m, s, n) in v.numbers.items()) or "-"
+        numbers = "<br>".join(claim_numbers(v.numbers)) or "-"
         why = v.reason if v.outcome in ("not testable", "pending") else f"tested: {v.reason}"
         lines.append(f"| {v.claim.claim} | {v.claim.source} | **{v.outcome}** ({why}) | {numbers} |")
     return lines
@@ -180,16 +180,20 @@ def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence
     return lines
 
 
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Verdict],
                 bigram: Optional[Dict[str, float]], names: Sequence[str], prog: Optional[Progress] = None,
-                left: Optional[str] = None) -> str:
+                left: Optional[str] = None, written: Optional[str] = None) -> str:
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
     counts = {o: sum(v.outcome == o for v in verdicts)
               for o in ("reproduced", "not reproduced", "not testable", "pending")}
     lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
-             f"Written by `nlsearch reproduce` on {datetime.now(timezone.utc).isoformat(timespec='seconds')}, "
+             f"Written by `nlsearch reproduce` on {written or _now()}, "
              f"commit {code_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
              f"x{list(protocol.lr_sweep.factors)} for every model on seed {protocol.seeds[0]}, the best factor "
              f"then for every seed; ranked metric per task as mean ± sample std over the seeds finished (n) "
@@ -318,11 +322,21 @@ class _Reproduction:
         self.decisive = {name: tasks_claims_read(name, claims, protocol, track) for name, *_ in self.scorings}
         self.order = {name: k for k, name in enumerate(self.pending)}     # baselines, claims first
         self.complete: List[int] = []                           # scorings whose runs are all back, not scored
+        self.shown: Optional[Any] = None                        # the claims the page was last rendered with
 
     def write(self) -> Path:
-        """The report as things stand (after every run trained, and after every baseline)."""
-        return _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
+        """The report as things stand (after every run trained, and after every baseline); the page is
+        rendered again when the report's claims changed or an entry was added since it last was."""
+        path = _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
                              self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
+        claims = json.loads((self.out_dir / "report.json").read_text())["claims"]
+        if claims != self.shown:
+            self.render()
+            self.shown = claims
+        return path
+
+    def render(self) -> None:
+        render(self.store.root, self.protocol, self.out_dir / "report.json")
 
     def fits(self, hours: float) -> Callable[[Job], bool]:
         """Whether a run may start now and still end within ``hours`` of this call: a finished one is
@@ -424,7 +438,7 @@ class _Reproduction:
                 path = self.store.add(entry)
             except LeaderboardError as err:
                 raise LeaderboardError(f"baseline {name}: {err}") from None
-            render(self.store.root, self.protocol)      # the page shows every baseline as soon as it is complete
+            self.render()                               # the page shows every baseline as soon as it is complete
             self.log(f"{name}: added {path}; {self.store.root / 'README.md'} and index.html re-rendered")
         if all(s.done for n, _, _, s in self.scorings if n == name) and name not in self.errors:
             self.pending = [n for n in self.pending if n != name]
@@ -508,7 +522,8 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
 
         left = summary_line(estimate(_planned(specs, protocol, track, claims, store, runs_dir), load_timing()),
                             workers)
-    text = report_text(protocol, track, store, verdicts, bigram, names, prog, left)
+    written = _now()
+    text = report_text(protocol, track, store, verdicts, bigram, names, prog, left, written)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
                                              for k, xs in v.numbers.items()},
@@ -522,6 +537,7 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
                       "mean_std_n": None if r is None else [None if isinstance(x, float) and math.isnan(x) else x
                                                             for x in r.aggregate()]}
                for task, (d, n, r) in tasks.items()} for name, tasks in prog.items()}
-    write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "runs": runs, "claims": data}, indent=1)
+    write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "written": written, "commit": code_commit(),
+                           "runs": runs, "claims": data}, indent=1)
                + "\n", out / "report.json")
     return write_text(text, out / "report.md")

@@ -9,7 +9,7 @@ same protocol version and budget track.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence
 
 import pandas as pd
 
@@ -56,6 +56,12 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
         return "-"
     spread = "" if std is None or (isinstance(std, float) and math.isnan(std)) else f" ± {std:.{digits}f}"
     return f"{mean:.{digits}f}{spread}"
+
+
+def claim_numbers(numbers: Mapping[str, Sequence]) -> List[str]:
+    """A verdict's numbers, one line per model and metric: ``<model task metric>: mean ± std (n=N)``
+    (``numbers``: that key to ``(mean, std, n)``)."""
+    return [f"{key}: {mean_std(m, s)} (n={n})" for key, (m, s, n) in numbers.items()]
 
 
 def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str] = None,
