@@ -222,7 +222,8 @@ def test_an_entrys_speed_is_the_median_of_its_runs():
 
 def test_names_of_entries_with_nearly_equal_numbers_do_not_overprint():
     """Four entries at almost one point (two memories of one state size score alike): every name is
-    drawn inside the axes and no two names overlap, nor does a name cover another entry's marker."""
+    drawn inside the axes (those on one marker in one label) and no two labels overlap, nor does a label
+    cover another entry's marker."""
     import json
 
     import pandas as pd
@@ -230,16 +231,18 @@ def test_names_of_entries_with_nearly_equal_numbers_do_not_overprint():
     from matplotlib.text import Text
 
     from nlsearch.leaderboard.plots import DRAW, _figure
-    points = [(-0.80, 0.40), (-0.80, 0.401), (-0.799, 0.40), (-0.801, 0.399), (-0.2, 0.6)]
-    rows = pd.DataFrame({"task_kind": ["continual"] * 5, "name": ["linear-attention", "deltanet", "ttt-linear",
-                                                                 "gated-deltanet", "transformer"],
+    points = [(-0.80, 0.40), (-0.80, 0.401), (-0.799, 0.40), (-0.801, 0.399), (-0.2, 0.6),
+              (-0.75, 0.45), (-0.74, 0.452)]              # the last two close, yet markers apart
+    rows = pd.DataFrame({"task_kind": ["continual"] * 7, "name": ["linear-attention", "deltanet", "ttt-linear",
+                                                                 "gated-deltanet", "transformer", "ttt-mlp", "mamba"],
                          "extra": [json.dumps({"bwt": b, "acc": a}) for b, a in points]})
     fig, ax = _figure()
     DRAW["continual"](ax, rows)
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
     boxes = {t.get_text(): Text.get_window_extent(t, renderer) for t in ax.texts}     # the words, not the line
-    assert set(boxes) == set(rows.name)
+    named = [name for text in boxes for name in text.split("\n")]          # entries on one marker share a label
+    assert sorted(named) == sorted(rows.name) and len(boxes) == 4
     frame = ax.get_window_extent(renderer)
     for name, box in boxes.items():
         assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, name
@@ -328,3 +331,18 @@ def test_a_report_that_is_not_one_is_refused_and_nothing_is_written(tmp_path, ba
         render(root, report=tmp_path / "missing.json")
     assert main(["leaderboard", "render", "--dir", str(root), "--report", str(report)]) == 2
     assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+
+
+def test_entries_on_one_marker_share_one_label():
+    """Three entries of one state size whose recall differs by less than a marker's width get one
+    label naming all three (highest first) at their point; a fourth elsewhere keeps its own."""
+    import pandas as pd
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    rows = pd.DataFrame({"task_kind": ["recall"] * 4, "task": ["r@1"] * 4, "mean": [0.1224, 0.1256, 0.1225, 0.9],
+                         "state_size": [262144, 262144, 262144, 10496],
+                         "name": ["cms-steps", "transformer", "cms-steps-single", "linear-attention"]})
+    fig, ax = _figure()
+    DRAW["state"](ax, rows)
+    labels = {t.get_text(): t.xy for t in ax.texts}
+    assert labels == {"transformer\ncms-steps-single\ncms-steps": (262144, 0.1256), "linear-attention": (10496, 0.9)}

@@ -90,7 +90,7 @@ def _labels(ax, points) -> None:
     for collection in ax.collections:                 # every marker: a name does not cover another's
         for px, py in ax.transData.transform(collection.get_offsets()):
             placed.append(Bbox([[px - r, py - r], [px + r, py + r]]))
-    for x, y, name in sorted(points, key=lambda p: (-p[1], p[0])):          # top first: reads downwards
+    for x, y, name in sorted(_coincident(ax, points, r), key=lambda p: (-p[1], p[0])):   # top first
         text = None
         for dx, dy in _OFFSETS:
             if text is not None:
@@ -110,6 +110,22 @@ def _labels(ax, points) -> None:
                                parse_math=False)
             box = _text_box(text, renderer)
         placed.append(box)
+
+
+def _coincident(ax, points, radius: float):
+    """``points`` with those whose markers overlap on screen (centres within ``radius`` pixels: entries
+    with one state size and nearly one score) merged into one point named by all of them, one name a
+    line, the highest first: one label tied to the marker they share instead of names stacked nearby."""
+    groups = []                                       # [(pixel x, pixel y), [(x, y, name), ...]]
+    for point in sorted(points, key=lambda p: (-p[1], p[0])):
+        px, py = ax.transData.transform((point[0], point[1]))
+        for centre, members in groups:
+            if math.hypot(px - centre[0], py - centre[1]) <= radius:
+                members.append(point)
+                break
+        else:
+            groups.append(((px, py), [point]))
+    return [(members[0][0], members[0][1], "\n".join(m[2] for m in members)) for _, members in groups]
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
