@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlsearch.display import rich_table, safe
-from nlsearch.runtime import tune_process, watch_interrupts
+from nlsearch.runtime import interrupt_signal, tune_process, watch_interrupts
 
 console = Console()
 
@@ -307,8 +308,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         console.print(f"[red]error:[/red] {safe(str(message))}")
         return getattr(err, "exit_code", 2)     # 2: bad input; an error may name its own (runs that raised: 1)
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow] (Ctrl-C)")     # every command: what each keeps is its own
+    except KeyboardInterrupt:                 # every command: what each keeps is its own
+        if interrupt_signal() == signal.SIGTERM:
+            console.print("[yellow]interrupted[/yellow] (SIGTERM)")
+            return 143
+        console.print("[yellow]interrupted[/yellow] (Ctrl-C)")
         return 130
 
 

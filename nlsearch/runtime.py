@@ -113,11 +113,11 @@ def tune_process() -> None:
     tune_allocator()
 
 
-_interrupts = {"seen": False}
+_interrupts = {"seen": False, "signal": None}
 
 
-def _on_sigint(signum, frame):
-    _interrupts["seen"] = True
+def _on_signal(signum, frame):
+    _interrupts["seen"], _interrupts["signal"] = True, signum
     raise KeyboardInterrupt
 
 
@@ -126,16 +126,28 @@ def watch_interrupts() -> None:
     does. A KeyboardInterrupt raised inside a library call can come out as another exception (torch
     turns one inside a tensor conversion into a ValueError); code that catches broad errors asks
     :func:`interrupted` and stops instead of recording a failure. Only where SIGINT has Python's
-    default handler (not where it is ignored, as for a background job)."""
+    default handler (not where it is ignored, as for a background job).
+
+    SIGTERM (``kill``, a batch system's wall-time limit, ``timeout``) takes the same path where it has
+    its default action: the command stops its workers, keeps what each keeps on Ctrl-C (finished runs,
+    checkpoints) and exits 143, instead of dying with its pool's workers and semaphores left behind."""
     import signal
 
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        signal.signal(signal.SIGINT, _on_sigint)
+        signal.signal(signal.SIGINT, _on_signal)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_signal)
 
 
 def interrupted() -> bool:
-    """Whether Ctrl-C was pressed in this process since :func:`watch_interrupts`."""
+    """Whether Ctrl-C (or SIGTERM) came to this process since :func:`watch_interrupts`."""
     return _interrupts["seen"]
+
+
+def interrupt_signal() -> Optional[int]:
+    """The signal that interrupted this process (SIGINT or SIGTERM), None if none did (or a
+    KeyboardInterrupt was raised by hand)."""
+    return _interrupts["signal"]
 
 
 _ON = ("1", "true", "yes", "on")
