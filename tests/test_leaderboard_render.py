@@ -346,3 +346,24 @@ def test_entries_on_one_marker_share_one_label():
     DRAW["state"](ax, rows)
     labels = {t.get_text(): t.xy for t in ax.texts}
     assert labels == {"transformer\ncms-steps-single\ncms-steps": (262144, 0.1256), "linear-attention": (10496, 0.9)}
+
+
+def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
+    """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(n=2)" beside
+    its mean ± std, in the README, the page and the printed table."""
+    from nlsearch.leaderboard.table import display
+
+    shaky = task_result("r@1", [0.4, 0.0, 0.6])
+    failed = shaky.seeds[1].model_copy(update={"status": "failed: NonFiniteLossError at step 9", "metrics": {},
+                                               "run": None})
+    shaky = shaky.model_copy(update={"seeds": (shaky.seeds[0], failed, shaky.seeds[2])})
+    root = tmp_path / "lb"
+    store = Store(root)
+    store.add(make_entry("shaky", {"r@1": shaky}))
+    store.add(make_entry("steady", {"r@1": task_result("r@1", [0.3, 0.3, 0.3])}))
+    readme, page = render(root)
+    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (n=2) |" in readme.read_text()
+    assert "0.3000 ± 0.0000 |" in readme.read_text() and "(n=3)" not in readme.read_text()
+    assert ">0.5000 ± 0.1414 (n=2)</td>" in page.read_text()
+    shown = display(store.index(), "test@1", "tiny@1")
+    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (n=2)", "0.3000 ± 0.0000"]

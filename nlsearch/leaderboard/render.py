@@ -26,7 +26,7 @@ from nlsearch.io import write_text
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.store import DEFAULT_ROOT, Store
-from nlsearch.leaderboard.table import claim_numbers, display, mean_std, ranked, task_headers
+from nlsearch.leaderboard.table import claim_numbers, display, ranked, task_cells, task_headers
 
 SCRIPT = """
 document.querySelectorAll("table.leaderboard").forEach(function (table) {
@@ -94,12 +94,13 @@ def html_table(index: pd.DataFrame, protocol: str, budget: str) -> str:
     parts = ["<div class=\"table-wrap\"><table class=\"leaderboard\">", "<thead><tr>"]
     parts += [f"<th data-type=\"{kind}\" scope=\"col\">{_breakable(h)}</th>" for h, kind in heads]
     parts.append("</tr></thead><tbody>")
-    for r in table.to_dict("records"):
+    shown = {task: task_cells(table, task) for task in tasks}
+    for i, r in enumerate(table.to_dict("records")):
         cells = [(str(r["rank"]), _number(r["rank"])), (r["name"], r["name"]), (r["kind"], r["kind"]),
                  (str(r["nesting_depth"]), _number(r["nesting_depth"])), (f"{r['params']:,}", _number(r["params"])),
                  (f"{r['state_size']:,}", _number(r["state_size"]))]
         for task in tasks:
-            cells.append((mean_std(r[f"{task}.mean"], r[f"{task}.std"]), _number(r[f"{task}.mean"])))
+            cells.append((shown[task][i], _number(r[f"{task}.mean"])))
         speed = r["tokens_per_s"]
         cells.append(("-" if math.isnan(speed) else f"{speed:,.0f}", _number(speed)))
         row = "".join(f"<td data-sort=\"{html.escape(k)}\">{html.escape(t)}</td>" for t, k in cells)
@@ -285,7 +286,9 @@ the leaderboard re-ran seeds of its choosing and found them within tolerance. On
 
 Columns: rank (mean of the per-task ranks), nesting depth (levels of the nesting profile), parameters,
 state size (numbers carried per sequence at the longest eval length), each task's ranked metric as mean
-± sample std over seeds (↑ higher / ↓ lower is better), training tokens/s (the median over the runs,
-each measured by wall clock where it ran: a guide to cost, not a benchmark; `nlsearch bench models` is.
-Newer runs' records also hold tokens per CPU-second, which a paused or shared machine does not slow).
+± sample std over seeds (↑ higher / ↓ lower is better; "(n=2)": only two seeds completed, the others
+failed, e.g. diverged, and are left out of the mean: each entry's file says why), training tokens/s
+(the median over the runs, each measured by wall clock where it ran: a guide to cost, not a benchmark;
+`nlsearch bench models` is. Newer runs' records also hold tokens per CPU-second, which a paused or
+shared machine does not slow).
 """

@@ -58,6 +58,16 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}{spread}"
 
 
+def task_cells(table: pd.DataFrame, task: str) -> List[str]:
+    """A task's column of :func:`ranked`'s table as printed: mean ± std, and ``(n=k)`` where an entry
+    has fewer completed seeds than the most any entry has on the task (its other seeds failed: the
+    protocol leaves a diverged seed out of the mean, and the reader should see that it did)."""
+    ns = table[f"{task}.n"]
+    full = ns.max() if ns.notna().any() else 0
+    return [mean_std(m, s) + (f" (n={int(n)})" if n == n and n < full and m == m else "")
+            for m, s, n in zip(table[f"{task}.mean"], table[f"{task}.std"], ns)]
+
+
 def claim_numbers(numbers: Mapping[str, Sequence]) -> List[str]:
     """A verdict's numbers, one line per model and metric: ``<model task metric>: mean ± std (n=N)``
     (``numbers``: that key to ``(mean, std, n)``)."""
@@ -84,7 +94,7 @@ def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str]
                         "depth": table["nesting_depth"], "params": [f"{int(x):,}" for x in table["params"]],
                         "state": [f"{int(x):,}" for x in table["state_size"]]})
     for ref, head in zip(all_tasks, heads):
-        out[head] = [mean_std(m, s) for m, s in zip(table[f"{ref}.mean"], table[f"{ref}.std"])]
+        out[head] = task_cells(table, ref)
     out["tokens/s"] = [("-" if math.isnan(x) else f"{x:,.0f}") for x in table["tokens_per_s"]]
     return _sorted(out, table, sort, all_tasks, heads) if sort else out
 
