@@ -301,7 +301,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     console = Console()                       # created per call: honours COLUMNS and redirection
     args = build_parser().parse_args(argv)
     tune_process()
-    watch_interrupts()
+    restore = watch_interrupts()
     try:
         return args.func(args)
     except (ValueError, KeyError, FileNotFoundError, ConnectionError) as err:
@@ -314,6 +314,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 143
         console.print("[yellow]interrupted[/yellow] (Ctrl-C)")
         return 130
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

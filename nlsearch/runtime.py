@@ -41,7 +41,7 @@ import ctypes.util
 import os
 import shutil
 import sys
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -113,15 +113,19 @@ def tune_process() -> None:
     tune_allocator()
 
 
-_interrupts = {"seen": False, "signal": None}
+_interrupts = {"seen": False, "signal": None, "term": False}
 
 
 def _on_signal(signum, frame):
+    import signal
+
+    if signum == signal.SIGTERM and _interrupts["seen"]:
+        return                            # a second SIGTERM (batch systems repeat it) lets the clean-up finish
     _interrupts["seen"], _interrupts["signal"] = True, signum
     raise KeyboardInterrupt
 
 
-def watch_interrupts() -> None:
+def watch_interrupts() -> Callable[[], None]:
     """Remember that Ctrl-C was pressed (:func:`interrupted`), then raise KeyboardInterrupt as Python
     does. A KeyboardInterrupt raised inside a library call can come out as another exception (torch
     turns one inside a tensor conversion into a ValueError); code that catches broad errors asks
@@ -130,12 +134,34 @@ def watch_interrupts() -> None:
 
     SIGTERM (``kill``, a batch system's wall-time limit, ``timeout``) takes the same path where it has
     its default action: the command stops its workers, keeps what each keeps on Ctrl-C (finished runs,
-    checkpoints) and exits 143, instead of dying with its pool's workers and semaphores left behind."""
+    checkpoints) and exits 143, instead of dying with its pool's workers and semaphores left behind; a
+    repeated SIGTERM is ignored while that clean-up runs. Returns a function that puts the previous
+    handlers back (a command run inside another program, e.g. a test, leaves no handler behind)."""
     import signal
 
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    _interrupts.update(seen=False, signal=None, term=False)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if before[signal.SIGINT] is signal.default_int_handler:
         signal.signal(signal.SIGINT, _on_signal)
-    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+    if before[signal.SIGTERM] == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_signal)
+        _interrupts["term"] = True
+
+    def restore() -> None:
+        _interrupts["term"] = False
+        for sig, handler in before.items():
+            if signal.getsignal(sig) is _on_signal:
+                signal.signal(sig, handler)
+    return restore
+
+
+def reclaim_sigterm() -> None:
+    """After ``ray.init``, which sets its own SIGTERM handler (``sys.exit(15)``): SIGTERM back on the
+    Ctrl-C path where :func:`watch_interrupts` had put it (main thread only, as signals are)."""
+    import signal
+    import threading
+
+    if _interrupts["term"] and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _on_signal)
 
 

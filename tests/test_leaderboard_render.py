@@ -292,7 +292,7 @@ def _board(tmp_path):
 def test_the_page_shows_the_reproductions_claims_on_their_track(tmp_path):
     """A report.json beside the leaderboard (``results/reproduce/``) is found: its tally, verdicts and
     numbers (mean ± std (n), a missing std left out) show on its track's section, escaped, linking the
-    report; a report of another track shows nowhere."""
+    report; a report of a track with no entry yet gets a section of its own, not another track's."""
     root = _board(tmp_path)
     report = root.parent / "results" / "reproduce" / "report.json"
     report.parent.mkdir(parents=True)
@@ -308,19 +308,23 @@ def test_the_page_shows_the_reproductions_claims_on_their_track(tmp_path):
     assert doc.count("<script>") == 1 and "Published claims" in doc
     assert "<b>not reproduced</b></summary>1 of 1 pairs fail</details>" in doc
     assert "href=\"../results/reproduce/report.md\"" in doc and "commit abc1234" in doc
-    report.write_text(json.dumps(_report(track=("test@1", "other@1"))))
-    readme, page = render(root)
-    assert "Published claims" not in readme.read_text() and "Published claims" not in page.read_text()
+    report.write_text(json.dumps(_report(track=("test@1", "other@1"))))     # a track with no entry yet
+    text = render(root)[0].read_text()
+    ours, other = text.split("## test@1, budget tiny@1")[1].split("## test@1, budget other@1")
+    assert "Published claims" not in ours and "| 1 | alpha |" in ours
+    assert "No entries on this track yet." in other and "**not reproduced**" in other
 
 
 @pytest.mark.parametrize("bad, named", [("{not json", "not JSON"),
                                         (json.dumps(_report(claims=[{"claim": "x"}])), "claims.0.source"),
                                         (json.dumps(_report(claims=[{**_report()["claims"][0], "outcome": "won"}])),
                                          "claims.0.outcome"),
-                                        (json.dumps({"claims": []}), "protocol")])
+                                        (json.dumps({"claims": []}), "protocol"),
+                                        (json.dumps(_report(runs={"m": {"r@1": {"done": None, "needed": 3}}})),
+                                         "runs.m.r@1.done"),
+                                        (json.dumps(_report(runs={"m": {"r@1": {"needed": 3}}})), "runs.m.r@1.done")])
 def test_a_report_that_is_not_one_is_refused_and_nothing_is_written(tmp_path, bad, named):
-    root = _board(tmp_path)
-    render(root)
+    root = _board(tmp_path)                                   # never rendered: nothing to write over
     before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
     report = tmp_path / "report.json"
     report.write_text(bad)
@@ -349,8 +353,9 @@ def test_entries_on_one_marker_share_one_label():
 
 
 def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
-    """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(n=2)" beside
-    its mean ± std, in the README, the page and the printed table."""
+    """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(n=2 of 3)"
+    beside its mean ± std, in the README, the page and the printed table; an entry that ran fewer seeds,
+    all completed, is not marked."""
     from nlsearch.leaderboard.table import display
 
     shaky = task_result("r@1", [0.4, 0.0, 0.6])
@@ -361,9 +366,10 @@ def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
     store = Store(root)
     store.add(make_entry("shaky", {"r@1": shaky}))
     store.add(make_entry("steady", {"r@1": task_result("r@1", [0.3, 0.3, 0.3])}))
+    store.add(make_entry("short", {"r@1": task_result("r@1", [0.2, 0.2])}))
     readme, page = render(root)
-    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (n=2) |" in readme.read_text()
-    assert "0.3000 ± 0.0000 |" in readme.read_text() and "(n=3)" not in readme.read_text()
-    assert ">0.5000 ± 0.1414 (n=2)</td>" in page.read_text()
+    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (n=2 of 3) |" in readme.read_text()
+    assert "0.3000 ± 0.0000 |" in readme.read_text() and readme.read_text().count(") |") == 1
+    assert ">0.5000 ± 0.1414 (n=2 of 3)</td>" in page.read_text()
     shown = display(store.index(), "test@1", "tiny@1")
-    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (n=2)", "0.3000 ± 0.0000"]
+    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (n=2 of 3)", "0.3000 ± 0.0000", "0.2000 ± 0.0000"]

@@ -102,3 +102,35 @@ def test_a_pool_made_before_the_flag_is_reported_not_flushed():
     made_first = "torch.full((1 << 18,), 1.0).mul(2).sum(); torch.randn(256, 256) @ torch.randn(256, 256)"
     flushed, *_, recorded = _python(SUBNORMAL.format(before=made_first)).split()
     assert (flushed, recorded) == ("False", "kept")
+
+
+def _exit_15(signum, frame):
+    raise SystemExit(15)
+
+
+def test_sigterm_takes_ctrl_cs_path_once_and_the_handlers_are_put_back():
+    """Under ``watch_interrupts``: SIGTERM raises KeyboardInterrupt and is named by ``interrupt_signal``;
+    a second SIGTERM during the clean-up is ignored; Ray's init replacing the handler is undone by
+    ``reclaim_sigterm``; the restore function leaves the handlers as they were before."""
+    import os
+    import signal
+
+    from nlsearch.runtime import interrupt_signal, interrupted, reclaim_sigterm, watch_interrupts
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    restore = watch_interrupts()
+    try:
+        assert not interrupted() and interrupt_signal() is None
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGTERM)                            # handled before kill returns
+        assert interrupted() and interrupt_signal() == signal.SIGTERM
+        os.kill(os.getpid(), signal.SIGTERM)                                # the clean-up goes on
+        signal.signal(signal.SIGTERM, _exit_15)                             # as ray.init does
+        reclaim_sigterm()
+        os.kill(os.getpid(), signal.SIGTERM)                                # ignored again: ours, not Ray's
+    finally:
+        restore()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) == before[0]
+    signal.signal(signal.SIGTERM, before[1])

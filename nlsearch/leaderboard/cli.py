@@ -39,6 +39,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     console = _console()
     store = Store(args.dir)
+    if args.report is not None and args.action != "render":
+        raise ValueError(f"--report is for 'render' only, not for {args.action!r}")
     if args.action == "verify":
         from nlsearch.leaderboard.audit import audit
 
@@ -59,8 +61,6 @@ def _leaderboard(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     if args.entries or args.retrain:
         raise ValueError(f"ENTRY and --retrain are for 'verify' only, not for {args.action!r}")
-    if args.report is not None and args.action != "render":
-        raise ValueError(f"--report is for 'render' only, not for {args.action!r}")
     if args.action == "index":
         frame = store.rebuild_index()
         console.print(f"indexed {frame.id.nunique()} entries into {safe(str(store.index_path))}")

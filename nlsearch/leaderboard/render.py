@@ -16,10 +16,11 @@ import math
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 from typing import Dict, List, Literal, Optional, Tuple, Union
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from nlsearch.display import markdown_table
 from nlsearch.io import write_text
@@ -144,6 +145,11 @@ class ReportedClaim(_Loose):
     numbers: Dict[str, Tuple[Optional[float], Optional[float], int]] = {}    # key: (mean, std, n)
 
 
+class RunCell(_Loose):
+    done: NonNegativeInt
+    needed: NonNegativeInt
+
+
 class ClaimsReport(_Loose):
     """What the page takes from a reproduction's ``report.json``: its track and its verdicts."""
 
@@ -151,14 +157,14 @@ class ClaimsReport(_Loose):
     budget: str
     written: Optional[str] = None
     commit: Optional[str] = None
-    runs: Optional[Dict[str, Dict[str, Dict[str, object]]]] = None
+    runs: Optional[Dict[str, Dict[str, RunCell]]] = None                  # model: task: its runs
     claims: List[ReportedClaim]
 
     def runs_done(self) -> Optional[Tuple[int, int]]:
         if not self.runs:
             return None
         cells = [c for tasks in self.runs.values() for c in tasks.values()]
-        return sum(int(c["done"]) for c in cells), sum(int(c["needed"]) for c in cells)
+        return sum(c.done for c in cells), sum(c.needed for c in cells)
 
     def tally(self) -> str:
         counts = {o: sum(c.outcome == o for c in self.claims) for o in OUTCOMES}
@@ -183,8 +189,9 @@ def load_report(path: Union[str, Path]) -> ClaimsReport:
 
 
 def _report_link(report: Path, root: Path) -> str:
-    """The human report (``report.md`` beside ``report.json``) as a path relative to the page."""
-    return Path(os.path.relpath(report.with_suffix(".md"), root)).as_posix()
+    """The human report (``report.md`` beside ``report.json``) as a relative URL from the page: a path,
+    percent-encoded, so no report path can become another scheme's link or end a Markdown link."""
+    return quote(Path(os.path.relpath(report.with_suffix(".md"), root)).as_posix())
 
 
 def _report_facts(report: ClaimsReport) -> str:
@@ -196,10 +203,11 @@ def _report_facts(report: ClaimsReport) -> str:
 
 
 def claims_markdown(report: ClaimsReport, link: str) -> List[str]:
-    facts = _escape_md(_report_facts(report))
+    facts = _report_facts(report)
+    facts = f" ({_escape_md(facts)})" if facts else ""
     lines = ["### Published claims", "",
              f"{report.tally()}; judged by `nlsearch reproduce` on this track. Its [report]({link}) gives each "
-             f"verdict's reason, the pairs compared and the source's setting beside ours ({facts}).",
+             f"verdict's reason, the pairs compared and the source's setting beside ours{facts}.",
              "",
              "| claim | source | verdict | numbers (mean ± std over seeds, n) |", "|---|---|---|---|"]
     for c in report.claims:
@@ -209,9 +217,11 @@ def claims_markdown(report: ClaimsReport, link: str) -> List[str]:
 
 
 def claims_html(report: ClaimsReport, link: str) -> str:
+    facts = _report_facts(report)
+    facts = f", {html.escape(facts)}" if facts else ""
     parts = ["<h3>Published claims</h3>",
              f"<p>{html.escape(report.tally())}; judged by <code>nlsearch reproduce</code> on this track (report: "
-             f"<a href=\"{html.escape(link)}\">{html.escape(link)}</a>, {html.escape(_report_facts(report))}). "
+             f"<a href=\"{html.escape(link)}\">{html.escape(link)}</a>{facts}). "
              "Open a verdict for its reason.</p>",
              "<div class=\"table-wrap\"><table class=\"claims\"><thead><tr><th scope=\"col\">claim</th>"
              "<th scope=\"col\">source</th><th scope=\"col\">verdict</th>"
@@ -243,25 +253,37 @@ def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str,
     if index.empty:
         md.append("No entries yet.\n")
         page.append("<p>No entries yet.</p>")
-    for ref, budget in tracks(index, protocol):
+    shown_tracks = tracks(index, protocol)
+    if claims is not None and (claims.protocol, claims.budget) not in shown_tracks:
+        shown_tracks.append((claims.protocol, claims.budget))         # its claims, before its first entry
+    for ref, budget in shown_tracks:
         rows = index[(index.protocol == ref) & (index.budget == budget)]
-        svgs = plot_svgs(rows)
-        shown = display(index, ref, budget)
-        shown["name"] = [_escape_md(n) for n in shown["name"]]
-        md += [f"## {ref}, budget {budget}", "", markdown_table(shown), ""]
-        page += [f"<section><h2>{html.escape(ref)}, budget {html.escape(budget)}</h2>", html_table(index, ref, budget)]
+        heading = f"{ref}, budget {budget}"
+        page.append(f"<section><h2>{html.escape(heading)}</h2>")
+        md += [f"## {heading}", ""]
+        if len(rows):
+            shown = display(index, ref, budget)
+            shown["name"] = [_escape_md(n) for n in shown["name"]]
+            md += [markdown_table(shown), ""]
+            page.append(html_table(index, ref, budget))
+        else:
+            md += ["No entries on this track yet.", ""]
+            page.append("<p>No entries on this track yet.</p>")
         if claims is not None and (claims.protocol, claims.budget) == (ref, budget):
             link = _report_link(Path(report), root)
             md += claims_markdown(claims, link)
             page.append(claims_html(claims, link))
-        page.append("<div class=\"plots\">")
-        for plot in PLOTS:
-            name = _plot_name(ref, budget, plot)
-            write_text(svgs[plot], root / "plots" / name)
-            md.append(f"![{TITLES[plot]}](plots/{name})")
-            page.append(f"<figure class=\"plot\" data-plot=\"{plot}\">{svgs[plot]}</figure>")
-        md.append("")
-        page.append("</div></section>")
+        if len(rows):
+            svgs = plot_svgs(rows)
+            page.append("<div class=\"plots\">")
+            for plot in PLOTS:
+                name = _plot_name(ref, budget, plot)
+                write_text(svgs[plot], root / "plots" / name)
+                md.append(f"![{TITLES[plot]}](plots/{name})")
+                page.append(f"<figure class=\"plot\" data-plot=\"{plot}\">{svgs[plot]}</figure>")
+            md.append("")
+            page.append("</div>")
+        page.append("</section>")
     readme = write_text("\n".join(md) + "\n", root / "README.md")
     doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>nlsearch leaderboard</title>"
            f"<link rel=\"icon\" href=\"data:,\"><style>{STYLE}</style></head><body>\n" + "\n".join(page)
@@ -286,8 +308,8 @@ the leaderboard re-ran seeds of its choosing and found them within tolerance. On
 
 Columns: rank (mean of the per-task ranks), nesting depth (levels of the nesting profile), parameters,
 state size (numbers carried per sequence at the longest eval length), each task's ranked metric as mean
-± sample std over seeds (↑ higher / ↓ lower is better; "(n=2)": only two seeds completed, the others
-failed, e.g. diverged, and are left out of the mean: each entry's file says why), training tokens/s
+± sample std over seeds (↑ higher / ↓ lower is better; "(n=2 of 3)": two of the three seeds completed,
+the other failed, e.g. diverged, and is left out of the mean: the entry's file says why), training tokens/s
 (the median over the runs, each measured by wall clock where it ran: a guide to cost, not a benchmark;
 `nlsearch bench models` is. Newer runs' records also hold tokens per CPU-second, which a paused or
 shared machine does not slow).

@@ -36,6 +36,7 @@ BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "tita
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps",
              "cms-steps-single", "hope")
 AUTHOR = "nlsearch reproduce"
+PAGE_FIELDS = ("claim", "source", "outcome", "reason", "numbers")   # what the page shows of a claim's verdict
 RUNS = Path("results/reproduce/runs")     # committed: a reproduction grows across machines and sittings
 ModelSpec = Union[str, Dict[str, Any]]
 
@@ -326,10 +327,11 @@ class _Reproduction:
 
     def write(self) -> Path:
         """The report as things stand (after every run trained, and after every baseline); the page is
-        rendered again when the report's claims changed or an entry was added since it last was."""
+        rendered again when what it shows of the claims changed (an entry added renders it at once)."""
         path = _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
                              self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
-        claims = json.loads((self.out_dir / "report.json").read_text())["claims"]
+        report = json.loads((self.out_dir / "report.json").read_text())
+        claims = [{k: c[k] for k in PAGE_FIELDS} for c in report["claims"]]
         if claims != self.shown:
             self.render()
             self.shown = claims

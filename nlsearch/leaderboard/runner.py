@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from nlsearch.cluster import check_address
 from nlsearch.leaderboard.plugins import resolve_plugins
-from nlsearch.runtime import interrupted
+from nlsearch.runtime import interrupted, reclaim_sigterm
 from nlsearch.train.record import one_line
 
 Log = Callable[[str], Any]
@@ -328,6 +328,7 @@ class _Ray(_Backend):
         if not ray.is_initialized():
             check_address(address)
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            reclaim_sigterm()                         # Ray's own SIGTERM handler would exit without clean-up
         self.gpus = bool(gpus_per_job) and ray.cluster_resources().get("GPU", 0.0) > 0
         options = {"num_cpus": 1, "num_gpus": gpus_per_job} if self.gpus else {"num_cpus": 1}
         self.remote = ray.remote(fn or run_job).options(**options)

@@ -36,12 +36,13 @@ DEFAULT_ROOT = Path("leaderboard")
 INDEX_COLUMNS = (
     "id", "name", "author", "kind", "protocol", "budget", "config_sha256", "params", "state_size",
     "nesting_depth", "tokens_per_s", "created", "git_commit", "task", "task_kind", "metric", "higher_is_better",
-    "mean", "std", "n", "lr_factor", "per_length", "extra", "path", "derived_by")
-DERIVED_BY = 3
+    "mean", "std", "n", "seeds", "lr_factor", "per_length", "extra", "path", "derived_by")
+DERIVED_BY = 4
 """How the index's derived columns are computed from the entries: raised whenever that changes (2: an
 entry's tokens/s is the median over its runs, not the mean; 3: wall clock for every entry again, after
-a few hours in which CPU-time figures were preferred where runs had them), so an index an older nlsearch wrote is
-rebuilt rather than read."""
+a few hours in which CPU-time figures were preferred where runs had them; 4: ``seeds``, the seeds a
+task ran, beside ``n``, those that completed), so an index an older nlsearch wrote is rebuilt rather
+than read."""
 
 
 class LeaderboardError(ValueError):
@@ -190,7 +191,7 @@ def index_rows(entry: Entry, rel_path: str) -> List[dict]:
             "tokens_per_s": entry.tokens_per_s(), "created": entry.created, "git_commit": ",".join(git),
             "task": ref, "task_kind": result.kind, "metric": result.metric,
             "higher_is_better": result.higher_is_better, "mean": mean, "std": std, "n": n,
-            "lr_factor": result.lr_factor,
+            "seeds": len(result.seeds), "lr_factor": result.lr_factor,
             "per_length": json.dumps({str(k): v for k, v in result.per_length().items()}),
             "extra": json.dumps(extra), "path": rel_path, "derived_by": DERIVED_BY})
     return rows
@@ -199,7 +200,7 @@ def index_rows(entry: Entry, rel_path: str) -> List[dict]:
 def index_frame(entries: Sequence, root: Path) -> pd.DataFrame:
     rows = [row for entry, path in entries for row in index_rows(entry, str(Path(path).relative_to(root)))]
     frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
-    for col in ("params", "state_size", "nesting_depth", "n"):
+    for col in ("params", "state_size", "nesting_depth", "n", "seeds"):
         frame[col] = frame[col].astype("int64")
     for col in ("tokens_per_s", "mean", "std", "lr_factor"):
         frame[col] = frame[col].astype("float64")

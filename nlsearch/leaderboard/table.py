@@ -22,7 +22,8 @@ def column_label(task: str, metric: str, higher_is_better: bool) -> str:
 
 def ranked(index: pd.DataFrame, protocol: str, budget: str, tasks: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per entry of (``protocol``, ``budget``): the entry columns, then per task ``<task>.mean``,
-    ``<task>.std``, ``<task>.n``, ``<task>.rank``; ``score`` (mean task rank) and ``rank``; sorted by rank."""
+    ``<task>.std``, ``<task>.n`` (seeds completed), ``<task>.seeds`` (seeds run), ``<task>.rank``; ``score``
+    (mean task rank) and ``rank``; sorted by rank."""
     sub = index[(index.protocol == protocol) & (index.budget == budget)]
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(sub.task))
     entries = sub.drop_duplicates("id").set_index("id")
@@ -30,7 +31,7 @@ def ranked(index: pd.DataFrame, protocol: str, budget: str, tasks: Optional[Sequ
     ranks = []
     for task in tasks:
         rows = sub[sub.task == task].set_index("id")
-        for stat in ("mean", "std", "n"):
+        for stat in ("mean", "std", "n", "seeds"):
             table[f"{task}.{stat}"] = rows[stat].reindex(table.index)
         hib = bool(rows.higher_is_better.iloc[0]) if len(rows) else True
         rank = table[f"{task}.mean"].rank(method="min", ascending=not hib, na_option="bottom")
@@ -59,13 +60,12 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
 
 
 def task_cells(table: pd.DataFrame, task: str) -> List[str]:
-    """A task's column of :func:`ranked`'s table as printed: mean ± std, and ``(n=k)`` where an entry
-    has fewer completed seeds than the most any entry has on the task (its other seeds failed: the
-    protocol leaves a diverged seed out of the mean, and the reader should see that it did)."""
-    ns = table[f"{task}.n"]
-    full = ns.max() if ns.notna().any() else 0
-    return [mean_std(m, s) + (f" (n={int(n)})" if n == n and n < full and m == m else "")
-            for m, s, n in zip(table[f"{task}.mean"], table[f"{task}.std"], ns)]
+    """A task's column of :func:`ranked`'s table as printed: mean ± std, and ``(n=k of m)`` where fewer
+    of an entry's seeds completed than it ran (the protocol leaves a failed seed, e.g. one that
+    diverged, out of the mean, and the reader should see that it did)."""
+    return [mean_std(m, s) + (f" (n={int(n)} of {int(k)})" if n == n and k == k and n < k and m == m else "")
+            for m, s, n, k in zip(table[f"{task}.mean"], table[f"{task}.std"], table[f"{task}.n"],
+                                  table[f"{task}.seeds"])]
 
 
 def claim_numbers(numbers: Mapping[str, Sequence]) -> List[str]:

@@ -17,6 +17,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, List, Optional
 
 from nlsearch.cluster import check_address
+from nlsearch.runtime import reclaim_sigterm
 from nlsearch.search.space import Resources
 from nlsearch.search.trial import TrialJob, TrialOutcome, run_trial
 
@@ -154,6 +155,7 @@ class RayExecutor(Executor):
             else:
                 ray.init(num_cpus=workers * resources.cpus_per_trial, include_dashboard=False,
                          log_to_driver=False, configure_logging=False)
+            reclaim_sigterm()                     # Ray's own SIGTERM handler would exit without clean-up
         total = ray.cluster_resources()
         self.gpus = total.get("GPU", 0.0) if use_gpus else 0.0
         if self.gpus > 0:
