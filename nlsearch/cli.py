@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -11,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nlsearch.display import rich_table, safe
-from nlsearch.runtime import interrupt_signal, tune_process, watch_interrupts
+from nlsearch.runtime import interrupt_exit, tune_process, watch_interrupts
 
 console = Console()
 
@@ -309,11 +308,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         console.print(f"[red]error:[/red] {safe(str(message))}")
         return getattr(err, "exit_code", 2)     # 2: bad input; an error may name its own (runs that raised: 1)
     except KeyboardInterrupt:                 # every command: what each keeps is its own
-        if interrupt_signal() == signal.SIGTERM:
-            console.print("[yellow]interrupted[/yellow] (SIGTERM)")
-            return 143
-        console.print("[yellow]interrupted[/yellow] (Ctrl-C)")
-        return 130
+        how, code = interrupt_exit()
+        console.print(f"[yellow]interrupted[/yellow] ({how})")
+        return code
     finally:
         restore()
 

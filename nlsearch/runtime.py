@@ -41,7 +41,7 @@ import ctypes.util
 import os
 import shutil
 import sys
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -155,6 +155,13 @@ def watch_interrupts() -> Callable[[], None]:
     return restore
 
 
+def interrupt_exit() -> Tuple[str, int]:
+    """What stopped this command and its exit status: ("SIGTERM", 143) or ("Ctrl-C", 130)."""
+    import signal
+
+    return ("SIGTERM", 143) if _interrupts["signal"] == signal.SIGTERM else ("Ctrl-C", 130)
+
+
 def reclaim_sigterm() -> None:
     """After ``ray.init``, which sets its own SIGTERM handler (``sys.exit(15)``): SIGTERM back on the
     Ctrl-C path where :func:`watch_interrupts` had put it (main thread only, as signals are)."""
@@ -168,12 +175,6 @@ def reclaim_sigterm() -> None:
 def interrupted() -> bool:
     """Whether Ctrl-C (or SIGTERM) came to this process since :func:`watch_interrupts`."""
     return _interrupts["seen"]
-
-
-def interrupt_signal() -> Optional[int]:
-    """The signal that interrupted this process (SIGINT or SIGTERM), None if none did (or a
-    KeyboardInterrupt was raised by hand)."""
-    return _interrupts["signal"]
 
 
 _ON = ("1", "true", "yes", "on")

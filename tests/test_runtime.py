@@ -109,22 +109,22 @@ def _exit_15(signum, frame):
 
 
 def test_sigterm_takes_ctrl_cs_path_once_and_the_handlers_are_put_back():
-    """Under ``watch_interrupts``: SIGTERM raises KeyboardInterrupt and is named by ``interrupt_signal``;
+    """Under ``watch_interrupts``: SIGTERM raises KeyboardInterrupt and is named by ``interrupt_exit``;
     a second SIGTERM during the clean-up is ignored; Ray's init replacing the handler is undone by
     ``reclaim_sigterm``; the restore function leaves the handlers as they were before."""
     import os
     import signal
 
-    from nlsearch.runtime import interrupt_signal, interrupted, reclaim_sigterm, watch_interrupts
+    from nlsearch.runtime import interrupt_exit, interrupted, reclaim_sigterm, watch_interrupts
 
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     restore = watch_interrupts()
     try:
-        assert not interrupted() and interrupt_signal() is None
+        assert not interrupted() and interrupt_exit() == ("Ctrl-C", 130)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)                            # handled before kill returns
-        assert interrupted() and interrupt_signal() == signal.SIGTERM
+        assert interrupted() and interrupt_exit() == ("SIGTERM", 143)
         os.kill(os.getpid(), signal.SIGTERM)                                # the clean-up goes on
         signal.signal(signal.SIGTERM, _exit_15)                             # as ray.init does
         reclaim_sigterm()

@@ -8,6 +8,7 @@ import pandas as pd
 from rich.console import Console
 
 from nlsearch.display import rich_table, safe
+from nlsearch.runtime import interrupt_exit
 
 
 def _dimension_rows(space) -> List[dict]:
@@ -122,8 +123,9 @@ def _search(args: argparse.Namespace, console: Console) -> int:
                                        log=lambda m: console.print(safe(m)), status=status,
                                        plots=not args.no_plots, confirm=not args.no_confirm)
     except SearchInterrupted:
-        console.print("[yellow]interrupted[/yellow]: the study is consistent; run the same command to resume")
-        return 130
+        how, code = interrupt_exit()
+        console.print(f"[yellow]interrupted[/yellow] ({how}): the study is consistent; run the same command to resume")
+        return code
     finally:
         if live is not None:
             live.stop()

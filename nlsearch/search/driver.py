@@ -36,6 +36,7 @@ from nlsearch.search.space import SearchSpace, task_label
 from nlsearch.search.study import (DUPLICATE_OF, HEARTBEAT_S, SURPLUS, WAITS_FOR, DriverLock, finished, open_study,
                                    recover, requeue, running, shared)
 from nlsearch.search.trial import TrialJob, TrialOutcome
+from nlsearch.runtime import interrupt_exit
 from nlsearch.tasks import load_task
 from nlsearch.tasks.batch import derive_seed
 
@@ -78,7 +79,7 @@ class Heartbeat:
 
 
 class SearchInterrupted(KeyboardInterrupt):
-    """Ctrl-C: the study was left consistent and resumable."""
+    """Ctrl-C or SIGTERM: the study was left consistent and resumable."""
 
 
 @dataclass
@@ -317,15 +318,16 @@ class Driver:
                 if self.confirm and any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
                     self._confirm_once(study)
             except KeyboardInterrupt:
+                how = interrupt_exit()[0]
                 for number in self.executor.cancel_all():
                     if number in self.pending:
                         trial = self.pending.pop(number)
                         self.heartbeat.discard(trial._trial_id)
-                        requeue(study, number, f"interrupted: Ctrl-C while trial {number} ran")
+                        requeue(study, number, f"interrupted: {how} while trial {number} ran")
                 for number, trial in list(self.waiting.items()):
                     del self.waiting[number]
                     self.heartbeat.discard(trial._trial_id)
-                    requeue(study, number, f"interrupted: Ctrl-C while trial {number} waited for another")
+                    requeue(study, number, f"interrupted: {how} while trial {number} waited for another")
                 raise SearchInterrupted() from None
             finally:
                 self.heartbeat.stop()
