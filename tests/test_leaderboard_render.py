@@ -353,7 +353,7 @@ def test_entries_on_one_marker_share_one_label():
 
 
 def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
-    """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(n=2 of 3)"
+    """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(2 of 3 seeds)"
     beside its mean ± std, in the README, the page and the printed table; an entry that ran fewer seeds,
     all completed, is not marked."""
     from nlsearch.leaderboard.table import display
@@ -368,8 +368,8 @@ def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
     store.add(make_entry("steady", {"r@1": task_result("r@1", [0.3, 0.3, 0.3])}))
     store.add(make_entry("short", {"r@1": task_result("r@1", [0.2, 0.2])}))
     readme, page = render(root)
-    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (n=2 of 3) |" in readme.read_text()
+    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (2 of 3 seeds) |" in readme.read_text()
     assert "0.3000 ± 0.0000 |" in readme.read_text() and readme.read_text().count(") |") == 1
-    assert ">0.5000 ± 0.1414 (n=2 of 3)</td>" in page.read_text()
+    assert ">0.5000 ± 0.1414<span class=\"seeds\">2 of 3 seeds</span></td>" in page.read_text()   # its own line
     shown = display(store.index(), "test@1", "tiny@1")
-    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (n=2 of 3)", "0.3000 ± 0.0000", "0.2000 ± 0.0000"]
+    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (2 of 3 seeds)", "0.3000 ± 0.0000", "0.2000 ± 0.0000"]

@@ -56,6 +56,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table.leaderboard { border-collapse: collapse; font-size: 0.9em; }
 table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.3em 0.6em; }
 table.leaderboard td { white-space: nowrap; }
+table.leaderboard td .seeds { display: block; font-size: 0.8em; color: #666; }
 .table-wrap { overflow-x: auto; max-width: 100%; }
 table.leaderboard th { cursor: pointer; background: #f3f3f3; user-select: none; }
 th[aria-sort="ascending"]::after { content: " \\25B2"; }
@@ -100,11 +101,14 @@ def html_table(index: pd.DataFrame, protocol: str, budget: str) -> str:
         cells = [(str(r["rank"]), _number(r["rank"])), (r["name"], r["name"]), (r["kind"], r["kind"]),
                  (str(r["nesting_depth"]), _number(r["nesting_depth"])), (f"{r['params']:,}", _number(r["params"])),
                  (f"{r['state_size']:,}", _number(r["state_size"]))]
+        cells = [(html.escape(t), k) for t, k in cells]
         for task in tasks:
-            cells.append((shown[task][i], _number(r[f"{task}.mean"])))
+            value, note = shown[task][i]                    # the note on a line of its own: columns stay narrow
+            note = f"<span class=\"seeds\">{html.escape(note)}</span>" if note else ""
+            cells.append((html.escape(value) + note, _number(r[f"{task}.mean"])))
         speed = r["tokens_per_s"]
         cells.append(("-" if math.isnan(speed) else f"{speed:,.0f}", _number(speed)))
-        row = "".join(f"<td data-sort=\"{html.escape(k)}\">{html.escape(t)}</td>" for t, k in cells)
+        row = "".join(f"<td data-sort=\"{html.escape(k)}\">{t}</td>" for t, k in cells)
         parts.append(f"<tr>{row}</tr>")
     parts.append("</tbody></table></div>")
     return "\n".join(parts)
@@ -308,7 +312,7 @@ the leaderboard re-ran seeds of its choosing and found them within tolerance. On
 
 Columns: rank (mean of the per-task ranks), nesting depth (levels of the nesting profile), parameters,
 state size (numbers carried per sequence at the longest eval length), each task's ranked metric as mean
-± sample std over seeds (↑ higher / ↓ lower is better; "(n=2 of 3)": two of the three seeds completed,
+± sample std over seeds (↑ higher / ↓ lower is better; "(2 of 3 seeds)": two of the three seeds completed,
 the other failed, e.g. diverged, and is left out of the mean: the entry's file says why), training tokens/s
 (the median over the runs, each measured by wall clock where it ran: a guide to cost, not a benchmark;
 `nlsearch bench models` is. Newer runs' records also hold tokens per CPU-second, which a paused or

@@ -9,7 +9,7 @@ same protocol version and budget track.
 from __future__ import annotations
 
 import math
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
@@ -59,11 +59,11 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}{spread}"
 
 
-def task_cells(table: pd.DataFrame, task: str) -> List[str]:
-    """A task's column of :func:`ranked`'s table as printed: mean ± std, and ``(n=k of m)`` where fewer
-    of an entry's seeds completed than it ran (the protocol leaves a failed seed, e.g. one that
-    diverged, out of the mean, and the reader should see that it did)."""
-    return [mean_std(m, s) + (f" (n={int(n)} of {int(k)})" if n == n and k == k and n < k and m == m else "")
+def task_cells(table: pd.DataFrame, task: str) -> List[Tuple[str, str]]:
+    """A task's column of :func:`ranked`'s table as printed, per entry ``(mean ± std, note)``: the note
+    is ``k of m seeds`` where fewer of the entry's seeds completed than it ran (the protocol leaves a failed
+    seed, e.g. one that diverged, out of the mean, and the reader should see that it did), else ""."""
+    return [(mean_std(m, s), f"{int(n)} of {int(k)} seeds" if n == n and k == k and n < k and m == m else "")
             for m, s, n, k in zip(table[f"{task}.mean"], table[f"{task}.std"], table[f"{task}.n"],
                                   table[f"{task}.seeds"])]
 
@@ -94,7 +94,7 @@ def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str]
                         "depth": table["nesting_depth"], "params": [f"{int(x):,}" for x in table["params"]],
                         "state": [f"{int(x):,}" for x in table["state_size"]]})
     for ref, head in zip(all_tasks, heads):
-        out[head] = task_cells(table, ref)
+        out[head] = [f"{value} ({note})" if note else value for value, note in task_cells(table, ref)]
     out["tokens/s"] = [("-" if math.isnan(x) else f"{x:,.0f}") for x in table["tokens_per_s"]]
     return _sorted(out, table, sort, all_tasks, heads) if sort else out
 
