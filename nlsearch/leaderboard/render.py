@@ -64,8 +64,7 @@ th[aria-sort="descending"]::after { content: " \\25BC"; }
 .plots { display: flex; flex-wrap: wrap; gap: 1em; }
 table.claims { border-collapse: collapse; font-size: 0.85em; max-width: 100%; }
 table.claims th, table.claims td { border: 1px solid #ccc; padding: 0.3em 0.6em; vertical-align: top; }
-table.claims th { text-align: left; }
-table.claims th { background: #f3f3f3; }
+table.claims th { text-align: left; background: #f3f3f3; }
 table.claims td.numbers { white-space: nowrap; font-size: 0.95em; }
 table.claims details { max-width: 40em; }
 table.claims summary { white-space: nowrap; }
@@ -144,7 +143,7 @@ class _Loose(BaseModel):
 class ReportedClaim(_Loose):
     claim: str
     source: str
-    outcome: Literal["reproduced", "not reproduced", "not testable", "pending"]
+    outcome: Literal[OUTCOMES]
     reason: str
     numbers: Dict[str, Tuple[Optional[float], Optional[float], int]] = {}    # key: (mean, std, n)
 
