@@ -299,7 +299,7 @@ def test_the_page_shows_the_reproductions_claims_on_their_track(tmp_path):
     report.write_text(json.dumps(_report()))
     readme, page = render(root)
     md = readme.read_text().split("### Published claims")[1]
-    assert "0 reproduced, 1 not reproduced, 1 not testable at this budget" in md
+    assert "0 reproduced, 1 not reproduced, 0 unresolved by the seeds, 1 not testable at this budget" in md
     assert "[report](../results/reproduce/report.md)" in md and "6 of 10 runs finished" in md
     assert "| delta beats dot | Yang 2024 | **not reproduced** | deltanet r@1 accuracy: 0.2500 ± 0.1250 \\(n=3\\)<br>" \
            "linear-attention r@1 accuracy: 0.5000 \\(n=1\\) |" in md

@@ -6,7 +6,7 @@ and baseline names (the baselines are named after their presets):
 
 - ``at_least``: ``model``'s mean on ``role`` is at least ``value`` (at most, for a lower-is-better metric);
 - ``beats``: on every role in ``roles``, every model in ``winners`` is better than every one in ``losers``;
-- ``order``: on ``role``, ``models`` are ordered best first (ties allowed);
+- ``order``: on ``role``, ``models`` are ordered best first, each better than the next;
 - ``gap_grows``: the lead of ``reference`` over each of ``models`` is larger on ``roles[1]`` than on
   ``roles[0]`` (recurrent models fall behind as the task gets harder).
 
@@ -24,14 +24,24 @@ Rules a claims file is held to when loaded with its protocol (:func:`load_claims
   ``varies`` (generator parameters, or ``lengths``): otherwise the gap could come from anything
   else that changed between them, and the claim is refused naming the keys that differ.
 
-Verdicts: ``reproduced``, ``not reproduced`` (saying whether a budget effect we can name, the claim's
-calibration finding for the track, explains it), ``pending`` (a baseline it reads is still to be scored),
-or ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
-track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
-sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
-budget (the claim's ``calibration`` entry for the budget names the finding). A verdict given at a
-scale far below the source's says so, with both scales. The means are compared as they are; the
-report prints the seed spread next to them so a reader can judge the margin.
+Verdicts. Every comparison a check makes (a pair of models on a role, a model against a bound, a lead
+on one role against the lead on another) is a t-test of the difference of the seeds' means
+(:mod:`nlsearch.stats`: Welch-Satterthwaite, two-sided, level :data:`ALPHA`), so a margin counts only
+beyond seed noise:
+
+- ``reproduced``: every comparison goes the claimed way and the test resolves it;
+- ``not reproduced``: some comparison goes against the claim and the test resolves it (saying whether
+  a budget effect we can name, the claim's calibration finding for the track, explains it);
+- ``unresolved``: nothing resolves against the claim, but the seeds do not resolve some comparison
+  either (named with its gap and p), whichever way its means lean;
+- ``pending``: a baseline it reads is still to be scored;
+- ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
+  track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
+  sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
+  budget (the claim's ``calibration`` entry for the budget names the finding).
+
+A verdict given at a scale far below the source's says so, with both scales. The report prints each
+model's mean, std and number of seeds beside the verdict.
 """
 from __future__ import annotations
 
@@ -45,8 +55,19 @@ from pydantic import Field, PositiveInt, TypeAdapter
 from nlsearch.config import ConfigError, Strict, read_yaml_mapping
 from nlsearch.leaderboard.entry import Entry, TaskResult
 from nlsearch.leaderboard.protocol import ROLE, Protocol
+from nlsearch.stats import Welch, contrast
 
 MIN_SCALE_RATIO = 0.01     # a track below 1/100 of the source's training scale is "far below" it
+ALPHA = 0.05               # the level of every comparison's t-test: a margin must be beyond seed noise
+OUTCOMES = ("reproduced", "not reproduced", "unresolved", "not testable", "pending")
+
+
+def tally(outcomes: Sequence[str]) -> str:
+    """'1 reproduced, 2 not reproduced, ...' over ``outcomes`` (pending only when there is one)."""
+    counts = {o: sum(x == o for x in outcomes) for o in OUTCOMES}
+    return (f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
+            f"{counts['unresolved']} unresolved by the seeds, {counts['not testable']} not testable at this budget"
+            + (f", {counts['pending']} pending" if counts["pending"] else ""))
 
 
 class Check(Strict):
@@ -103,7 +124,7 @@ class ClaimsFile(Strict):
 @dataclass
 class Verdict:
     claim: Claim
-    outcome: str                                         # reproduced | not reproduced | not testable | pending
+    outcome: str                                         # one of OUTCOMES
     reason: str
     numbers: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)   # label -> mean, std, n
     scale: Optional[Tuple[int, int, str]] = None        # ours, the source's, unit (sequences | tokens)
@@ -205,19 +226,12 @@ class _Lookup:
         self.length, self.metric = length, metric
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
         self.spread: Dict[Tuple[str, str], float] = {}         # (model, role) -> std over seeds
+        self.count: Dict[Tuple[str, str], int] = {}            # (model, role) -> seeds
 
-    def close(self, pairs: Sequence[Tuple[str, str, str]]) -> str:
-        """A note naming the (model, model, role) ``pairs`` (already looked up) whose gap is smaller than
-        the larger of their two seed stds: an order those seeds do not settle; '' when none is."""
-        out = []
-        for a, b, role in pairs:
-            gap = abs(self.get(a, role)[0] - self.get(b, role)[0])
-            stds = [x for x in (self.spread[(a, role)], self.spread[(b, role)]) if not math.isnan(x)]
-            std = max(stds, default=math.nan)                 # one seed has no spread to compare with
-            if gap < std:
-                out.append(f"{a} vs {b}{f' on {role}' if len(set(r for *_, r in pairs)) > 1 else ''} "
-                           f"(gap {gap:.4g}, std {std:.4g})")
-        return f"; within the seeds' spread (gap under the larger std): {'; '.join(out)}" if out else ""
+    def sample(self, model: str, role: str) -> Tuple[float, float, int]:
+        """``model``'s (mean, std, n) on ``role``, the mean in 'higher is better' orientation."""
+        mean, _ = self.get(model, role)
+        return mean, self.spread[(model, role)], self.count[(model, role)]
 
     def get(self, model: str, role: str) -> Tuple[float, bool]:
         if role not in self.roles:
@@ -237,37 +251,79 @@ class _Lookup:
             metric = f"{metric}@{self.length}"
         mean, std, n = result.aggregate(metric)
         self.numbers[f"{model} {result.task} {metric}"] = (mean, std, n)
-        self.spread[(model, role)] = std
+        self.spread[(model, role)], self.count[(model, role)] = std, n
         if math.isnan(mean):
             raise _Untestable(f"{model} has no finite {metric} on {result.task}")
         return (mean if hib else -mean), hib
 
 
-def _judge(check: Check, look: _Lookup) -> Tuple[bool, str]:
+@dataclass
+class _Comparison:
+    label: str            # what is compared, e.g. "hope vs transformer on continual"
+    test: Welch           # of (claimed better) - (claimed worse), oriented so that > 0 is the claim's way
+
+    def state(self, alpha: float) -> str:
+        """'holds' or 'fails' (resolved either way at ``alpha``), else 'unresolved'."""
+        if not self.test.resolved(alpha):
+            return "unresolved"
+        return "holds" if self.test.diff > 0 else "fails"
+
+    def text(self) -> str:
+        p = "nan" if math.isnan(self.test.p) else f"{self.test.p:.2g}"
+        return f"{self.label} (gap {self.test.diff:+.4g}, p = {p})"
+
+
+def _pair(look: _Lookup, better: str, worse: str, role: str, label: str) -> _Comparison:
+    (mb, sb, nb), (mw, sw, nw) = look.sample(better, role), look.sample(worse, role)
+    return _Comparison(label, contrast([(1.0, mb, sb, nb), (-1.0, mw, sw, nw)]))
+
+
+def _comparisons(check: Check, look: _Lookup) -> Tuple[str, List[_Comparison]]:
+    """What the check claims, and its comparisons, each oriented so that a positive gap is the claim's way
+    (every number is looked up, so the report shows them all)."""
     if check.kind == "at_least":
-        value, hib = look.get(check.model, check.role)
+        mean, std, n = look.sample(check.model, check.role)
+        hib = look.get(check.model, check.role)[1]
         bound = check.value if hib else -check.value
-        return value >= bound, f"{check.model} {'≥' if hib else '≤'} {check.value}"
+        label = f"{check.model} {'≥' if hib else '≤'} {check.value}"
+        return label, [_Comparison(label, contrast([(1.0, mean, std, n)], bound))]
     if check.kind == "beats":
-        pairs = [(w, lo, r) for r in check.roles for w in check.winners for lo in check.losers]
-        held = [look.get(w, r)[0] > look.get(lo, r)[0] for w, lo, r in pairs]     # every pair: all numbers shown
-        what = f"{', '.join(check.winners)} better than {', '.join(check.losers)} on {', '.join(check.roles)}"
-        lost = [f"{w} not better than {lo}" + (f" on {r}" if len(check.roles) > 1 else "")
-                for (w, lo, r), h in zip(pairs, held) if not h]
-        deciding = [p for p, h in zip(pairs, held) if not h] if lost else pairs
-        return all(held), (what + (f" ({len(lost)} of {len(pairs)} pairs fail: {'; '.join(lost)})" if lost else "")
-                           + look.close(deciding))
+        many = len(check.roles) > 1
+        pairs = [_pair(look, w, lo, r, f"{w} vs {lo}" + (f" on {r}" if many else ""))
+                 for r in check.roles for w in check.winners for lo in check.losers]
+        return f"{', '.join(check.winners)} better than {', '.join(check.losers)} on {', '.join(check.roles)}", pairs
     if check.kind == "order":
-        values = [look.get(m, check.role)[0] for m in check.models]
-        held = [a >= b for a, b in zip(values, values[1:])]
-        pairs = [(a, b, check.role) for a, b in zip(check.models, check.models[1:])]
-        deciding = [p for p, h in zip(pairs, held) if not h] if not all(held) else pairs
-        return all(held), f"best first: {' ≥ '.join(check.models)} on {check.role}" + look.close(deciding)
+        pairs = [_pair(look, a, b, check.role, f"{a} vs {b}") for a, b in zip(check.models, check.models[1:])]
+        return f"best first: {' > '.join(check.models)} on {check.role}", pairs
     easy, hard = check.roles[0], check.roles[1]
-    gaps = [(look.get(check.reference, easy)[0] - look.get(m, easy)[0],
-             look.get(check.reference, hard)[0] - look.get(m, hard)[0]) for m in check.models]
-    ok = all(h > e for e, h in gaps)
-    return ok, f"{check.reference}'s lead over {', '.join(check.models)} grows from {easy} to {hard}"
+    ref = check.reference
+    out = []
+    for m in check.models:                 # (ref - m) on hard minus (ref - m) on easy, > 0: the lead grows
+        samples = [look.sample(x, r) for x, r in ((ref, hard), (m, hard), (ref, easy), (m, easy))]
+        terms = [(c, mean, std, n) for c, (mean, std, n) in zip((1.0, -1.0, -1.0, 1.0), samples)]
+        out.append(_Comparison(f"{ref}'s lead over {m}, {easy} to {hard}", contrast(terms)))
+    return f"{ref}'s lead over {', '.join(check.models)} grows from {easy} to {hard}", out
+
+
+def _judge(check: Check, look: _Lookup, alpha: float = ALPHA) -> Tuple[str, str]:
+    """(outcome among reproduced | not reproduced | unresolved, the reason with the deciding comparisons)."""
+    what, comps = _comparisons(check, look)
+    states = [c.state(alpha) for c in comps]
+    failing = [c.text() for c, s in zip(comps, states) if s == "fails"]
+    open_ = [c.text() for c, s in zip(comps, states) if s == "unresolved"]
+    many = len(comps) > 1
+    if failing:
+        return "not reproduced", (f"{what}: against the claim beyond seed noise"
+                                  + (f" ({len(failing)} of {len(comps)})" if many else "") + f": {'; '.join(failing)}"
+                                  + (f"; not resolved by the seeds: {'; '.join(open_)}" if open_ else "")
+                                  + f" (Welch's t, α = {alpha:g})")
+    if open_:
+        return "unresolved", (f"{what}: not resolved by the seeds"
+                              + (f" ({len(open_)} of {len(comps)})" if many else "") + f": {'; '.join(open_)}"
+                              + f" (Welch's t, α = {alpha:g}; a positive gap leans the claim's way)")
+    worst = max(c.test.p for c in comps)
+    return "reproduced", (f"{what}: beyond seed noise (Welch's t, {'largest ' if many else ''}p = {worst:.2g} "
+                          f"< α = {alpha:g})")
 
 
 def claim_scale(claim: Claim, protocol: Protocol, budget) -> Optional[Tuple[int, int, str]]:
@@ -340,20 +396,17 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
     look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric,
                    {m: measured[m] for m in claim.models() if m in pending and complete(m)})
     try:
-        ok, what = _judge(claim.check, look)
+        outcome, what = _judge(claim.check, look)
     except _Untestable as why:
         return Verdict(claim, "not testable", small or str(why), look.numbers, scale)
-    if budget_name not in claim.budgets:
-        return Verdict(claim, "not testable", f"not at budget {budget_name!r} (testable at {list(claim.budgets)}); "
-                                              f"the numbers would read '{what}': {'holds' if ok else 'fails'}",
+    if budget_name not in claim.budgets or small:
+        why = small or f"not at budget {budget_name!r} (testable at {list(claim.budgets)})"
+        return Verdict(claim, "not testable", f"{why}; the numbers would read: {outcome} ({what})",
                        look.numbers, scale)
-    if small:
-        return Verdict(claim, "not testable", f"{small}; the numbers would read '{what}': "
-                                              f"{'holds' if ok else 'fails'}", look.numbers, scale)
     if scale is not None and scale[0] < MIN_SCALE_RATIO * scale[1]:
         what += f" (at {scale_text(scale)})"
-    if not ok:
+    if outcome != "reproduced":
         effect = claim.calibration.get(budget_name)
         what += (f"; a budget effect we can name: {effect}" if effect else
                  "; no budget effect we can name (the claim records no calibration finding for this track)")
-    return Verdict(claim, "reproduced" if ok else "not reproduced", what, look.numbers, scale)
+    return Verdict(claim, outcome, what, look.numbers, scale)

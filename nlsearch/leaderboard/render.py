@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError
 
 from nlsearch.display import markdown_table
 from nlsearch.io import write_text
+from nlsearch.leaderboard.claims import OUTCOMES, tally
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.store import DEFAULT_ROOT, Store
@@ -69,6 +70,7 @@ table.claims td.numbers { white-space: nowrap; font-size: 0.95em; }
 table.claims details { max-width: 40em; }
 table.claims summary { white-space: nowrap; }
 .verdict-reproduced { color: #1a7f37; } .verdict-not-reproduced { color: #b42318; }
+.verdict-unresolved { color: #9a6700; }
 .verdict-not-testable, .verdict-pending { color: #666; }
 .plots figure { margin: 0; }
 """
@@ -133,7 +135,6 @@ def _escape_md(text: str) -> str:
 
 
 REPORT = Path("results/reproduce/report.json")    # beside the leaderboard folder: root.parent / REPORT
-OUTCOMES = ("reproduced", "not reproduced", "not testable", "pending")
 
 
 class _Loose(BaseModel):
@@ -170,10 +171,7 @@ class ClaimsReport(_Loose):
         return sum(c.done for c in cells), sum(c.needed for c in cells)
 
     def tally(self) -> str:
-        counts = {o: sum(c.outcome == o for c in self.claims) for o in OUTCOMES}
-        return (f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
-                f"{counts['not testable']} not testable at this budget"
-                + (f", {counts['pending']} pending" if counts["pending"] else ""))
+        return tally([c.outcome for c in self.claims])
 
 
 def load_report(path: Union[str, Path]) -> ClaimsReport:

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
 from nlsearch.io import check_writable_folder, write_text
-from nlsearch.leaderboard.claims import (Claim, Verdict, judge, load_claims, reads_complete, scale_text,
+from nlsearch.leaderboard.claims import (Claim, Verdict, judge, load_claims, reads_complete, scale_text, tally,
                                          testable_at)
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
@@ -191,8 +191,6 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
-    counts = {o: sum(v.outcome == o for v in verdicts)
-              for o in ("reproduced", "not reproduced", "not testable", "pending")}
     lines = [f"# Reproduction of the baseline comparisons: protocol {protocol.ref}, budget {budget.ref}", "",
              f"Written by `nlsearch reproduce` on {written or _now()}, "
              f"commit {code_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
@@ -215,10 +213,9 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     if bigram is not None:
         lines += [f"Reference: an add-one-smoothed byte bigram fitted on the same train batches scores "
                   f"{mean_std(bigram['mean'], bigram['std'])} bits per byte on {bigram['task']}.", ""]
-    pending = f", {counts['pending']} pending (baselines still to score)" if counts["pending"] else ""
-    lines += ["## Published claims", "",
-              f"{counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
-              f"{counts['not testable']} not testable at this budget{pending}.", ""] + _verdict_lines(verdicts) + [""]
+    pending = " (baselines still to score)" if any(v.outcome == "pending" for v in verdicts) else ""
+    lines += ["## Published claims", "", f"{tally([v.outcome for v in verdicts])}{pending}.", "",
+              *_verdict_lines(verdicts), ""]
     return "\n".join(lines)
 
 
@@ -513,7 +510,7 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
             missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models()
                        if m in pending and m in prog and not reads_complete(v.claim, protocol, measured.get(m, {}))]
             v.reason = f"waiting for {', '.join(missing)}"
-        elif v.outcome in ("reproduced", "not reproduced"):
+        elif v.outcome in ("reproduced", "not reproduced", "unresolved"):
             early = [m for m in v.claim.models() if m in pending and m in measured]
             if early:
                 v.reason += (f" (judged from the finished runs of {' and '.join(early)} on the tasks it reads; "

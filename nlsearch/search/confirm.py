@@ -31,77 +31,15 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import pandas as pd
 
 from nlsearch.search.space import SearchSpace
+from nlsearch.stats import Welch, welch
 from nlsearch.search.trial import TrialJob, TrialOutcome
 
 CONFIRMATION = "confirmation.parquet"
-
-
-# --- statistics ------------------------------------------------------------------------------
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """The continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, qab, qap, qam = 1e-300, a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 300):
-        m2 = 2 * m
-        for num in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def incomplete_beta(a: float, b: float, x: float) -> float:
-    """The regularised incomplete beta function I_x(a, b), x in [0, 1]."""
-    if x <= 0.0 or x >= 1.0:
-        return 0.0 if x <= 0.0 else 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| >= |t|) for Student's t with ``df`` degrees of freedom."""
-    if math.isnan(t) or math.isnan(df):
-        return math.nan
-    if math.isinf(t):
-        return 0.0
-    return incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-
-
-@dataclass(frozen=True)
-class Welch:
-    diff: float            # mean(a) - mean(b)
-    t: float
-    df: float
-    p: float               # two-sided
-
-
-def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
-    """Welch's unequal-variance t-test of mean(a) = mean(b); NaN statistics with fewer than 2 values on
-    a side. Two samples without any spread give t = ±inf (p = 0) when their means differ."""
-    diff = statistics.fmean(a) - statistics.fmean(b) if a and b else math.nan
-    if len(a) < 2 or len(b) < 2:
-        return Welch(diff, math.nan, math.nan, math.nan)
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se2 = va + vb
-    if se2 == 0:
-        return Welch(diff, math.copysign(math.inf, diff) if diff else math.nan, math.inf, 0.0 if diff else 1.0)
-    df = se2 ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    t = diff / math.sqrt(se2)
-    return Welch(diff, t, df, t_two_sided_p(t, df))
 
 
 # --- finalists -------------------------------------------------------------------------------
