@@ -1,10 +1,11 @@
 """The dry run's cost arithmetic on a hand-made timing table, and run-suite --dry-run end to end."""
+import json
 import math
 
 import pandas as pd
 import pytest
 
-from nlsearch.bench.estimate import PlannedRun, core_seconds_per_token, estimate, summary_line
+from nlsearch.bench.estimate import PlannedRun, calibration, core_seconds_per_token, estimate, summary_line
 
 TABLE = pd.DataFrame({
     "preset": ["a", "a", "b"], "T": [512, 4096, 512], "B": [8, 8, 8],
@@ -36,6 +37,31 @@ def test_estimate_sums_unfinished_runs_per_model():
     assert frame.loc["a", "longest_run_h"] == pytest.approx(1.0)
 
 
+def test_finished_runs_measured_speed_scales_the_estimate():
+    """a's finished runs spent 0.5x and 0.7x the table's core-seconds per token (median 0.6): a's run
+    left costs 0.6 core-hours, not 1; b has no finished run: it takes the median over every finished run
+    (0.5, 0.7 and a run of another model at 0.9: 0.7); a run without a measured speed (older record,
+    failure) counts for nothing."""
+    runs = [PlannedRun("a", "a", 18_000_000, 512, False),                    # 1 core-hour by the table
+            PlannedRun("a", "a", 1, 512, True, measured=0.5 * 2e-4),
+            PlannedRun("a", "a", 1, 4096, True, measured=0.7 * 5e-4),          # at its own length
+            PlannedRun("a", "a", 1, 512, True),                                # no speed on record
+            PlannedRun("c", "b", 1, 512, True, measured=0.9 / 4096),
+            PlannedRun("b2", "b", 4096 * 3600, 512, False)]                    # b's 1 core-hour
+    cal = calibration(runs, TABLE)
+    assert cal["a"] == (pytest.approx(0.6), 2) and cal["b"] == (pytest.approx(0.9), 1)
+    assert cal[None] == (pytest.approx(0.7), 3)
+    frame = estimate(runs, TABLE).set_index("model")
+    assert frame.loc["a", "core_hours"] == pytest.approx(0.6) and frame.loc["a", "calibrated_by"] == 2
+    assert frame.loc["b2", "core_hours"] == pytest.approx(0.9)                  # b's own runs (under "c")
+    only_a = [r for r in runs if r.preset == "a"] + [PlannedRun("d", "b", 4096 * 3600, 512, False)]
+    assert estimate(only_a, TABLE).set_index("model").loc["d", "core_hours"] == pytest.approx(0.6)   # every run's
+    assert "scaled by the finished runs' measured speed" in summary_line(frame.reset_index())
+    plain = [PlannedRun("a", "a", 18_000_000, 512, False)]
+    assert estimate(plain, TABLE).core_hours.iloc[0] == pytest.approx(1.0)      # nothing measured: the table's
+    assert "scaled" not in summary_line(estimate(plain, TABLE))
+
+
 def test_the_wall_clock_is_the_core_hours_shared_out_but_never_under_the_longest_run():
     runs = [PlannedRun("a", "a", 18_000_000, 512, False),       # 1 core-hour
             PlannedRun("a", "a", 9_000_000, 512, False),        # 0.5
@@ -60,6 +86,8 @@ def test_run_suite_dry_run_counts_a_finished_run_and_trains_nothing(tmp_path):
     run_suite([TINY_MODEL], [task], "smoke", [0], tmp_path / "suite")
     after = suite_runs([TINY_MODEL], [task], "smoke", [0, 1], tmp_path / "suite")
     assert [r.finished for r in after] == [True, False]
+    record = json.loads(next((tmp_path / "suite" / "runs").rglob("record.json")).read_text())
+    assert after[0].measured == pytest.approx(1 / record["tokens_per_cpu_s"]) and after[1].measured is None
     assert after[0].tokens == 20 * 4 * 256 and after[0].length == 256                # smoke recall: 20 steps x 4 x 256
 
 

@@ -505,6 +505,10 @@ def test_the_report_grows_with_every_run_and_says_what_each_pending_claim_waits_
     assert cells[2] == f"{kept:.4f} (n=1)"     # the one seed left on tiny_recall, as its record says
     assert cells[3].endswith("(n=3)") and cells[-1] == "-"       # tiny_lm complete; no entry on this leaderboard
     assert "measured step time (`reproduce --dry-run`): 24 runs, 22 finished, 2 to run: about" in report
+    from nlsearch.leaderboard.reproduce import _planned   # each finished run carries its record's speed
+    planned = _planned(specs, protocol, track, claims, Store(tmp_path / "lb"), runs)
+    speeds = sorted(1 / json.loads(r.read_text())["tokens_per_cpu_s"] for r in runs.rglob("record.json"))
+    assert len(speeds) == 22 and sorted(r.measured for r in planned if r.finished) == pytest.approx(speeds)
     data = json.loads((out / "report.json").read_text())
     assert data["runs"]["deltanet"]["tiny_recall@1"]["done"] == 1
     assert data["runs"]["deltanet"]["tiny_recall@1"]["mean_std_n"][0] == pytest.approx(kept)

@@ -9,6 +9,7 @@ interrupted reproduction continues where it stopped (runs resume too).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
@@ -232,16 +233,15 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
 
 def _planned(specs: Sequence[ModelSpec], protocol: Protocol, track, claims: Sequence[Claim], store: Store,
              runs_dir: Path) -> list:
-    from nlsearch.bench.estimate import PlannedRun
     from nlsearch.leaderboard.scoring import planned_runs
 
-    out: List[PlannedRun] = []
+    out: list = []
     for spec in specs:
         sub = load_submission(spec, protocol)
         preset = spec if isinstance(spec, str) and not is_file_ref(spec) else None
         runs = planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir)
         if store.find(sub.sha256, protocol.ref, track.ref) is not None:
-            runs = [PlannedRun(r.model, r.preset, r.tokens, r.length, True) for r in runs]
+            runs = [dataclasses.replace(r, finished=True) for r in runs]
         extra = claim_tasks_for(_name(spec), claims, protocol, track)
         if extra:
             runs += planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir, tasks=extra)
@@ -341,14 +341,17 @@ class _Reproduction:
         """Whether a run may start now and still end within ``hours`` of this call: a finished one is
         reused at once; else its estimate (:func:`nlsearch.bench.estimate.seconds_left`: the training
         tokens left after its checkpoint at its preset's measured core-seconds per token, one thread a
-        run) times ``SPARE`` must end before then. A preset without a timing is started (it cannot be
+        run, scaled by the finished runs' measured speed: ``estimate.calibration``) times ``SPARE`` must
+        end before then. A preset without a timing is started (it cannot be
         told). On a Ray cluster a run is counted from when it is handed out, not from when it starts."""
-        from nlsearch.bench.estimate import load_timing, seconds_left
+        from nlsearch.bench.estimate import calibration, factor, load_timing, seconds_left
         from nlsearch.leaderboard.scoring import cached_plan
         from nlsearch.train import default_run_dir
         from nlsearch.train.record import finished_outcome
 
         deadline, table = time.monotonic() + hours * 3600, load_timing()
+        calibrated = calibration(_planned(self.specs, self.protocol, self.track, self.claims, self.store,
+                                          self.runs_dir), table)
         tasks_dir = self.protocol.resolve_tasks_dir()
 
         def fits(job: Job) -> bool:
@@ -359,7 +362,8 @@ class _Reproduction:
                     return True
             except ValueError:
                 pass
-            seconds = seconds_left(plan, job.model.get("name"), table, run_dir)
+            preset = job.model.get("name")
+            seconds = seconds_left(plan, preset, table, run_dir, scale=factor(calibrated, preset))
             if math.isnan(seconds):
                 return True
             return time.monotonic() + SPARE * seconds <= deadline

@@ -305,12 +305,14 @@ def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], proto
     for rule in protocol.ranked(budget) if tasks is None else tasks:
         for seed in protocol.seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
-            done = [runs[(rule.task, seed, f)][1] is not None for f in factors]
+            outcomes = [runs[(rule.task, seed, f)][1] for f in factors]
             plans = [runs[(rule.task, seed, f)][0] for f in factors]
             if sweep:
-                out += [PlannedRun.of(label, preset, p, d, default_run_dir(runs_dir, p)) for p, d in zip(plans, done)]
+                out += [PlannedRun.of(label, preset, p, o is not None, default_run_dir(runs_dir, p), o)
+                        for p, o in zip(plans, outcomes)]
             else:        # the factor may not be chosen yet: the run furthest along (or the last factor's)
                 dirs = [default_run_dir(runs_dir, p) for p in plans]
-                ahead = max(range(len(plans)), key=lambda i: (checkpointed_steps(dirs[i]), i))
-                out.append(PlannedRun.of(label, preset, plans[ahead], any(done), dirs[ahead]))
+                done = [i for i, o in enumerate(outcomes) if o is not None]
+                ahead = done[0] if done else max(range(len(plans)), key=lambda i: (checkpointed_steps(dirs[i]), i))
+                out.append(PlannedRun.of(label, preset, plans[ahead], bool(done), dirs[ahead], outcomes[ahead]))
     return out

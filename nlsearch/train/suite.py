@@ -248,11 +248,11 @@ def suite_runs(presets: Optional[Sequence[ModelSpec]] = None, tasks: Optional[Se
                                         device, tasks_dir):
         run_dir = default_run_dir(Path(out_dir) / "runs", plan)
         try:
-            finished = _equivalent_run(run_dir, plan) is not None
+            found = _equivalent_run(run_dir, plan)
         except ValueError:
-            finished = False
+            found = None
         preset = str(spec) if isinstance(spec, (str, Path)) and str(spec) in list_presets() else None
-        out.append(PlannedRun.of(label, preset, plan, finished, run_dir))
+        out.append(PlannedRun.of(label, preset, plan, found is not None, run_dir, found[1] if found else None))
     return out
 
 
