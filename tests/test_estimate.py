@@ -49,8 +49,9 @@ def test_finished_runs_measured_speed_scales_the_estimate():
             PlannedRun("c", "b", 1, 512, True, measured=0.9 / 4096),
             PlannedRun("b2", "b", 4096 * 3600, 512, False)]                    # b's 1 core-hour
     cal = calibration(runs, TABLE)
-    assert cal["a"] == (pytest.approx(0.6), 2) and cal["b"] == (pytest.approx(0.9), 1)
-    assert cal[None] == (pytest.approx(0.7), 3)
+    assert cal.per_preset == {"a": (pytest.approx(0.6), 2), "b": (pytest.approx(0.9), 1)}
+    assert cal.overall == (pytest.approx(0.7), 3)
+    assert cal.factor("z") == pytest.approx(0.7) and cal.runs("z") == 0 and cal.runs(None) == 0
     frame = estimate(runs, TABLE).set_index("model")
     assert frame.loc["a", "core_hours"] == pytest.approx(0.6) and frame.loc["a", "calibrated_by"] == 2
     assert frame.loc["b2", "core_hours"] == pytest.approx(0.9)                  # b's own runs (under "c")

@@ -86,32 +86,41 @@ def core_seconds_per_token(table: Optional[pd.DataFrame], preset: Optional[str],
     return float(np.interp(length, rows["T"].to_numpy(dtype=float), per_token))
 
 
-def calibration(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> Dict[Optional[str], Tuple[float, int]]:
-    """Per preset, (the median of measured / tabled core-seconds per token over its finished runs that
-    measured their speed, how many); under ``None``, the same over every preset's (module docstring)."""
-    ratios: Dict[Optional[str], list] = {}
+@dataclass(frozen=True)
+class Calibration:
+    """Measured over tabled core-seconds per token of finished runs: per preset (median, runs) and over
+    every run (module docstring)."""
+
+    per_preset: Dict[str, Tuple[float, int]]
+    overall: Tuple[float, int] = (1.0, 0)
+
+    def factor(self, preset: Optional[str]) -> float:
+        """The scale of ``preset``'s estimates: its own, else every preset's, else 1."""
+        return self.per_preset.get(preset, self.overall)[0] if preset is not None else self.overall[0]
+
+    def runs(self, preset: Optional[str]) -> int:
+        """How many of ``preset``'s own finished runs measured its factor (0: it is every preset's)."""
+        return self.per_preset.get(preset, (1.0, 0))[1] if preset is not None else 0
+
+
+def calibration(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> Calibration:
+    """The :class:`Calibration` of ``runs``' finished ones that measured their speed."""
+    ratios: Dict[str, list] = {}
     for run in runs:
-        if run.finished and run.measured is not None:
+        if run.finished and run.measured is not None and run.preset is not None:
             tabled = core_seconds_per_token(table, run.preset, run.length)
             if tabled > 0:
                 ratios.setdefault(run.preset, []).append(run.measured / tabled)
     every = [r for values in ratios.values() for r in values]
-    out = {preset: (float(np.median(values)), len(values)) for preset, values in ratios.items()}
-    if every:
-        out[None] = (float(np.median(every)), len(every))
-    return out
-
-
-def factor(calibrated: Dict[Optional[str], Tuple[float, int]], preset: Optional[str]) -> float:
-    """The scale :func:`calibration` gives ``preset``'s estimates (its own, else every preset's, else 1)."""
-    return calibrated.get(preset, calibrated.get(None, (1.0, 0)))[0]
+    return Calibration({preset: (float(np.median(values)), len(values)) for preset, values in ratios.items()},
+                       (float(np.median(every)), len(every)) if every else (1.0, 0))
 
 
 def seconds_left(plan, preset: Optional[str], table: Optional[pd.DataFrame], run_dir: Optional[Path] = None,
                  threads: int = 1, scale: float = 1.0) -> float:
     """Estimated wall-clock seconds a run still needs: its training tokens after the checkpoint
     ``run_dir`` would resume from (the whole run without one) times the preset's measured core-seconds
-    per token times ``scale`` (its :func:`factor`), shared by ``threads``; NaN when the preset is unmeasured."""
+    per token times ``scale`` (its ``Calibration.factor``), shared by ``threads``; NaN when the preset is unmeasured."""
     run = PlannedRun.of(preset or "", preset, plan, False, run_dir)
     return run.tokens * core_seconds_per_token(table, preset, run.length) * scale / max(threads, 1)
 
@@ -125,8 +134,8 @@ def estimate(runs: Sequence[PlannedRun], table: Optional[pd.DataFrame]) -> pd.Da
     for run in runs:
         row = rows.setdefault(run.model, {"model": run.model, "runs": 0, "finished": 0, "to_run": 0,
                                           "core_hours": 0.0, "longest_run_h": 0.0,
-                                          "calibration": factor(calibrated, run.preset),
-                                          "calibrated_by": calibrated.get(run.preset, (1.0, 0))[1]})
+                                          "calibration": calibrated.factor(run.preset),
+                                          "calibrated_by": calibrated.runs(run.preset)})
         row["runs"] += 1
         if run.finished:
             row["finished"] += 1

@@ -344,7 +344,7 @@ class _Reproduction:
         run, scaled by the finished runs' measured speed: ``estimate.calibration``) times ``SPARE`` must
         end before then. A preset without a timing is started (it cannot be
         told). On a Ray cluster a run is counted from when it is handed out, not from when it starts."""
-        from nlsearch.bench.estimate import calibration, factor, load_timing, seconds_left
+        from nlsearch.bench.estimate import calibration, load_timing, seconds_left
         from nlsearch.leaderboard.scoring import cached_plan
         from nlsearch.train import default_run_dir
         from nlsearch.train.record import finished_outcome
@@ -363,7 +363,7 @@ class _Reproduction:
             except ValueError:
                 pass
             preset = job.model.get("name")
-            seconds = seconds_left(plan, preset, table, run_dir, scale=factor(calibrated, preset))
+            seconds = seconds_left(plan, preset, table, run_dir, scale=calibrated.factor(preset))
             if math.isnan(seconds):
                 return True
             return time.monotonic() + SPARE * seconds <= deadline
