@@ -352,6 +352,24 @@ def test_entries_on_one_marker_share_one_label():
     assert labels == {"transformer\ncms-steps-single\ncms-steps": (262144, 0.1256), "linear-attention": (10496, 0.9)}
 
 
+def test_markers_overlapping_through_a_chain_share_one_label():
+    """a overlaps b and b overlaps c (0.8 of a marker's radius apart each), a and c do not touch (1.6):
+    all three are one label, at the highest; d, far away, keeps its own."""
+    from nlsearch.leaderboard.plots import _coincident, _figure
+
+    fig, ax = _figure()
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    radius = 5.0
+    x0, y0 = ax.transData.transform((50, 50))
+    to_data = ax.transData.inverted()
+    a, b, c = (tuple(to_data.transform((x0, y0 - k * 0.8 * radius))) for k in range(3))
+    points = [(*c, "c"), (*a, "a"), (10, 90, "d"), (*b, "b")]
+    merged = {name: (x, y) for x, y, name in _coincident(ax, points, radius)}
+    assert set(merged) == {"a\nb\nc", "d"}
+    assert merged["a\nb\nc"] == pytest.approx(a) and merged["d"] == (10, 90)
+
+
 def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
     """The protocol leaves a diverged seed out of the mean: that cell (and only it) shows "(2 of 3 seeds)"
     beside its mean ± std, in the README, the page and the printed table; an entry that ran fewer seeds,

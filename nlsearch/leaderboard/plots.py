@@ -113,19 +113,27 @@ def _labels(ax, points) -> None:
 
 
 def _coincident(ax, points, radius: float):
-    """``points`` with those whose markers overlap on screen (centres within ``radius`` pixels: entries
-    with one state size and nearly one score) merged into one point named by all of them, one name a
-    line, the highest first: one label tied to the marker they share instead of names stacked nearby."""
-    groups = []                                       # [(pixel x, pixel y), [(x, y, name), ...]]
-    for point in sorted(points, key=lambda p: (-p[1], p[0])):
-        px, py = ax.transData.transform((point[0], point[1]))
-        for centre, members in groups:
-            if math.hypot(px - centre[0], py - centre[1]) <= radius:
-                members.append(point)
-                break
-        else:
-            groups.append(((px, py), [point]))
-    return [(members[0][0], members[0][1], "\n".join(m[2] for m in members)) for _, members in groups]
+    """``points`` with those whose markers overlap on screen merged into one point named by all of them,
+    one name a line, the highest first (placed at the highest): one label tied to the markers they share
+    instead of names stacked nearby. Markers overlap when their centres are within ``radius`` pixels,
+    directly or through a chain of such neighbours (entries with one state size and nearly one score)."""
+    pixels = [ax.transData.transform((x, y)) for x, y, _ in points]
+    root = list(range(len(points)))
+
+    def find(i: int) -> int:
+        while root[i] != i:
+            root[i] = root[root[i]]
+            i = root[i]
+        return i
+
+    for i in range(len(points)):
+        for j in range(i):
+            if math.hypot(pixels[i][0] - pixels[j][0], pixels[i][1] - pixels[j][1]) <= radius:
+                root[find(i)] = find(j)
+    groups: dict = {}
+    for i in sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0])):
+        groups.setdefault(find(i), []).append(points[i])
+    return [(members[0][0], members[0][1], "\n".join(m[2] for m in members)) for members in groups.values()]
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
