@@ -74,12 +74,14 @@ Term = Tuple[float, float, float, int]     # (coefficient, mean, sample std, n)
 def contrast(terms: Sequence[Term], constant: float = 0.0) -> Welch:
     """The t-test of ``sum c_i mean_i = constant`` over independent samples (module docstring). NaN
     statistics when a sample has fewer than 2 values or a NaN mean; without any spread, t = ±inf (p = 0)
-    when the estimate is not zero, and p = 1 when it is."""
+    when the estimate is not zero, and p = 1 when it is (an estimate within rounding of zero is zero)."""
     diff = sum(c * m for c, m, _, _ in terms) - constant if terms else math.nan
     if not terms or any(n < 2 or math.isnan(m) or math.isnan(s) for _, m, s, n in terms):
         return Welch(diff, math.nan, math.nan, math.nan)
     parts = [(c * c * s * s / n, n) for c, _, s, n in terms]
     se2 = sum(v for v, _ in parts)
+    if abs(diff) <= 1e-12 * (sum(abs(c * m) for c, m, _, _ in terms) + abs(constant)):
+        diff = 0.0                     # equal up to rounding (0.1 + 0.2 - 0.3): no difference to test
     if se2 == 0:
         return Welch(diff, math.copysign(math.inf, diff) if diff else math.nan, math.inf, 0.0 if diff else 1.0)
     df = se2 ** 2 / sum(v * v / (n - 1) for v, n in parts)

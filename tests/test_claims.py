@@ -54,6 +54,21 @@ def test_a_check_must_read_lengths_its_source_evaluated(tmp_path):
         load_claims(_write_claims(tmp_path, check={**headline, "role": "nope", "length": 128}), protocol)
 
 
+@pytest.mark.parametrize("check, message", [
+    ({"kind": "order", "role": "recall", "models": ["transformer"]}, "an order check compares at least two models"),
+    ({"kind": "beats", "winners": ["mamba"], "roles": ["recall"]}, "a beats check needs losers"),
+    ({"kind": "gap_grows", "models": ["mamba"], "roles": ["recall", "recall_hard"]},
+     "a gap_grows check needs reference"),
+    ({"kind": "at_least", "model": "mamba", "role": "recall"}, "an? at_least check needs value"),
+])
+def test_a_check_that_compares_nothing_is_refused_naming_what_it_lacks(tmp_path, check, message):
+    """A check with nothing to compare would have no test to decide it: refused when the file loads."""
+    path = _write_claims(tmp_path, check=check)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_claims(path)
+    assert str(path) in str(err.value)
+
+
 @pytest.fixture()
 def recall_protocol(tmp_path):
     return load_protocol(write_protocol(tmp_path / "p", tasks=("tiny_recall",)))

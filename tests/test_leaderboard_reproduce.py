@@ -110,7 +110,7 @@ def test_a_margin_counts_only_beyond_the_seeds_noise(synthetic):
     assert leaning_against.outcome == "unresolved" and f"tight vs wide (gap -0.05, p = {p_close:.2g})" \
         in leaning_against.reason
     apart = beats(["high"], ["tight"])
-    assert apart.outcome == "reproduced" and f"(Welch's t, p = {p_apart:.2g} < α = 0.05)" in apart.reason
+    assert apart.outcome == "reproduced" and f"(t-test of the seed means, p = {p_apart:.2g} < α = 0.05)" in apart.reason
     against = beats(["tight"], ["high"])
     assert against.outcome == "not reproduced" and f"tight vs high (gap -0.35, p = {p_apart:.2g})" in against.reason
     assert beats(["tight"], ["low"]).outcome == "reproduced"                         # no spread: p = 0
@@ -123,7 +123,44 @@ def test_a_margin_counts_only_beyond_the_seeds_noise(synthetic):
     assert bound.outcome == "unresolved" and f"wide ≥ 0.6 (gap +0.1, p = {p_bound:.2g})" in bound.reason
     one_seed = make_entry("one", {"tiny_recall@1": task_result("tiny_recall@1", [0.99])}, kind="baseline")
     entries.append(one_seed)
-    assert beats(["one"], ["low"]).outcome == "unresolved"                        # one seed: no spread to judge
+    lone = beats(["one"], ["low"])
+    assert lone.outcome == "unresolved" and "no test: a side has fewer than two seeds" in lone.reason
+
+
+def test_a_claim_is_refuted_only_beyond_noise_corrected_for_its_comparisons(synthetic):
+    """0.5/0.6/0.7 against 0.93 x 3 (twice): each p = 0.029 alone, so one such comparison refutes a
+    claim; two of them, Holm-adjusted (2 x 0.029 = 0.059), do not: the claim is unresolved."""
+    protocol, _ = synthetic
+    rows = {"mid": [0.5, 0.6, 0.7], "top1": [0.93] * 3, "top2": [0.93] * 3}
+    entries = [make_entry(n, {"tiny_recall@1": task_result("tiny_recall@1", v)}, kind="baseline")
+               for n, v in rows.items()]
+    p = _t2_p(0.33 / (0.1 / math.sqrt(3)))
+    assert p < 0.05 <= 2 * p
+    one = judge(_claim({"kind": "beats", "winners": ["mid"], "losers": ["top1"], "roles": ["recall"]}), entries,
+                protocol, "tiny")
+    assert one.outcome == "not reproduced" and f"mid vs top1 (gap -0.33, p = {p:.2g})" in one.reason
+    two = judge(_claim({"kind": "beats", "winners": ["mid"], "losers": ["top1", "top2"], "roles": ["recall"]}),
+                entries, protocol, "tiny")
+    assert two.outcome == "unresolved"
+    assert f"mid vs top1 (gap -0.33, p = {p:.2g}, Holm-adjusted {2 * p:.2g})" in two.reason
+
+
+def test_a_lower_is_better_metric_is_tested_the_right_way_round(synthetic):
+    """Bits per byte 1.4/1.5/1.6 (lower is better) against bounds: at most 2.0 holds beyond noise
+    (gap +0.5, p = 0.013), at most 1.0 fails beyond it, at most 1.6 is not resolved (gap +0.1)."""
+    protocol, _ = synthetic
+    entries = [make_entry("noisy", {"tiny_lm@1": task_result("tiny_lm@1", [1.4, 1.5, 1.6], False, "lm",
+                                                              "bits_per_byte")}, kind="baseline")]
+
+    def bound(value):
+        return judge(_claim({"kind": "at_least", "model": "noisy", "role": "lm", "value": value}), entries,
+                     protocol, "tiny")
+
+    far = _t2_p(0.5 / (0.1 / math.sqrt(3)))
+    assert bound(2.0).outcome == "reproduced" and f"p = {far:.2g}" in bound(2.0).reason
+    assert bound(1.0).outcome == "not reproduced" and f"noisy ≤ 1.0 (gap -0.5, p = {far:.2g})" in bound(1.0).reason
+    near = bound(1.6)
+    assert near.outcome == "unresolved" and f"noisy ≤ 1.6 (gap +0.1, p = {_t2_p(math.sqrt(3)):.2g})" in near.reason
 
 
 def test_a_claim_task_finished_beside_an_entry_is_read_while_the_reproduction_goes_on(tmp_path):

@@ -65,3 +65,5 @@ def test_degenerate_samples():
     assert contrast([(1.0, 0.7, 0.0, 3), (-1.0, 0.6, 0.0, 3)]).p == 0.0   # no spread, different means
     same = contrast([(1.0, 0.7, 0.0, 3), (-1.0, 0.7, 0.0, 3)])
     assert same.p == 1.0 and not same.resolved(0.05)
+    rounding = contrast([(1.0, 0.1, 0.0, 3), (1.0, 0.2, 0.0, 3), (-1.0, 0.3, 0.0, 3)])   # 0.1 + 0.2 - 0.3 != 0
+    assert rounding.diff == 0.0 and rounding.p == 1.0

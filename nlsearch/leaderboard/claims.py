@@ -25,23 +25,28 @@ Rules a claims file is held to when loaded with its protocol (:func:`load_claims
   else that changed between them, and the claim is refused naming the keys that differ.
 
 Verdicts. Every comparison a check makes (a pair of models on a role, a model against a bound, a lead
-on one role against the lead on another) is a t-test of the difference of the seeds' means
-(:mod:`nlsearch.stats`: Welch-Satterthwaite, two-sided, level :data:`ALPHA`), so a margin counts only
-beyond seed noise:
+on one role against the lead on another) is a two-sided t-test of a difference of seed means
+(:mod:`nlsearch.stats`: Welch's for two means, one-sample against a bound, Welch-Satterthwaite degrees
+of freedom for four), the runs of different models and tasks being independent trainings; a margin
+counts only beyond seed noise, at level :data:`ALPHA`:
 
-- ``reproduced``: every comparison goes the claimed way and the test resolves it;
-- ``not reproduced``: some comparison goes against the claim and the test resolves it (saying whether
-  a budget effect we can name, the claim's calibration finding for the track, explains it);
-- ``unresolved``: nothing resolves against the claim, but the seeds do not resolve some comparison
-  either (named with its gap and p), whichever way its means lean;
+- ``reproduced``: every comparison goes the claimed way and its test resolves it (each at ``ALPHA``:
+  all of them must hold, so no correction is needed);
+- ``not reproduced``: some comparison goes against the claim and its test resolves it after Holm's
+  adjustment over the check's comparisons (any one of them refutes the claim, so the family is
+  corrected);
+- ``unresolved``: neither: the seeds do not resolve some comparison (named with its gap and p),
+  whichever way its means lean;
 - ``pending``: a baseline it reads is still to be scored;
 - ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
   track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
   sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
   budget (the claim's ``calibration`` entry for the budget names the finding).
 
-A verdict given at a scale far below the source's says so, with both scales. The report prints each
-model's mean, std and number of seeds beside the verdict.
+A ``not reproduced`` or ``unresolved`` verdict says whether a budget effect we can name (the claim's
+calibration finding for the track) explains the missing effect. A verdict given at a scale far below
+the source's says so, with both scales. The report prints each model's mean, std and number of seeds
+beside the verdict.
 """
 from __future__ import annotations
 
@@ -50,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Tuple, Union
 
-from pydantic import Field, PositiveInt, TypeAdapter
+from pydantic import Field, PositiveInt, TypeAdapter, model_validator
 
 from nlsearch.config import ConfigError, Strict, read_yaml_mapping
 from nlsearch.leaderboard.entry import Entry, TaskResult
@@ -59,6 +64,7 @@ from nlsearch.stats import Welch, contrast
 
 MIN_SCALE_RATIO = 0.01     # a track below 1/100 of the source's training scale is "far below" it
 ALPHA = 0.05               # the level of every comparison's t-test: a margin must be beyond seed noise
+TEST_NAME = "t-test of the seed means"       # Welch's for two models, one-sample against a bound
 OUTCOMES = ("reproduced", "not reproduced", "unresolved", "not testable", "pending")
 
 
@@ -82,6 +88,17 @@ class Check(Strict):
     reference: Optional[str] = None
     length: Union[PositiveInt, Literal["headline", "longest"]] = "headline"
     metric: Optional[str] = None          # a metric the roles' tasks report (default: each task's ranked one)
+
+    @model_validator(mode="after")
+    def _has_what_its_kind_compares(self) -> "Check":
+        needed = {"at_least": ("model", "role", "value"), "beats": ("winners", "losers", "roles"),
+                  "order": ("models", "role"), "gap_grows": ("reference", "models", "roles")}[self.kind]
+        missing = [k for k in needed if getattr(self, k) in (None, ())]
+        if missing:
+            raise ValueError(f"a {self.kind} check needs {', '.join(missing)}")
+        if self.kind == "order" and len(self.models) < 2:
+            raise ValueError(f"an order check compares at least two models, got {list(self.models)}")
+        return self
 
     def read_roles(self) -> Tuple[str, ...]:
         return self.roles + ((self.role,) if self.role else ())
@@ -261,16 +278,38 @@ class _Lookup:
 class _Comparison:
     label: str            # what is compared, e.g. "hope vs transformer on continual"
     test: Welch           # of (claimed better) - (claimed worse), oriented so that > 0 is the claim's way
+    against_p: float = math.nan    # its p adjusted (Holm) over the check's comparisons: for "against"
 
     def state(self, alpha: float) -> str:
-        """'holds' or 'fails' (resolved either way at ``alpha``), else 'unresolved'."""
-        if not self.test.resolved(alpha):
-            return "unresolved"
-        return "holds" if self.test.diff > 0 else "fails"
+        """'holds' (resolved the claim's way at ``alpha``), 'fails' (resolved against it, at ``alpha``
+        after Holm's adjustment over the check's comparisons), else 'unresolved'."""
+        if self.test.diff > 0 and self.test.resolved(alpha):
+            return "holds"
+        if self.test.diff < 0 and self.against_p < alpha:
+            return "fails"
+        return "unresolved"
 
     def text(self) -> str:
-        p = "nan" if math.isnan(self.test.p) else f"{self.test.p:.2g}"
-        return f"{self.label} (gap {self.test.diff:+.4g}, p = {p})"
+        if math.isnan(self.test.p):
+            return f"{self.label} (gap {self.test.diff:+.4g}; no test: a side has fewer than two seeds)"
+        holm = (f", Holm-adjusted {self.against_p:.2g}" if self.test.diff < 0 and self.against_p != self.test.p
+                else "")
+        return f"{self.label} (gap {self.test.diff:+.4g}, p = {self.test.p:.2g}{holm})"
+
+
+def _holm(comparisons: Sequence[_Comparison]) -> None:
+    """Sets each comparison's ``against_p``: Holm's step-down adjustment of the p-values over all of
+    them (a claim is refuted by any one comparison going against it, so the chance of refuting a true
+    claim must hold over the family); NaN p-values stay NaN and count in the family."""
+    order = sorted(range(len(comparisons)), key=lambda i: (math.isnan(comparisons[i].test.p), comparisons[i].test.p))
+    m, running = len(comparisons), 0.0
+    for rank, i in enumerate(order):
+        p = comparisons[i].test.p
+        if math.isnan(p):
+            comparisons[i].against_p = math.nan
+            continue
+        running = max(running, min(1.0, (m - rank) * p))
+        comparisons[i].against_p = running
 
 
 def _pair(look: _Lookup, better: str, worse: str, role: str, label: str) -> _Comparison:
@@ -308,6 +347,7 @@ def _comparisons(check: Check, look: _Lookup) -> Tuple[str, List[_Comparison]]:
 def _judge(check: Check, look: _Lookup, alpha: float = ALPHA) -> Tuple[str, str]:
     """(outcome among reproduced | not reproduced | unresolved, the reason with the deciding comparisons)."""
     what, comps = _comparisons(check, look)
+    _holm(comps)
     states = [c.state(alpha) for c in comps]
     failing = [c.text() for c, s in zip(comps, states) if s == "fails"]
     open_ = [c.text() for c, s in zip(comps, states) if s == "unresolved"]
@@ -316,13 +356,14 @@ def _judge(check: Check, look: _Lookup, alpha: float = ALPHA) -> Tuple[str, str]
         return "not reproduced", (f"{what}: against the claim beyond seed noise"
                                   + (f" ({len(failing)} of {len(comps)})" if many else "") + f": {'; '.join(failing)}"
                                   + (f"; not resolved by the seeds: {'; '.join(open_)}" if open_ else "")
-                                  + f" (Welch's t, α = {alpha:g})")
+                                  + f" ({TEST_NAME}, α = {alpha:g}{', Holm over the comparisons' if many else ''})")
     if open_:
         return "unresolved", (f"{what}: not resolved by the seeds"
                               + (f" ({len(open_)} of {len(comps)})" if many else "") + f": {'; '.join(open_)}"
-                              + f" (Welch's t, α = {alpha:g}; a positive gap leans the claim's way)")
+                              + f" ({TEST_NAME}, α = {alpha:g}{', Holm over the comparisons against' if many else ''}; "
+                                f"a positive gap leans the claim's way)")
     worst = max(c.test.p for c in comps)
-    return "reproduced", (f"{what}: beyond seed noise (Welch's t, {'largest ' if many else ''}p = {worst:.2g} "
+    return "reproduced", (f"{what}: beyond seed noise ({TEST_NAME}, {'largest ' if many else ''}p = {worst:.2g} "
                           f"< α = {alpha:g})")
 
 
