@@ -242,13 +242,12 @@ class _Lookup:
         self.roles = protocol.by_role()
         self.length, self.metric = length, metric
         self.numbers: Dict[str, Tuple[float, float, int]] = {}
-        self.spread: Dict[Tuple[str, str], float] = {}         # (model, role) -> std over seeds
-        self.count: Dict[Tuple[str, str], int] = {}            # (model, role) -> seeds
+        self.spread: Dict[Tuple[str, str], Tuple[float, int]] = {}   # (model, role) -> (std, n) over seeds
 
     def sample(self, model: str, role: str) -> Tuple[float, float, int]:
         """``model``'s (mean, std, n) on ``role``, the mean in 'higher is better' orientation."""
         mean, _ = self.get(model, role)
-        return mean, self.spread[(model, role)], self.count[(model, role)]
+        return (mean, *self.spread[(model, role)])
 
     def get(self, model: str, role: str) -> Tuple[float, bool]:
         if role not in self.roles:
@@ -268,7 +267,7 @@ class _Lookup:
             metric = f"{metric}@{self.length}"
         mean, std, n = result.aggregate(metric)
         self.numbers[f"{model} {result.task} {metric}"] = (mean, std, n)
-        self.spread[(model, role)], self.count[(model, role)] = std, n
+        self.spread[(model, role)] = (std, n)
         if math.isnan(mean):
             raise _Untestable(f"{model} has no finite {metric} on {result.task}")
         return (mean if hib else -mean), hib
@@ -321,8 +320,8 @@ def _comparisons(check: Check, look: _Lookup) -> Tuple[str, List[_Comparison]]:
     """What the check claims, and its comparisons, each oriented so that a positive gap is the claim's way
     (every number is looked up, so the report shows them all)."""
     if check.kind == "at_least":
-        mean, std, n = look.sample(check.model, check.role)
-        hib = look.get(check.model, check.role)[1]
+        mean, hib = look.get(check.model, check.role)
+        std, n = look.spread[(check.model, check.role)]
         bound = check.value if hib else -check.value
         label = f"{check.model} {'≥' if hib else '≤'} {check.value}"
         return label, [_Comparison(label, contrast([(1.0, mean, std, n)], bound))]
