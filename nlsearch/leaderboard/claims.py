@@ -17,6 +17,11 @@ average several eval lengths), ``longest`` (the longest eval length of the track
 tokens (``accuracy@128``). A check reads the metric where its source measured it: a headline that
 averages lengths the source did not evaluate, or a length it did not, is refused at load.
 
+``seeds`` (optional) is the number of seeds the check reads when it is more than the protocol's: the
+claim's models then train the next seeds too (:func:`claim_seeds`) on the tasks it reads, at the lr
+factor their sweep chose, for this claim alone (``reproduce.claim_seed_tasks``); entries keep the
+protocol's seeds.
+
 Rules a claims file is held to when loaded with its protocol (:func:`load_claims`):
 
 - every role a check reads is a protocol role;
@@ -37,7 +42,7 @@ counts only beyond seed noise, at level :data:`ALPHA`:
   corrected);
 - ``unresolved``: neither: the seeds do not resolve some comparison (named with its gap and p),
   whichever way its means lean;
-- ``pending``: a baseline it reads is still to be scored;
+- ``pending``: a baseline it reads is still to be scored, or a run of the claim's own extra seeds is missing;
 - ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
   track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
   sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
@@ -125,6 +130,9 @@ class Claim(Strict):
     source_setting: SourceSetting
     varies: Tuple[str, ...] = ()                         # task keys a multi-role check's tasks may differ in
     calibration: Dict[str, str] = {}                     # budget name -> finding: the effect cannot appear
+    # seeds the check reads (None: the protocol's): more trains the claim's models on the tasks it reads
+    # on the next seeds too, for the claim alone (:func:`claim_seeds`)
+    seeds: Optional[PositiveInt] = None
     check: Check
 
     def models(self) -> Tuple[str, ...]:
@@ -145,6 +153,19 @@ class Verdict:
     reason: str
     numbers: Dict[str, Tuple[float, float, int]] = field(default_factory=dict)   # label -> mean, std, n
     scale: Optional[Tuple[int, int, str]] = None        # ours, the source's, unit (sequences | tokens)
+
+
+def claim_seeds(claim: Claim, protocol: Protocol) -> Tuple[int, ...]:
+    """The seeds ``claim``'s check reads: the protocol's, then (``claim.seeds`` beyond them) the
+    integers after the largest, in order."""
+    ours = tuple(protocol.seeds)
+    more = max(0, (claim.seeds or len(ours)) - len(ours))
+    return ours + tuple(range(max(ours) + 1, max(ours) + 1 + more))
+
+
+def extra_seeds(claim: Claim, protocol: Protocol) -> Tuple[int, ...]:
+    """The seeds ``claim`` reads beyond the protocol's (none for most claims)."""
+    return claim_seeds(claim, protocol)[len(protocol.seeds):]
 
 
 def load_claims(path: Path, protocol: Optional[Protocol] = None) -> ClaimsFile:
@@ -176,6 +197,9 @@ def check_claim(claim: Claim, protocol: Protocol) -> None:
     from nlsearch.tasks import load_task
 
     check, roles = claim.check, protocol.by_role()
+    if claim.seeds is not None and claim.seeds < len(protocol.seeds):
+        raise ValueError(f"seeds {claim.seeds} is fewer than the protocol's {len(protocol.seeds)} "
+                         f"({list(protocol.seeds)}): a claim reads every seed its models were ranked with")
     missing = [r for r in check.read_roles() if r not in roles]
     if missing:
         raise ValueError(f"roles {missing} are not protocol roles {sorted(roles)}")
@@ -254,7 +278,7 @@ class _Lookup:
             raise _Untestable(f"the protocol has no {role!r} task")
         tasks = self.results.get(model)
         if tasks is None:
-            raise _Untestable(f"no baseline entry named {model!r} on this track")
+            raise _Untestable(f"no baseline named {model!r} measured on this track")
         result = tasks.get(self.roles[role].task)
         if result is None:
             raise _Untestable(f"{model} has no result on {self.roles[role].task}")
@@ -412,29 +436,50 @@ def reads_complete(claim: Claim, protocol: Protocol, tasks: Mapping[str, Any]) -
 def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: str,
           pending: Sequence[str] = (), budget=None,
           extra: Optional[Mapping[str, Mapping[str, TaskResult]]] = None,
-          measured: Optional[Mapping[str, Mapping[str, TaskResult]]] = None) -> Verdict:
+          measured: Optional[Mapping[str, Mapping[str, TaskResult]]] = None,
+          seeded: Optional[Mapping[str, Mapping[str, Tuple[int, int, Optional[TaskResult]]]]] = None) -> Verdict:
     """The verdict on ``claim`` from ``entries`` (one protocol version and track) and ``extra`` (claim
     task results by baseline name and task ref). ``pending``: baselines a reproduction has still to
     score; a claim that reads one of them is ``pending``, naming them, unless ``measured`` (by baseline
     name and task ref: the tasks of a pending baseline whose every run the reproduction has finished)
     holds every task the claim reads of it. ``budget``: the track's Budget, for the training-scale rule
-    (None: no scale comparison)."""
-    measured = measured or {}
-
-    def complete(model: str) -> bool:
-        return protocol is not None and reads_complete(claim, protocol, measured.get(model, {}))
-
-    waiting = [m for m in claim.models() if m in pending and not complete(m)]
+    (None: no scale comparison). A claim that reads more seeds than the protocol's (``claim.seeds``) is
+    judged from ``seeded`` alone: by baseline name and task ref, (runs done, runs needed, the result
+    over the seeds done) at :func:`claim_seeds`; it is ``pending`` while a model there misses a run
+    (where the track cannot test it, those seeds are never trained: it reads the protocol's)."""
+    measured, seeded = measured or {}, seeded or {}
     scale = claim_scale(claim, protocol, budget)
     small = too_small(claim, scale, budget_name)
+    more = (protocol is not None and bool(extra_seeds(claim, protocol)) and budget_name in claim.budgets
+            and small is None)
+
+    def complete(model: str) -> bool:
+        if more:
+            done = {t: c for t, c in seeded.get(model, {}).items() if c[0] == c[1] and c[2] is not None}
+            return reads_complete(claim, protocol, done)
+        return protocol is not None and reads_complete(claim, protocol, measured.get(model, {}))
+
+    if more:             # its own seeds: every model there waits for its runs, entry or not
+        waiting = [m for m in claim.models() if m in seeded and not complete(m)]
+    else:
+        waiting = [m for m in claim.models() if m in pending and not complete(m)]
     if waiting and (small or budget_name not in claim.budgets):     # decided by the track alone: no need to wait
         why = small or f"not at budget {budget_name!r} (testable at {list(claim.budgets)})"
         return Verdict(claim, "not testable", f"{why}; the numbers are still to come (runs missing for "
                                               f"{', '.join(waiting)})", {}, scale)
+    if waiting and more:
+        missing = [f"{m} has {c[0]} of {c[1]} runs on {t}" for m in waiting for t, c in seeded[m].items()
+                   if c[0] < c[1]]
+        return Verdict(claim, "pending", f"runs missing at the claim's {len(claim_seeds(claim, protocol))} "
+                                         f"seeds: {'; '.join(missing)}")
     if waiting:
         return Verdict(claim, "pending", f"runs missing for {', '.join(waiting)}")
-    look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric,
-                   {m: measured[m] for m in claim.models() if m in pending and complete(m)})
+    if more:
+        look = _Lookup([], protocol, claim.check.length, None, claim.check.metric,
+                       {m: {t: c[2] for t, c in seeded[m].items()} for m in claim.models() if m in seeded})
+    else:
+        look = _Lookup(entries, protocol, claim.check.length, extra, claim.check.metric,
+                       {m: measured[m] for m in claim.models() if m in pending and complete(m)})
     try:
         outcome, what = _judge(claim.check, look)
     except _Untestable as why:
@@ -445,6 +490,9 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
                        look.numbers, scale)
     if scale is not None and scale[0] < MIN_SCALE_RATIO * scale[1]:
         what += f" (at {scale_text(scale)})"
+    if more:
+        what += (f" (over {len(claim_seeds(claim, protocol))} seeds, the claim's own: "
+                 f"{len(extra_seeds(claim, protocol))} beyond the protocol's, at each model's chosen lr)")
     if outcome != "reproduced":
         effect = claim.calibration.get(budget_name)
         what += (f"; a budget effect we can name: {effect}" if effect else

@@ -21,8 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
 from nlsearch.io import check_writable_folder, write_text
-from nlsearch.leaderboard.claims import (Claim, Verdict, judge, load_claims, reads_complete, scale_text, tally,
-                                         testable_at)
+from nlsearch.leaderboard.claims import (Claim, Verdict, claim_seeds, extra_seeds, judge, load_claims,
+                                         reads_complete, scale_text, tally, testable_at)
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Job, Log, run_dynamic
@@ -79,6 +79,25 @@ def tasks_claims_read(name: str, claims: Sequence[Claim], protocol: Protocol, bu
     baseline ``name``: its runs decide a verdict."""
     by_role = protocol.by_role()
     return {by_role[r].task for r in _roles_read(name, claims, protocol, budget) if r in by_role}
+
+
+def claim_seed_tasks(name: str, claims: Sequence[Claim], protocol: Protocol, budget
+                     ) -> Dict[Tuple[int, ...], List[ProtocolTask]]:
+    """The runs baseline ``name`` trains beyond the protocol's seeds for the claims testable on this
+    track that read more seeds (``claim.seeds``): the tasks (ranked or claim tasks) by the extra seeds
+    they need, the most any such claim reads of ``name`` on the task."""
+    by_role, most = protocol.by_role(), {}
+    for claim in claims:
+        more = extra_seeds(claim, protocol)
+        if more and name in claim.models() and testable_at(claim, protocol, budget):
+            for role in claim.check.read_roles():
+                rule = by_role[role]
+                before = most.get(rule.task, ((), rule))[0]      # the seeds run on from the protocol's:
+                most[rule.task] = max(before, more, key=len), rule    # the longer holds the shorter
+    out: Dict[Tuple[int, ...], List[ProtocolTask]] = {}
+    for seeds, rule in most.values():
+        out.setdefault(seeds, []).append(rule)
+    return out
 
 
 def bigram_reference(protocol: Protocol, budget) -> Optional[Dict[str, float]]:
@@ -182,13 +201,43 @@ def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence
     return lines
 
 
+def claims_seeded(specs: Sequence[ModelSpec], claims: Sequence[Claim], protocol: Protocol, budget,
+                  runs_dir: Path) -> Dict[str, Progress]:
+    """Per claim that reads more seeds than the protocol's (and is testable on this track): per baseline
+    it names among ``specs`` and per task it reads, (runs done, runs needed, the result over the seeds
+    done) at the claim's seeds (``claims.claim_seeds``): what :func:`claims.judge` reads for it."""
+    datas = {_name(s): load_submission(s, protocol).data for s in specs}
+    by_role, out = protocol.by_role(), {}
+    for claim in claims:
+        if extra_seeds(claim, protocol) and testable_at(claim, protocol, budget):
+            rules, seeds = list({by_role[r].task: by_role[r] for r in claim.check.read_roles()}.values()), \
+                claim_seeds(claim, protocol)
+            out[claim.id] = {m: partial_results(datas[m], protocol, budget, runs_dir, rules, seeds)
+                             for m in claim.models() if m in datas}
+    return out
+
+
+def _seed_runs(seeded: Dict[str, Progress], prog: Progress) -> Dict[Tuple[str, str], Tuple[int, int]]:
+    """(model, task) -> (runs done, runs needed) beyond the protocol's seeds (``prog``), over every claim
+    that reads more (the most any of them reads)."""
+    out: Dict[Tuple[str, str], Tuple[int, int]] = {}
+    for cells in seeded.values():
+        for model, tasks in cells.items():
+            for task, (done, needed, _) in tasks.items():
+                base = prog.get(model, {}).get(task, (0, 0, None))
+                here = (done - base[0], needed - base[1])
+                out[(model, task)] = max(out.get((model, task), (0, 0)), here, key=lambda x: x[1])
+    return out
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Verdict],
                 bigram: Optional[Dict[str, float]], names: Sequence[str], prog: Optional[Progress] = None,
-                left: Optional[str] = None, written: Optional[str] = None) -> str:
+                left: Optional[str] = None, written: Optional[str] = None,
+                seeded: Optional[Dict[str, Progress]] = None) -> str:
     index = store.index()
     table = display(index, protocol.ref, budget.ref)
     table = table[table.name.isin(list(names))]
@@ -199,10 +248,14 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
              f"then for every seed; ranked metric per task as mean ± sample std over the seeds finished (n) "
              f"(↑ higher / ↓ lower is better).", ""]
     if prog is not None:
-        done = sum(d for tasks in prog.values() for d, _, _ in tasks.values())
-        needed = sum(n for tasks in prog.values() for _, n, _ in tasks.values())
+        more = _seed_runs(seeded or {}, prog)
+        done = sum(d for tasks in prog.values() for d, _, _ in tasks.values()) + sum(d for d, _ in more.values())
+        needed = sum(n for tasks in prog.values() for _, n, _ in tasks.values()) + sum(n for _, n in more.values())
         lines += [f"## Runs so far: {done} of {needed}", "",
                   *progress_lines(prog, protocol, budget, set(table.name)), ""]
+        if more:
+            lines += ["Runs beyond the protocol's seeds, for the claims that read more (never ranked): "
+                      + ", ".join(f"{m} on {t} {d}/{n}" for (m, t), (d, n) in more.items()) + ".", ""]
         if left is not None:
             lines += [f"Left, estimated from each preset's measured step time (`reproduce --dry-run`): {left}.", ""]
     if len(table):
@@ -245,6 +298,8 @@ def _planned(specs: Sequence[ModelSpec], protocol: Protocol, track, claims: Sequ
         extra = claim_tasks_for(_name(spec), claims, protocol, track)
         if extra:
             runs += planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir, tasks=extra)
+        for seeds, rules in claim_seed_tasks(_name(spec), claims, protocol, track).items():
+            runs += planned_runs(sub.data, _name(spec), preset, protocol, track, runs_dir, tasks=rules, seeds=seeds)
         out.extend(runs)
     return out
 
@@ -298,7 +353,10 @@ class _Reproduction:
                  runs_dir: Path, out_dir: Path, workers: Optional[int], log: Log):
         self.protocol, self.track, self.specs, self.claims, self.store = protocol, track, specs, claims, store
         self.runs_dir, self.out_dir, self.workers, self.log = runs_dir, out_dir, workers, log
-        self.scorings: List[Tuple[str, str, ModelSpec, Scoring]] = []     # (baseline, "ranked"/"claims", spec, runs)
+        # (baseline, "ranked" | "claims" | "seeds", spec, its runs): its entry's tasks, the claim tasks its
+        # claims read, its runs beyond the protocol's seeds for the claims that read more
+        self.scorings: List[Tuple[str, str, ModelSpec, Scoring]] = []
+        self.more = {_name(s): claim_seed_tasks(_name(s), claims, protocol, track) for s in specs}
         for spec in specs:                        # every baseline's place on the board, before any run
             name = _name(spec)
             try:
@@ -308,6 +366,7 @@ class _Reproduction:
             data = load_submission(spec, protocol).data
             if found is not None:
                 log(f"{name}: already on the leaderboard ({found})")
+                self._seed_scorings(name, spec, {t: r.lr_factor for t, r in read_entry(found).tasks.items()})
             else:
                 self.scorings.append((name, "ranked", spec, Scoring(data, protocol, track, runs_dir)))
             rules = claim_tasks_for(name, claims, protocol, track)
@@ -316,9 +375,10 @@ class _Reproduction:
         self.bigram = bigram_reference(protocol, track)
         self.extra: Dict[str, Dict[str, TaskResult]] = {}      # claim-task results by baseline
         self.errors: Dict[str, str] = {}                        # baselines whose runs raised: pending
-        self.pending = list(dict.fromkeys(name for name, *_ in self.scorings))
-        self.decisive = {name: tasks_claims_read(name, claims, protocol, track) for name, *_ in self.scorings}
-        self.order = {name: k for k, name in enumerate(self.pending)}     # baselines, claims first
+        # baselines still to score (their extra seeds never hold an entry or a protocol-seed claim back)
+        self.pending = list(dict.fromkeys(name for name, kind, *_ in self.scorings if kind != "seeds"))
+        self.decisive = {_name(s): tasks_claims_read(_name(s), claims, protocol, track) for s in specs}
+        self.order = {_name(s): k for k, s in enumerate(specs)}        # baselines, claims first
         self.complete: List[int] = []                           # scorings whose runs are all back, not scored
         self.shown: Optional[Any] = None                        # the claims the page was last rendered with
 
@@ -375,14 +435,12 @@ class _Reproduction:
         for i, (name, kind, _, scoring) in enumerate(self.scorings):
             if kind == "claims":
                 self.log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
-            jobs = scoring.start()
-            starts += [(self._priority(i, job), job) for job in jobs]
-            if not jobs:
-                self.complete.append(i)
+            starts += self._start(i)
         self.settle()
-        runs = json.loads((self.out_dir / "report.json").read_text())["runs"] or {}
-        done = sum(cell["done"] for tasks in runs.values() for cell in tasks.values())
-        needed = sum(cell["needed"] for tasks in runs.values() for cell in tasks.values())
+        report = json.loads((self.out_dir / "report.json").read_text())
+        cells = [cell for tasks in (report["runs"] or {}).values() for cell in tasks.values()]
+        cells += report["seed_runs"] or []
+        done, needed = sum(cell["done"] for cell in cells), sum(cell["needed"] for cell in cells)
         self.log(f"{done} of {needed} runs finished already: reused, not logged one by one")
         refused = run_dynamic(starts, self.follow, workers, address, self.log, self.track.threads,
                               self.track.gpu_share(), on_result=self.settle, log_reused=False,
@@ -406,13 +464,39 @@ class _Reproduction:
         return job.task not in self.decisive[name], self.order[name], i
 
     def follow(self, priority: Tuple[bool, int, int], result: Any) -> List[Tuple[Tuple[bool, int, int], Any]]:
-        """A finished run's follow-ups (quick: a freed worker waits for them)."""
+        """A finished run's follow-ups (quick: a freed worker waits for them); a scoring complete
+        without error starts its baseline's extra seeds for the claims that read more, at the lr
+        factors it chose."""
         i = priority[2]
-        scoring = self.scorings[i][3]
+        name, kind, spec, scoring = self.scorings[i]
         jobs = [(self._priority(i, job), job) for job in scoring.take(result)]
         if scoring.done:
             self.complete.append(i)
+            if kind != "seeds" and not scoring.errors:
+                first = len(self.scorings)
+                self._seed_scorings(name, spec, scoring.chosen)
+                for k in range(first, len(self.scorings)):
+                    jobs += self._start(k)
         return jobs
+
+    def _seed_scorings(self, name: str, spec: ModelSpec, factors: Dict[str, float]) -> None:
+        """Adds a scoring of ``name``'s runs beyond the protocol's seeds (``claim_seed_tasks``) on the
+        tasks whose lr factor ``factors`` holds (the factors a sweep chose; the entry's)."""
+        data = load_submission(spec, self.protocol).data
+        for seeds, rules in self.more.get(name, {}).items():
+            rules = [r for r in rules if r.task in factors]
+            if rules:
+                scoring = Scoring(data, self.protocol, self.track, self.runs_dir, seeds=seeds, tasks=rules,
+                                  lr_factors={r.task: factors[r.task] for r in rules})
+                self.scorings.append((name, "seeds", spec, scoring))
+                self.log(f"{name}: seeds {list(seeds)} on {[r.task for r in rules]} for the claims that read them")
+
+    def _start(self, i: int) -> List[Tuple[Tuple[bool, int, int], Any]]:
+        """Scoring ``i``'s first runs, each with its place in the queue (none: it is complete)."""
+        jobs = self.scorings[i][3].start()
+        if not jobs:
+            self.complete.append(i)
+        return [(self._priority(i, job), job) for job in jobs]
 
     def settle(self, result: Any = None) -> None:
         """After a run, once the freed worker has its next one: score what is complete, rewrite the
@@ -434,6 +518,8 @@ class _Reproduction:
             return
         if kind == "claims":
             self.extra[name] = tasks
+        elif kind == "seeds":
+            self.log(f"{name}: seeds {scoring.seeds} done on {list(tasks)}")
         else:
             entry = build_entry(load_submission(spec, self.protocol), name, AUTHOR, "baseline", self.protocol,
                                 self.track, tasks)
@@ -443,7 +529,7 @@ class _Reproduction:
                 raise LeaderboardError(f"baseline {name}: {err}") from None
             self.render()                               # the page shows every baseline as soon as it is complete
             self.log(f"{name}: added {path}; {self.store.root / 'README.md'} and index.html re-rendered")
-        if all(s.done for n, _, _, s in self.scorings if n == name) and name not in self.errors:
+        if all(s.done for n, k, _, s in self.scorings if n == name and k != "seeds") and name not in self.errors:
             self.pending = [n for n in self.pending if n != name]
 
 
@@ -507,10 +593,11 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
     measured = {} if prog is None else {    # a pending baseline's tasks whose every run is back
         name: {task: r for task, (done, needed, r) in prog[name].items() if done == needed and r is not None}
         for name in pending if name in prog}
-    verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra, measured=measured)
-                for c in claims]
+    seeded = {} if runs_dir is None else claims_seeded(specs, claims, protocol, track, runs_dir)
+    verdicts = [judge(c, entries, protocol, track.name, pending, budget=track, extra=extra, measured=measured,
+                      seeded=seeded.get(c.id)) for c in claims]
     for v in verdicts:
-        if v.outcome == "pending" and prog is not None:
+        if v.outcome == "pending" and prog is not None and v.claim.id not in seeded:
             missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models()
                        if m in pending and m in prog and not reads_complete(v.claim, protocol, measured.get(m, {}))]
             v.reason = f"waiting for {', '.join(missing)}"
@@ -526,21 +613,26 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
         left = summary_line(estimate(_planned(specs, protocol, track, claims, store, runs_dir), load_timing()),
                             workers)
     written = _now()
-    text = report_text(protocol, track, store, verdicts, bigram, names, prog, left, written)
+    text = report_text(protocol, track, store, verdicts, bigram, names, prog, left, written, seeded)
     data = [{"id": v.claim.id, "claim": v.claim.claim, "source": v.claim.source, "outcome": v.outcome,
              "reason": v.reason, "numbers": {k: [None if math.isnan(x) else x for x in xs]
                                              for k, xs in v.numbers.items()},
              "source_setting": v.claim.source_setting.model_dump(mode="json"),
              "scale": None if v.scale is None else dict(zip(("ours", "source", "unit"), v.scale)),
              "claim_tasks": {n: {t: r.aggregate() for t, r in tasks.items()} for n, tasks in (extra or {}).items()
-                             if n in v.claim.models() and tasks}}
+                             if n in v.claim.models() and tasks},
+             "seeds": list(claim_seeds(v.claim, protocol)) if v.claim.id in seeded else list(protocol.seeds),
+             "seed_runs": {m: {t: {"done": c[0], "needed": c[1]} for t, c in cells.items()}
+                           for m, cells in seeded.get(v.claim.id, {}).items()}}
             for v in verdicts]
     runs = None if prog is None else {
         name: {task: {"done": d, "needed": n, "lr_factor": None if r is None else r.lr_factor,
                       "mean_std_n": None if r is None else [None if isinstance(x, float) and math.isnan(x) else x
                                                             for x in r.aggregate()]}
                for task, (d, n, r) in tasks.items()} for name, tasks in prog.items()}
+    seed_runs = None if prog is None else [{"model": m, "task": t, "done": d, "needed": n}
+                                           for (m, t), (d, n) in _seed_runs(seeded, prog).items()]
     write_text(json.dumps({"protocol": protocol.ref, "budget": track.ref, "written": written, "commit": code_commit(),
-                           "runs": runs, "claims": data}, indent=1)
+                           "runs": runs, "seed_runs": seed_runs, "claims": data}, indent=1)
                + "\n", out / "report.json")
     return write_text(text, out / "report.md")

@@ -221,18 +221,19 @@ its runs folder after every run (the report), ~650 plans, and plans do not chang
 
 
 def finished_runs(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
-                  tasks: Optional[Sequence[ProtocolTask]] = None) -> Dict[Tuple[str, int, float], Any]:
+                  tasks: Optional[Sequence[ProtocolTask]] = None,
+                  seeds: Optional[Sequence[int]] = None) -> Dict[Tuple[str, int, float], Any]:
     """Every run :func:`score_model` may train for ``model`` ((task, seed, lr factor): every factor on
-    every seed), mapped to its ``RunPlan`` and its outcome where one passes the reuse check (a
-    ``RunRecord``, or the ``Failure`` of a run that diverged; else None): ``(plan, outcome)``. Reads
-    the runs folder; trains nothing."""
+    every seed, the protocol's or ``seeds``), mapped to its ``RunPlan`` and its outcome where one passes
+    the reuse check (a ``RunRecord``, or the ``Failure`` of a run that diverged; else None):
+    ``(plan, outcome)``. Reads the runs folder; trains nothing."""
     from nlsearch.train import default_run_dir
     from nlsearch.train.record import finished_outcome
 
     tasks_dir = protocol.resolve_tasks_dir()
     out: Dict[Tuple[str, int, float], Any] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
-        for seed in protocol.seeds:
+        for seed in protocol.seeds if seeds is None else seeds:
             for factor in protocol.lr_sweep.factors:
                 plan = cached_plan(model, factor, rule.task, budget, seed, tasks_dir)
                 run_dir = default_run_dir(runs_dir, plan)
@@ -259,12 +260,14 @@ def cached_plan(model: Dict[str, Any], factor: float, task: str, budget: Budget,
 
 
 def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, runs_dir: Path,
-                    tasks: Optional[Sequence[ProtocolTask]] = None
+                    tasks: Optional[Sequence[ProtocolTask]] = None, seeds: Optional[Sequence[int]] = None
                     ) -> Dict[str, Tuple[int, int, Optional[TaskResult]]]:
     """Per task: (runs finished, runs the protocol needs, the result so far or None). The result exists
     once the sweep has finished (the factor is then chosen as :func:`score_model` chooses it) and holds
-    the seeds finished at that factor, so a report can show a mean over the seeds done so far."""
-    runs = finished_runs(model, protocol, budget, runs_dir, tasks)
+    the seeds finished at that factor, so a report can show a mean over the seeds done so far.
+    ``seeds``: the protocol's and more (a claim that reads more seeds than the protocol ranks with)."""
+    seeds = tuple(protocol.seeds if seeds is None else seeds)
+    runs = finished_runs(model, protocol, budget, runs_dir, tasks, seeds)
     factors, first = tuple(protocol.lr_sweep.factors), protocol.seeds[0]
     sweeping = len(factors) > 1
 
@@ -278,32 +281,35 @@ def partial_results(model: Dict[str, Any], protocol: Protocol, budget: Budget, r
     out: Dict[str, Tuple[int, int, Optional[TaskResult]]] = {}
     for rule in protocol.ranked(budget) if tasks is None else tasks:
         sweep = {f: r for f in factors if (r := finished(rule.task, first, f)) is not None} if sweeping else {}
-        needed = len(protocol.seeds) + (len(factors) - 1 if sweeping else 0)
+        needed = len(seeds) + (len(factors) - 1 if sweeping else 0)
         if sweeping and len(sweep) < len(factors):
             out[rule.task] = (len(sweep), needed, None)
             continue
         hib = check_metric(rule, _directions(rule, list(sweep.values()), protocol.resolve_tasks_dir())[1])
         factor = _pick(rule, {f: seed_result(j) for f, j in sweep.items()}, hib) if sweeping else factors[0]
-        rest = [r for s in protocol.seeds
+        rest = [r for s in seeds
                 if not (sweeping and s == first) and (r := finished(rule.task, s, factor)) is not None]
-        so_far = _task_result(rule, factor, sweep, rest, protocol.seeds, protocol.resolve_tasks_dir())
+        so_far = _task_result(rule, factor, sweep, rest, seeds, protocol.resolve_tasks_dir())
         out[rule.task] = (len(sweep) + len(rest), needed, so_far)
     return out
 
 
 def planned_runs(model: Dict[str, Any], label: str, preset: Optional[str], protocol: Protocol, budget: Budget,
-                 runs_dir: Path, tasks: Optional[Sequence[ProtocolTask]] = None) -> list:
-    """The runs :func:`score_model` would train for ``model``, each marked finished when a run that
-    passes the reuse check is there: the sweep's (every factor on the first seed) and the other seeds'
-    (at the factor the sweep will choose: finished when a run of any factor is there)."""
+                 runs_dir: Path, tasks: Optional[Sequence[ProtocolTask]] = None,
+                 seeds: Optional[Sequence[int]] = None) -> list:
+    """The runs :func:`score_model` would train for ``model`` (on the protocol's seeds or ``seeds``),
+    each marked finished when a run that passes the reuse check is there: the sweep's (every factor on
+    the first seed) and the other seeds' (at the factor the sweep will choose: finished when a run of
+    any factor is there)."""
     from nlsearch.bench.estimate import PlannedRun, checkpointed_steps
     from nlsearch.train import default_run_dir
 
-    runs = finished_runs(model, protocol, budget, runs_dir, tasks)
+    seeds = tuple(protocol.seeds if seeds is None else seeds)
+    runs = finished_runs(model, protocol, budget, runs_dir, tasks, seeds)
     factors = tuple(protocol.lr_sweep.factors)
     out: List[PlannedRun] = []
     for rule in protocol.ranked(budget) if tasks is None else tasks:
-        for seed in protocol.seeds:
+        for seed in seeds:
             sweep = seed == protocol.seeds[0] and len(factors) > 1
             outcomes = [runs[(rule.task, seed, f)][1] for f in factors]
             plans = [runs[(rule.task, seed, f)][0] for f in factors]
