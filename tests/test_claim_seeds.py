@@ -4,6 +4,8 @@ alone (entries keep the protocol's seeds); its verdict waits for them and reads 
 reproduction called again trains only what is missing."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import statistics
@@ -46,7 +48,10 @@ def seeded(tmp_path_factory):
     args = ["reproduce", "--protocol", str(protocol), "--budget", "tiny", "--dir", str(root / "lb"),
             "--runs", str(root / "runs"), "--out", str(root / "out"),
             "--presets", *(str(root / f"{n}.yaml") for n in NAMES)]
-    assert main(args) == 0
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(args) == 0
+    (root / "log.txt").write_text(out.getvalue())
     return root, load_protocol(protocol), args
 
 
@@ -100,6 +105,39 @@ def test_the_extra_seeds_train_for_the_claims_models_on_its_tasks_only(seeded):
             assert len(chosen) == 1 and extra <= chosen and extra
 
 
+def test_the_extra_seeds_queue_as_soon_as_their_tasks_lr_is_chosen(seeded):
+    """Not after the baseline's every task: DeltaNet's recall seeds 3 and 4 (a claim reads them) run
+    before its lm runs (no claim reads them)."""
+    root, _, _ = seeded
+    lines = (root / "log.txt").read_text().splitlines()
+    done = [i for i, line in enumerate(lines) if line.startswith("tiny-deltanet on ") and "completed" in line]
+    extra = [i for i in done if "tiny_recall@1 seed 3" in lines[i] or "tiny_recall@1 seed 4" in lines[i]]
+    lm = [i for i in done if "tiny_lm@1" in lines[i]]
+    assert len(extra) == 4 and len(lm) == 8            # DeltaNet's and linear attention's (same config name)
+    assert max(extra) < min(lm), "\n".join(lines)
+
+
+def test_a_claim_reading_a_task_the_track_does_not_train_gets_no_extra_seeds(tmp_path):
+    from nlsearch.leaderboard.claims import judge
+    from nlsearch.leaderboard.reproduce import claim_seed_tasks, seeded_claims
+    from leaderboard_fixtures import make_entry, task_result
+
+    path = write_protocol(tmp_path / "p", tasks=("tiny_recall", "tiny_lm"), claims=CLAIMS[:1],
+                          factors=(0.5, 1.0))
+    raw = yaml.safe_load(path.read_text())
+    raw["tasks"][0]["tracks"] = ["smoke"]              # recall: ranked on the smoke track only
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    protocol = load_protocol(path)
+    track = protocol.load_budget("tiny")
+    claim = load_claims(protocol.claims_path(), protocol).claims[0]
+    assert seeded_claims([claim], protocol, track) == []
+    assert claim_seed_tasks("deltanet", [claim], protocol, track) == {}
+    entries = [make_entry(n, {"tiny_lm@1": task_result("tiny_lm@1", [2.0] * 3, False, "lm", "bits_per_byte")},
+                          kind="baseline") for n in ("deltanet", "linear-attention")]
+    verdict = judge(claim, entries, protocol, "tiny", budget=track)
+    assert verdict.outcome == "not testable" and "has no result on tiny_recall@1" in verdict.reason
+
+
 def test_entries_keep_the_protocols_seeds(seeded):
     root, _, _ = seeded
     entries = {e.name: e for e in Store(root / "lb").entries()}
@@ -122,7 +160,7 @@ def test_the_claim_reads_every_one_of_its_seeds(seeded):
     assert data["more-seeds"]["outcome"] in ("reproduced", "not reproduced", "unresolved")
     assert "over 5 seeds, the claim's own: 2 beyond the protocol's" in data["more-seeds"]["reason"]
     assert data["more-seeds"]["seeds"] == [0, 1, 2, 3, 4] and data["same"]["seeds"] == [0, 1, 2]
-    assert data["more-seeds"]["seed_runs"]["deltanet"]["tiny_recall@1"] == {"done": 6, "needed": 6}
+    assert data["more-seeds"]["runs_at_seeds"]["deltanet"]["tiny_recall@1"] == {"done": 6, "needed": 6}
     assert data["needle"]["numbers"]["deltanet tiny_needle@1 accuracy"][2] == 4
     assert data["elsewhere"]["outcome"] == "not testable" and data["elsewhere"]["seeds"] == [0, 1, 2]
     report = (root / "out" / "report.md").read_text()
@@ -149,10 +187,11 @@ def test_a_missing_extra_seed_makes_only_its_claim_wait_and_the_next_call_trains
     runs, lb = tmp_path / "runs", tmp_path / "lb"
     shutil.copytree(root / "runs", runs)
     shutil.copytree(root / "lb", lb)
-    gone = [p.parent for p in runs.glob("tiny_recall@1/*/*seed4/record.json")
-            if json.loads(p.read_text())["config"]["mixer"]["rule"]["objective"] == "l2"]
-    assert len(gone) == 1
-    shutil.rmtree(gone[0])
+    gone = [p.parent for p in runs.glob("tiny_recall@1/*/*seed[14]/record.json")
+            if (json.loads(p.read_text())["config"]["mixer"].get("rule") or {}).get("objective") == "l2"]
+    assert len(gone) == 2            # seed 4, and seed 1: an entry whose runs are not all in this folder
+    for folder in gone:
+        shutil.rmtree(folder)
     specs = [str(root / f"{n}.yaml") for n in NAMES]
     claims = load_claims(protocol.claims_path(), protocol).claims
     out = tmp_path / "out"
@@ -160,11 +199,17 @@ def test_a_missing_extra_seed_makes_only_its_claim_wait_and_the_next_call_trains
     data = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
     assert data["more-seeds"]["outcome"] == "pending"
     assert data["more-seeds"]["reason"] == ("runs missing at the claim's 5 seeds: "
-                                            "deltanet has 5 of 6 runs on tiny_recall@1")
+                                            "deltanet has 4 of 6 runs on tiny_recall@1")
     final = {c["id"]: c for c in json.loads((root / "out" / "report.json").read_text())["claims"]}
     for cid in ("same", "needle"):                    # the other claims do not wait for it
         assert (data[cid]["outcome"], data[cid]["numbers"]) == (final[cid]["outcome"], final[cid]["numbers"])
-    assert "deltanet on tiny_recall@1 1/2" in (out / "report.md").read_text()
+    assert "deltanet on tiny_recall@1 1/2" in (out / "report.md").read_text()      # seed 4 (seed 1 is ranked)
+    # a reproduction of a subset of the baselines: the claim waits for the model it does not measure
+    _write_report(protocol, protocol.load_budget("tiny"), Store(lb), claims, None, specs[1:2], [], out, {},
+                  root / "runs")
+    data = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert data["more-seeds"]["outcome"] == "pending" and data["more-seeds"]["reason"] == (
+        "runs missing at the claim's 5 seeds: linear-attention is not measured here")
 
     trained, train = [], train_module.train
     monkeypatch.setattr(train_module, "train",
@@ -173,7 +218,35 @@ def test_a_missing_extra_seed_makes_only_its_claim_wait_and_the_next_call_trains
     again = [a if a not in (str(root / "runs"), str(root / "lb"), str(root / "out")) else
              {str(root / "runs"): str(runs), str(root / "lb"): str(lb), str(root / "out"): str(out)}[a] for a in args]
     assert main(again) == 0
-    assert trained == [("tiny_recall@1", 4)]
+    assert sorted(trained) == [("tiny_recall@1", 1), ("tiny_recall@1", 4)]
     data = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
     assert data["more-seeds"]["outcome"] == final["more-seeds"]["outcome"]
     assert data["more-seeds"]["numbers"]["deltanet tiny_recall@1 accuracy"][2] == 5
+
+
+def test_a_run_at_an_extra_seed_that_raises_leaves_the_claim_pending_not_the_baseline(seeded, tmp_path, monkeypatch):
+    import nlsearch.train as train_module
+
+    root, _, args = seeded
+    runs, lb, out = tmp_path / "runs", tmp_path / "lb", tmp_path / "out"
+    shutil.copytree(root / "runs", runs)
+    shutil.copytree(root / "lb", lb)
+    for record in runs.glob("tiny_recall@1/*/*seed4/record.json"):
+        if (json.loads(record.read_text())["config"]["mixer"].get("rule") or {}).get("objective") == "l2":
+            shutil.rmtree(record.parent)
+
+    def train(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_module, "train", train)
+    paths = {str(root / "runs"): str(runs), str(root / "lb"): str(lb), str(root / "out"): str(out)}
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        assert main([paths.get(a, a) for a in args]) == 1
+    said = " ".join(said.getvalue().split())
+    assert "1 baseline(s) miss runs at a claim's extra seeds (its claims are pending)" in said
+    assert "not scored" not in said and "a bug" in said
+    assert sorted(p.name for p in (lb / "entries").rglob("*.json")) == \
+        sorted(p.name for p in (root / "lb" / "entries").rglob("*.json"))
+    data = {c["id"]: c for c in json.loads((out / "report.json").read_text())["claims"]}
+    assert data["more-seeds"]["outcome"] == "pending" and data["same"]["outcome"] != "pending"

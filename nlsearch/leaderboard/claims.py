@@ -19,8 +19,8 @@ averages lengths the source did not evaluate, or a length it did not, is refused
 
 ``seeds`` (optional) is the number of seeds the check reads when it is more than the protocol's: the
 claim's models then train the next seeds too (:func:`claim_seeds`) on the tasks it reads, at the lr
-factor their sweep chose, for this claim alone (``reproduce.claim_seed_tasks``); entries keep the
-protocol's seeds.
+factor their sweep chose (``reproduce.claim_seed_tasks``: claims that read more seeds of a model on a
+task share its runs); entries, ranks and the other claims keep the protocol's seeds.
 
 Rules a claims file is held to when loaded with its protocol (:func:`load_claims`):
 
@@ -42,7 +42,8 @@ counts only beyond seed noise, at level :data:`ALPHA`:
   corrected);
 - ``unresolved``: neither: the seeds do not resolve some comparison (named with its gap and p),
   whichever way its means lean;
-- ``pending``: a baseline it reads is still to be scored, or a run of the claim's own extra seeds is missing;
+- ``pending``: a baseline it reads is still to be scored, or (a claim that reads more seeds) a run of any
+  of its seeds is not in the runs folder yet;
 - ``not testable``: the track is not one the claim lists, a role or model has no finite number, or the
   track's training scale is far below the source's (under :data:`MIN_SCALE_RATIO` of its training
   sequences or tokens) *and* the repository's own calibration says the effect cannot appear at that
@@ -71,6 +72,7 @@ MIN_SCALE_RATIO = 0.01     # a track below 1/100 of the source's training scale 
 ALPHA = 0.05               # the level of every comparison's t-test: a margin must be beyond seed noise
 TEST_NAME = "t-test of the seed means"       # Welch's for two models, one-sample against a bound
 OUTCOMES = ("reproduced", "not reproduced", "unresolved", "not testable", "pending")
+JUDGED = OUTCOMES[:3]      # the outcomes the numbers decide
 
 
 def tally(outcomes: Sequence[str]) -> str:
@@ -131,7 +133,7 @@ class Claim(Strict):
     varies: Tuple[str, ...] = ()                         # task keys a multi-role check's tasks may differ in
     calibration: Dict[str, str] = {}                     # budget name -> finding: the effect cannot appear
     # seeds the check reads (None: the protocol's): more trains the claim's models on the tasks it reads
-    # on the next seeds too, for the claim alone (:func:`claim_seeds`)
+    # on the next seeds too, never ranked (:func:`claim_seeds`)
     seeds: Optional[PositiveInt] = None
     check: Check
 
@@ -444,14 +446,15 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
     name and task ref: the tasks of a pending baseline whose every run the reproduction has finished)
     holds every task the claim reads of it. ``budget``: the track's Budget, for the training-scale rule
     (None: no scale comparison). A claim that reads more seeds than the protocol's (``claim.seeds``) is
-    judged from ``seeded`` alone: by baseline name and task ref, (runs done, runs needed, the result
-    over the seeds done) at :func:`claim_seeds`; it is ``pending`` while a model there misses a run
-    (where the track cannot test it, those seeds are never trained: it reads the protocol's)."""
-    measured, seeded = measured or {}, seeded or {}
+    judged from ``seeded`` alone when given: by baseline name and task ref, (runs done, runs needed,
+    the result over the seeds done) at :func:`claim_seeds`; it is ``pending`` while a model misses a
+    run there, or is not there at all. Without ``seeded`` (those seeds are not trained on this track)
+    it reads the entries at the protocol's seeds, and says so when that decides it."""
+    measured = measured or {}
     scale = claim_scale(claim, protocol, budget)
     small = too_small(claim, scale, budget_name)
-    more = (protocol is not None and bool(extra_seeds(claim, protocol)) and budget_name in claim.budgets
-            and small is None)
+    more = seeded is not None and budget_name in claim.budgets and small is None
+    seeded = seeded or {}
 
     def complete(model: str) -> bool:
         if more:
@@ -459,8 +462,8 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
             return reads_complete(claim, protocol, done)
         return protocol is not None and reads_complete(claim, protocol, measured.get(model, {}))
 
-    if more:             # its own seeds: every model there waits for its runs, entry or not
-        waiting = [m for m in claim.models() if m in seeded and not complete(m)]
+    if more:             # its own seeds: every model waits for its runs there, entry or not
+        waiting = [m for m in claim.models() if not complete(m)]
     else:
         waiting = [m for m in claim.models() if m in pending and not complete(m)]
     if waiting and (small or budget_name not in claim.budgets):     # decided by the track alone: no need to wait
@@ -468,8 +471,8 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
         return Verdict(claim, "not testable", f"{why}; the numbers are still to come (runs missing for "
                                               f"{', '.join(waiting)})", {}, scale)
     if waiting and more:
-        missing = [f"{m} has {c[0]} of {c[1]} runs on {t}" for m in waiting for t, c in seeded[m].items()
-                   if c[0] < c[1]]
+        missing = [f"{m} has {c[0]} of {c[1]} runs on {t}" for m in waiting for t, c in seeded.get(m, {}).items()
+                   if c[0] < c[1]] + [f"{m} is not measured here" for m in waiting if m not in seeded]
         return Verdict(claim, "pending", f"runs missing at the claim's {len(claim_seeds(claim, protocol))} "
                                          f"seeds: {'; '.join(missing)}")
     if waiting:
@@ -493,6 +496,9 @@ def judge(claim: Claim, entries: List[Entry], protocol: Protocol, budget_name: s
     if more:
         what += (f" (over {len(claim_seeds(claim, protocol))} seeds, the claim's own: "
                  f"{len(extra_seeds(claim, protocol))} beyond the protocol's, at each model's chosen lr)")
+    elif protocol is not None and extra_seeds(claim, protocol):
+        what += (f" (at the protocol's {len(protocol.seeds)} seeds: the claim's own {claim.seeds} were not "
+                 f"measured here)")
     if outcome != "reproduced":
         effect = claim.calibration.get(budget_name)
         what += (f"; a budget effect we can name: {effect}" if effect else

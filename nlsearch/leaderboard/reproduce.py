@@ -16,12 +16,12 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
 from nlsearch.io import check_writable_folder, write_text
-from nlsearch.leaderboard.claims import (Claim, Verdict, claim_seeds, extra_seeds, judge, load_claims,
+from nlsearch.leaderboard.claims import (JUDGED, Claim, Verdict, claim_seeds, extra_seeds, judge, load_claims,
                                          reads_complete, scale_text, tally, testable_at)
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
@@ -81,17 +81,32 @@ def tasks_claims_read(name: str, claims: Sequence[Claim], protocol: Protocol, bu
     return {by_role[r].task for r in _roles_read(name, claims, protocol, budget) if r in by_role}
 
 
+def seeded_claims(claims: Sequence[Claim], protocol: Protocol, budget
+                  ) -> List[Tuple[Claim, List[ProtocolTask], Tuple[int, ...]]]:
+    """The claims that read more seeds than the protocol's (``claim.seeds``) and get them on this
+    track, each with the tasks it reads and its seeds (``claims.claim_seeds``): testable here, and
+    every task it reads trained here (ranked on the track, or a claim task). The others are judged at
+    the protocol's seeds, from the entries (a task not trained here makes them not testable)."""
+    here = {t.role: t for t in protocol.ranked(budget) + protocol.claim_tasks if t.role}
+    out = []
+    for claim in claims:
+        roles = claim.check.read_roles()
+        if extra_seeds(claim, protocol) and testable_at(claim, protocol, budget) and all(r in here for r in roles):
+            rules = list({here[r].task: here[r] for r in roles}.values())
+            out.append((claim, rules, claim_seeds(claim, protocol)))
+    return out
+
+
 def claim_seed_tasks(name: str, claims: Sequence[Claim], protocol: Protocol, budget
                      ) -> Dict[Tuple[int, ...], List[ProtocolTask]]:
-    """The runs baseline ``name`` trains beyond the protocol's seeds for the claims testable on this
-    track that read more seeds (``claim.seeds``): the tasks (ranked or claim tasks) by the extra seeds
-    they need, the most any such claim reads of ``name`` on the task."""
-    by_role, most = protocol.by_role(), {}
-    for claim in claims:
-        more = extra_seeds(claim, protocol)
-        if more and name in claim.models() and testable_at(claim, protocol, budget):
-            for role in claim.check.read_roles():
-                rule = by_role[role]
+    """The runs baseline ``name`` trains beyond the protocol's seeds for :func:`seeded_claims`: the
+    tasks (ranked or claim tasks) by the extra seeds they need, the most any such claim reads of
+    ``name`` on the task (claims that read the same model and task share these runs)."""
+    most: Dict[str, Tuple[Tuple[int, ...], ProtocolTask]] = {}
+    for claim, rules, seeds in seeded_claims(claims, protocol, budget):
+        if name in claim.models():
+            more = seeds[len(protocol.seeds):]
+            for rule in rules:
                 before = most.get(rule.task, ((), rule))[0]      # the seeds run on from the protocol's:
                 most[rule.task] = max(before, more, key=len), rule    # the longer holds the shorter
     out: Dict[Tuple[int, ...], List[ProtocolTask]] = {}
@@ -203,17 +218,21 @@ def progress_lines(prog: Progress, protocol: Protocol, budget, entries: Sequence
 
 def claims_seeded(specs: Sequence[ModelSpec], claims: Sequence[Claim], protocol: Protocol, budget,
                   runs_dir: Path) -> Dict[str, Progress]:
-    """Per claim that reads more seeds than the protocol's (and is testable on this track): per baseline
-    it names among ``specs`` and per task it reads, (runs done, runs needed, the result over the seeds
-    done) at the claim's seeds (``claims.claim_seeds``): what :func:`claims.judge` reads for it."""
+    """Per claim of :func:`seeded_claims`: per baseline it names among ``specs`` and per task it reads,
+    (runs done, runs needed, the result over the seeds done) at the claim's seeds, from the runs
+    folder: what :func:`claims.judge` reads for it (a model not among ``specs`` is left out: the claim
+    then waits for it)."""
     datas = {_name(s): load_submission(s, protocol).data for s in specs}
-    by_role, out = protocol.by_role(), {}
-    for claim in claims:
-        if extra_seeds(claim, protocol) and testable_at(claim, protocol, budget):
-            rules, seeds = list({by_role[r].task: by_role[r] for r in claim.check.read_roles()}.values()), \
-                claim_seeds(claim, protocol)
-            out[claim.id] = {m: partial_results(datas[m], protocol, budget, runs_dir, rules, seeds)
-                             for m in claim.models() if m in datas}
+    cells: Dict[Tuple[str, str, Tuple[int, ...]], Any] = {}     # claims that share runs read them once
+    out: Dict[str, Progress] = {}
+    for claim, rules, seeds in seeded_claims(claims, protocol, budget):
+        out[claim.id] = {}
+        for m in (m for m in claim.models() if m in datas):
+            for rule in rules:
+                if (m, rule.task, seeds) not in cells:
+                    cells[(m, rule.task, seeds)] = partial_results(datas[m], protocol, budget, runs_dir, [rule],
+                                                                   seeds)[rule.task]
+                out[claim.id].setdefault(m, {})[rule.task] = cells[(m, rule.task, seeds)]
     return out
 
 
@@ -267,7 +286,7 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
     if bigram is not None:
         lines += [f"Reference: an add-one-smoothed byte bigram fitted on the same train batches scores "
                   f"{mean_std(bigram['mean'], bigram['std'])} bits per byte on {bigram['task']}.", ""]
-    pending = " (baselines still to score)" if any(v.outcome == "pending" for v in verdicts) else ""
+    pending = " (runs still to come)" if any(v.outcome == "pending" for v in verdicts) else ""
     lines += ["## Published claims", "", f"{tally([v.outcome for v in verdicts])}{pending}.", "",
               *_verdict_lines(verdicts), ""]
     return "\n".join(lines)
@@ -345,9 +364,11 @@ come from a quiet machine's step times (finished cpu runs took 0.7-1.3x theirs).
 
 
 class _Reproduction:
-    """One ``reproduce`` call: every baseline's scorings (its ranked tasks, which make its entry, and the
-    claim tasks its claims read) in one queue, prioritised in the claims-first order of ``specs``; the
-    report rewritten as runs finish, an entry added as each baseline's ranked tasks complete."""
+    """One ``reproduce`` call: every baseline's scorings (its ranked tasks, which make its entry, the
+    claim tasks its claims read, and the seeds beyond the protocol's that a claim reads: queued per
+    task as soon as its lr factor is chosen) in one queue, prioritised in the claims-first order of
+    ``specs``; the report rewritten as runs finish, an entry added as each baseline's ranked tasks
+    complete."""
 
     def __init__(self, protocol: Protocol, track, specs: Sequence[ModelSpec], claims: Sequence[Claim], store: Store,
                  runs_dir: Path, out_dir: Path, workers: Optional[int], log: Log):
@@ -366,7 +387,7 @@ class _Reproduction:
             data = load_submission(spec, protocol).data
             if found is not None:
                 log(f"{name}: already on the leaderboard ({found})")
-                self._seed_scorings(name, spec, {t: r.lr_factor for t, r in read_entry(found).tasks.items()})
+                self._seed_scorings(name, spec, tasks=set(read_entry(found).tasks))
             else:
                 self.scorings.append((name, "ranked", spec, Scoring(data, protocol, track, runs_dir)))
             rules = claim_tasks_for(name, claims, protocol, track)
@@ -375,6 +396,7 @@ class _Reproduction:
         self.bigram = bigram_reference(protocol, track)
         self.extra: Dict[str, Dict[str, TaskResult]] = {}      # claim-task results by baseline
         self.errors: Dict[str, str] = {}                        # baselines whose runs raised: pending
+        self.seed_errors: Dict[str, str] = {}                   # ... runs at a claim's extra seeds only
         # baselines still to score (their extra seeds never hold an entry or a protocol-seed claim back)
         self.pending = list(dict.fromkeys(name for name, kind, *_ in self.scorings if kind != "seeds"))
         self.decisive = {_name(s): tasks_claims_read(_name(s), claims, protocol, track) for s in specs}
@@ -432,10 +454,12 @@ class _Reproduction:
     def run(self, workers: int, address: Optional[str], hours: Optional[float] = None) -> Path:
         self.write()
         starts: List[Tuple[int, Any]] = []
-        for i, (name, kind, _, scoring) in enumerate(self.scorings):
+        for i in range(len(self.scorings)):
+            name, kind, _, scoring = self.scorings[i]
             if kind == "claims":
                 self.log(f"{name}: claim tasks {[r.task for r in scoring.rules]}")
             starts += self._start(i)
+            starts += self._chosen(i, dict(scoring.chosen))      # no sweep: the lr factors are known at once
         self.settle()
         report = json.loads((self.out_dir / "report.json").read_text())
         cells = [cell for tasks in (report["runs"] or {}).values() for cell in tasks.values()]
@@ -451,15 +475,19 @@ class _Reproduction:
                      f"hours after the start (--hours); they and the runs that follow them wait for the next "
                      f"call: {', '.join(job.label() for job in refused[:4])}"
                      + (f" (and {len(refused) - 4} more)" if len(refused) > 4 else ""))
-        if self.errors:
-            raise RunError(f"{len(self.errors)} baseline(s) not scored ({report} lists them as pending):\n"
-                           + "\n".join(self.errors.values()))
+        if self.errors or self.seed_errors:
+            raise RunError("; ".join(filter(None, [
+                self.errors and f"{len(self.errors)} baseline(s) not scored ({report} lists them as pending)",
+                self.seed_errors and f"{len(self.seed_errors)} baseline(s) miss runs at a claim's extra seeds "
+                                     f"(its claims are pending)"])) + ":\n"
+                + "\n".join([*self.errors.values(), *self.seed_errors.values()]))
         return report
 
     def _priority(self, i: int, job: Any) -> Tuple[bool, int, int]:
         """A run's place in the queue: the runs a testable claim reads (its models on the tasks it
         reads, ranked or claim tasks) before every other, a verdict waiting on those only; then by
-        baseline in the claims-first order; then by scoring (ranked tasks before claim tasks)."""
+        baseline in the claims-first order; then by scoring (ranked tasks, claim tasks, then the extra
+        seeds, in the order they were added)."""
         name = self.scorings[i][0]
         return job.task not in self.decisive[name], self.order[name], i
 
@@ -468,28 +496,44 @@ class _Reproduction:
         without error starts its baseline's extra seeds for the claims that read more, at the lr
         factors it chose."""
         i = priority[2]
-        name, kind, spec, scoring = self.scorings[i]
+        scoring = self.scorings[i][3]
+        before = set(scoring.chosen)
         jobs = [(self._priority(i, job), job) for job in scoring.take(result)]
         if scoring.done:
             self.complete.append(i)
-            if kind != "seeds" and not scoring.errors:
-                first = len(self.scorings)
-                self._seed_scorings(name, spec, scoring.chosen)
-                for k in range(first, len(self.scorings)):
-                    jobs += self._start(k)
-        return jobs
+        return jobs + self._chosen(i, {t: f for t, f in scoring.chosen.items() if t not in before})
 
-    def _seed_scorings(self, name: str, spec: ModelSpec, factors: Dict[str, float]) -> None:
-        """Adds a scoring of ``name``'s runs beyond the protocol's seeds (``claim_seed_tasks``) on the
-        tasks whose lr factor ``factors`` holds (the factors a sweep chose; the entry's)."""
+    def _chosen(self, i: int, factors: Dict[str, float]) -> List[Tuple[Tuple[bool, int, int], Any]]:
+        """Scoring ``i`` has chosen ``factors`` (task -> lr factor): its baseline's runs at the claims'
+        extra seeds on those tasks, queued now."""
+        name, kind, spec, _ = self.scorings[i]
+        if kind == "seeds" or not factors:
+            return []
+        first = len(self.scorings)
+        self._seed_scorings(name, spec, factors)
+        return [job for k in range(first, len(self.scorings)) for job in self._start(k)]
+
+    def _seed_scorings(self, name: str, spec: ModelSpec, factors: Optional[Dict[str, float]] = None,
+                       tasks: Collection[str] = ()) -> None:
+        """Adds scorings of ``name``'s runs for the claims that read more seeds (``claim_seed_tasks``):
+        the extra seeds alone on the tasks ``factors`` names, at those lr factors (a sweep's choice);
+        or, without ``factors``, on ``tasks`` (a baseline already an entry) the claims' every seed and
+        the sweep, the runs in the folder reused (an entry scored from another runs folder trains here
+        what the claims read)."""
         data = load_submission(spec, self.protocol).data
-        for seeds, rules in self.more.get(name, {}).items():
-            rules = [r for r in rules if r.task in factors]
-            if rules:
+        for extra, rules in self.more.get(name, {}).items():
+            rules = [r for r in rules if r.task in (tasks if factors is None else factors)]
+            if not rules:
+                continue
+            if factors is None:
+                seeds = tuple(self.protocol.seeds) + extra
+                scoring = Scoring(data, self.protocol, self.track, self.runs_dir, seeds=seeds, tasks=rules)
+            else:
+                seeds = extra
                 scoring = Scoring(data, self.protocol, self.track, self.runs_dir, seeds=seeds, tasks=rules,
                                   lr_factors={r.task: factors[r.task] for r in rules})
-                self.scorings.append((name, "seeds", spec, scoring))
-                self.log(f"{name}: seeds {list(seeds)} on {[r.task for r in rules]} for the claims that read them")
+            self.scorings.append((name, "seeds", spec, scoring))
+            self.log(f"{name}: seeds {list(seeds)} on {[r.task for r in rules]} for the claims that read them")
 
     def _start(self, i: int) -> List[Tuple[Tuple[bool, int, int], Any]]:
         """Scoring ``i``'s first runs, each with its place in the queue (none: it is complete)."""
@@ -513,7 +557,8 @@ class _Reproduction:
             tasks = scoring.result()
         except RunError as err:
             line = f"baseline {name} ({kind} tasks): {err}"
-            self.errors[name] = "\n".join(filter(None, [self.errors.get(name), line]))
+            errors = self.seed_errors if kind == "seeds" else self.errors
+            errors[name] = "\n".join(filter(None, [errors.get(name), line]))
             self.log(line)
             return
         if kind == "claims":
@@ -601,7 +646,7 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
             missing = [f"{m} {_runs_done(prog[m])} runs done" for m in v.claim.models()
                        if m in pending and m in prog and not reads_complete(v.claim, protocol, measured.get(m, {}))]
             v.reason = f"waiting for {', '.join(missing)}"
-        elif v.outcome in ("reproduced", "not reproduced", "unresolved"):
+        elif v.outcome in JUDGED and v.claim.id not in seeded:      # (a seeded claim reads its own runs)
             early = [m for m in v.claim.models() if m in pending and m in measured]
             if early:
                 v.reason += (f" (judged from the finished runs of {' and '.join(early)} on the tasks it reads; "
@@ -622,7 +667,7 @@ def _write_report(protocol: Protocol, track, store: Store, claims: Sequence[Clai
              "claim_tasks": {n: {t: r.aggregate() for t, r in tasks.items()} for n, tasks in (extra or {}).items()
                              if n in v.claim.models() and tasks},
              "seeds": list(claim_seeds(v.claim, protocol)) if v.claim.id in seeded else list(protocol.seeds),
-             "seed_runs": {m: {t: {"done": c[0], "needed": c[1]} for t, c in cells.items()}
+             "runs_at_seeds": {m: {t: {"done": c[0], "needed": c[1]} for t, c in cells.items()}
                            for m, cells in seeded.get(v.claim.id, {}).items()}}
             for v in verdicts]
     runs = None if prog is None else {
