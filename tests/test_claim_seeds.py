@@ -176,6 +176,8 @@ def test_the_dry_run_counts_the_extra_seeds(seeded):
                           baselines=[str(root / f"{n}.yaml") for n in NAMES])
     # ranked: 3 models x 2 tasks x (2 sweep + 2 seeds); needle: 2 x 4; extra: 2 x 2 recall + 2 x 1 needle
     assert len(runs) == 24 + 8 + 6 and all(r.finished for r in runs)
+    assert "0 of 38 runs finished already" in (root / "log.txt").read_text()          # so do the log ...
+    assert "38 of 38 runs finished" in (root / "lb" / "README.md").read_text()        # ... and the page
 
 
 def test_a_missing_extra_seed_makes_only_its_claim_wait_and_the_next_call_trains_only_it(seeded, tmp_path,

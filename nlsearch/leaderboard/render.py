@@ -162,12 +162,14 @@ class ClaimsReport(_Loose):
     written: Optional[str] = None
     commit: Optional[str] = None
     runs: Optional[Dict[str, Dict[str, RunCell]]] = None                  # model: task: its runs
+    seed_runs: Optional[List[RunCell]] = None          # runs beyond the protocol's seeds, for claims
     claims: List[ReportedClaim]
 
     def runs_done(self) -> Optional[Tuple[int, int]]:
+        """(runs finished, runs needed) over every cell, the claims' extra seeds included."""
         if not self.runs:
             return None
-        cells = [c for tasks in self.runs.values() for c in tasks.values()]
+        cells = [c for tasks in self.runs.values() for c in tasks.values()] + list(self.seed_runs or ())
         return sum(c.done for c in cells), sum(c.needed for c in cells)
 
     def tally(self) -> str:

@@ -26,7 +26,7 @@ from nlsearch.leaderboard.claims import (JUDGED, Claim, Verdict, claim_seeds, ex
 from nlsearch.leaderboard.entry import TaskResult
 from nlsearch.leaderboard.protocol import Protocol, ProtocolTask, load_protocol
 from nlsearch.leaderboard.runner import Job, Log, run_dynamic
-from nlsearch.leaderboard.render import render
+from nlsearch.leaderboard.render import load_report, render
 from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
@@ -461,10 +461,7 @@ class _Reproduction:
             starts += self._start(i)
             starts += self._chosen(i, dict(scoring.chosen))      # no sweep: the lr factors are known at once
         self.settle()
-        report = json.loads((self.out_dir / "report.json").read_text())
-        cells = [cell for tasks in (report["runs"] or {}).values() for cell in tasks.values()]
-        cells += report["seed_runs"] or []
-        done, needed = sum(cell["done"] for cell in cells), sum(cell["needed"] for cell in cells)
+        done, needed = load_report(self.out_dir / "report.json").runs_done() or (0, 0)
         self.log(f"{done} of {needed} runs finished already: reused, not logged one by one")
         refused = run_dynamic(starts, self.follow, workers, address, self.log, self.track.threads,
                               self.track.gpu_share(), on_result=self.settle, log_reused=False,
