@@ -194,18 +194,22 @@ def test_long_headers_may_wrap_and_cells_do_not(rendered):
     assert re.search(r"<div class=\"table-wrap\"><table class=\"leaderboard\">", html)
 
 
-def test_the_state_plot_names_each_model_once_at_its_best_recall_task():
-    """Each model's recall tasks share its state size (one x): one label per model, at its highest
-    point, instead of labels printed over each other."""
+def test_the_state_plot_has_a_panel_per_recall_task_naming_every_model():
+    """Each model's recall tasks share its state size (one x), so one panel per task, on one y scale,
+    each naming every model at its own point: no marker is left without its name."""
     import pandas as pd
 
     from nlsearch.leaderboard.plots import DRAW, _figure
     rows = pd.DataFrame({"task_kind": ["recall"] * 4, "task": ["r@1", "o@1"] * 2, "mean": [0.9, 0.2, 0.1, 0.3],
                          "state_size": [64, 64, 4096, 4096], "name": ["a", "a", "b", "b"]})
     fig, ax = _figure()
+    ax.set_title("recall")
     DRAW["state"](ax, rows)
-    labels = {t.get_text(): t.xy for t in ax.texts}
-    assert labels == {"a": (64, 0.9), "b": (4096, 0.3)}
+    panels = fig.axes
+    assert [p.get_title() for p in panels] == ["r@1", "o@1"] and fig.get_suptitle() == "recall"
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert [{t.get_text(): t.xy for t in p.texts} for p in panels] == [{"a": (64, 0.9), "b": (4096, 0.1)},
+                                                                       {"a": (64, 0.2), "b": (4096, 0.3)}]
 
 
 def test_an_entrys_speed_is_the_median_of_its_runs():

@@ -137,17 +137,37 @@ def _coincident(ax, points, radius: float):
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
+    """One panel per recall task, side by side on one accuracy scale, every model named in each: a
+    model's state size is one x for all its tasks, so markers of several tasks in one panel could not
+    be told apart where models share a state size."""
     sub = rows[(rows.task_kind == "recall") & rows["mean"].notna()]
     if sub.empty:
         return _empty(ax, "recall")
-    for task, group in sub.groupby("task", sort=False):
-        ax.scatter(group.state_size, group["mean"], label=task)
-    ax.set_xscale("log")
-    ax.set_xlabel("state size (numbers per sequence, longest eval length)")
-    ax.set_ylabel("accuracy (mean over seeds)")
-    ax.legend(fontsize=7)
-    best = [group.loc[group["mean"].idxmax()] for _, group in sub.groupby("name", sort=False)]
-    _labels(ax, [(top.state_size, top["mean"], top["name"]) for top in best])   # once, at its best task
+    tasks = list(dict.fromkeys(sub.task))
+    fig = ax.figure
+    if len(tasks) > 1:                                # the one axes becomes a row of panels, one title above
+        title = ax.get_title()
+        ax.remove()
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + 3.5 * (len(tasks) - 1), height)
+        panels = list(fig.subplots(1, len(tasks), sharex=True, sharey=True))
+        fig.suptitle(title)
+    else:
+        panels = [ax]
+    for panel, task in zip(panels, tasks):
+        group = sub[sub.task == task]
+        panel.scatter(group.state_size, group["mean"])
+        panel.set_xscale("log")
+        panel.set_xlabel("state size (numbers per sequence, longest eval length)", fontsize=8)
+        if len(tasks) > 1:
+            panel.set_title(task, fontsize=9)
+        else:
+            panel.set_title(f"{panel.get_title()} ({task})")
+    panels[0].set_ylabel("accuracy (mean over seeds)")
+    fig.tight_layout()                                # every panel's frame fixed before any name is placed
+    for panel, task in zip(panels, tasks):
+        group = sub[sub.task == task]
+        _labels(panel, [(r.state_size, r.mean, r.name) for r in group.itertuples()])
 
 
 def _length(ax, rows: pd.DataFrame) -> None:
