@@ -16,7 +16,7 @@ import statistics
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Collection, Dict, List, Optional, Sequence, Tuple, Union
 
 from nlsearch.config import is_file_ref
 from nlsearch.display import markdown_table
@@ -32,6 +32,9 @@ from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, re
 from nlsearch.leaderboard.submit import build_entry, load_submission
 from nlsearch.leaderboard.table import claim_numbers, column_label, display, mean_std
 from nlsearch.provenance import code_commit
+
+if TYPE_CHECKING:
+    from nlsearch.bench.estimate import PlannedRun
 
 BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "titans-mag", "titans-mal", "deltanet",
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps",
@@ -294,7 +297,7 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
 
 def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, str, Path, None] = None,
                    root: Union[str, Path] = DEFAULT_ROOT, runs_dir: Union[str, Path] = RUNS,
-                   baselines: Optional[Sequence[ModelSpec]] = None) -> list:
+                   baselines: Optional[Sequence[ModelSpec]] = None) -> List[PlannedRun]:
     """The runs :func:`reproduce` would do (``PlannedRun`` each; a baseline already on the leaderboard
     counts as finished), for ``--dry-run``. Writes nothing."""
     protocol = protocol if isinstance(protocol, Protocol) else load_protocol(protocol)
@@ -304,10 +307,10 @@ def reproduce_runs(budget: Optional[str] = None, *, protocol: Union[Protocol, st
 
 
 def _planned(specs: Sequence[ModelSpec], protocol: Protocol, track, claims: Sequence[Claim], store: Store,
-             runs_dir: Path) -> list:
+             runs_dir: Path) -> List[PlannedRun]:
     from nlsearch.leaderboard.scoring import planned_runs
 
-    out: list = []
+    out: List[PlannedRun] = []
     for spec in specs:
         sub = load_submission(spec, protocol)
         preset = spec if isinstance(spec, str) and not is_file_ref(spec) else None
