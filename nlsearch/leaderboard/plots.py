@@ -53,9 +53,12 @@ def _empty(ax, what: str) -> None:
 
 
 # where a point's name may go, in points from the point: rings further and further out, each tried
-# right-above, right-below, left-above, left-below (ring 0 touches the marker; the others get a line)
-_OFFSETS = [(side * (4 + 6 * ring), dy) for ring in range(6) for side in (1, -1)
-            for dy in (3 + 11 * ring, -10 - 11 * ring)]
+# right, left (level with the point), right-above, right-below, left-above, left-below (ring 0 touches
+# the marker; the others get a line)
+_OFFSETS = [offset for ring in range(8) for offset in
+            [(side * (6 + 6 * ring), -2.5) for side in (1, -1)]
+            + [(side * (4 + 6 * ring), dy) for side in (1, -1) for dy in (3 + 11 * ring, -10 - 11 * ring)]]
+_NEAR = 6                                             # |dx| up to this: beside the marker, no line
 
 
 def _text_box(annotation, renderer):
@@ -68,8 +71,9 @@ def _text_box(annotation, renderer):
 
 def _labels(ax, points) -> None:
     """Names ``points`` ((x, y, name) in data coordinates) beside their markers, each put at the first
-    of ``_OFFSETS`` where it overlaps no name placed before it and stays inside the axes: entries with
-    nearly equal numbers (two memories of one state size) stay readable. Call once the axes' limits
+    of ``_OFFSETS`` where it overlaps no name placed before it nor any marker and stays inside the axes
+    (where none is, inside the axes where it covers the least): entries with nearly equal numbers (two
+    memories of one state size) stay readable. Call once the axes' limits
     and scales are set; the limits are then frozen so the names stay where they were placed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.transforms import Bbox
@@ -80,6 +84,7 @@ def _labels(ax, points) -> None:
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)                          # text extents need a renderer (no pyplot state)
     fig.tight_layout()
+    ax.margins(0.12)                                 # room for names beside the outermost markers
     ax.set_xlim(ax.get_xlim())
     ax.set_ylim(ax.get_ylim())
     renderer = fig.canvas.get_renderer()
@@ -91,25 +96,34 @@ def _labels(ax, points) -> None:
         for px, py in ax.transData.transform(collection.get_offsets()):
             placed.append(Bbox([[px - r, py - r], [px + r, py + r]]))
     for x, y, name in sorted(_coincident(ax, points, r), key=lambda p: (-p[1], p[0])):   # top first
-        text = None
-        for dx, dy in _OFFSETS:
-            if text is not None:
-                text.remove()
-            near = abs(dx) <= 4                               # beside its marker; further out: a thin line
-            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
-                               parse_math=False, ha="left" if dx >= 0 else "right", annotation_clip=False,
-                               arrowprops=None if near else {"arrowstyle": "-", "lw": 0.4, "color": "grey",
-                                                             "shrinkA": 0, "shrinkB": 3})
+        best = None                                   # (cost, offset): the least-covering place so far
+        for offset in _OFFSETS:
+            text = _annotate(ax, name, x, y, offset)
             box = _text_box(text, renderer)
-            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            if inside and not any(box.overlaps(other) for other in placed):
-                break
-        else:                                         # nowhere free: the first place, as before
             text.remove()
-            text = ax.annotate(name, (x, y), textcoords="offset points", xytext=_OFFSETS[0], fontsize=7,
-                               parse_math=False)
-            box = _text_box(text, renderer)
-        placed.append(box)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            cost = (0.0 if inside else math.inf) + sum(_overlap(box, other) for other in placed)
+            if best is None or cost < best[0]:
+                best = (cost, offset)
+            if cost == 0.0:
+                break
+        text = _annotate(ax, name, x, y, best[1])     # nowhere free: where it covers the least
+        placed.append(_text_box(text, renderer))
+
+
+def _annotate(ax, name: str, x: float, y: float, offset):
+    """``name`` at ``offset`` points from (x, y): beside its marker, or further out with a thin line."""
+    dx, dy = offset
+    near = abs(dx) <= _NEAR
+    return ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, parse_math=False,
+                       ha="left" if dx >= 0 else "right", annotation_clip=False,
+                       arrowprops=None if near else {"arrowstyle": "-", "lw": 0.4, "color": "grey",
+                                                     "shrinkA": 0, "shrinkB": 3})
+
+
+def _overlap(a, b) -> float:
+    """The area two boxes share, in square pixels (0 when apart)."""
+    return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
 def _coincident(ax, points, radius: float):
