@@ -408,3 +408,20 @@ def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
     assert ">0.5000 ± 0.1414<span class=\"seeds\">2 of 3 seeds</span></td>" in page.read_text()   # its own line
     shown = display(store.index(), "test@1", "tiny@1")
     assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (2 of 3 seeds)", "0.3000 ± 0.0000", "0.2000 ± 0.0000"]
+
+
+def test_the_length_plots_legend_lists_the_best_curve_first():
+    """The legend reads top-down in the order of each entry's mean accuracy over the lengths, whatever
+    order the index holds the entries in."""
+    import json
+
+    import pandas as pd
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    curves = {"low": {1024: 0.2, 2048: 0.1}, "high": {1024: 0.9, 2048: 0.5}, "mid": {1024: 0.3, 2048: 0.6}}
+    rows = pd.DataFrame({"task_kind": ["longctx"] * 3, "task": ["n@1"] * 3, "name": list(curves),
+                         "metric": ["accuracy"] * 3, "per_length": [json.dumps(c) for c in curves.values()]})
+    fig, ax = _figure()
+    DRAW["length"](ax, rows)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["high", "mid", "low"]
+    assert {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}["mid"] == [0.3, 0.6]

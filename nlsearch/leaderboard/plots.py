@@ -1,7 +1,7 @@
 """The leaderboard's four plots, as SVG text (matplotlib, deterministic output):
 
-- ``state``: recall accuracy vs state size (numbers carried per sequence, log scale);
-- ``length``: long-context accuracy vs evaluation length, one line per entry;
+- ``state``: recall accuracy vs state size (numbers carried per sequence, log scale), a panel per task;
+- ``length``: long-context accuracy vs evaluation length, one line per entry (legend best first);
 - ``continual``: continual-learning ACC vs BWT (forgetting), one point per entry;
 - ``depth``: nesting depth vs LM quality (bits per byte, lower is better).
 
@@ -190,15 +190,18 @@ def _length(ax, rows: pd.DataFrame) -> None:
     sub = rows[rows.task_kind == "longctx"]
     several = sub.task.nunique() > 1                  # one long-context task: the legend need not name it
     colors, markers = colormaps["tab20"].colors, "os^Dv<>p"
-    lines = 0
+    curves = []
     for r in sub.itertuples():
         points = {int(k): v for k, v in json.loads(r.per_length).items() if v is not None and not math.isnan(v)}
         if points:
-            xs = sorted(points)
             name = f"{r.name} ({r.task.split('@')[0]})" if several else r.name
-            ax.plot(xs, [points[x] for x in xs], marker=markers[lines % len(markers)], markersize=5,
-                    color=colors[(2 * lines) % 20 + (lines // 10) % 2], label=_literal(name))   # 20 distinct
-            lines += 1
+            curves.append((name, points))
+    curves.sort(key=lambda c: (-sum(c[1].values()) / len(c[1]), c[0]))    # the legend top-down, best first
+    for i, (name, points) in enumerate(curves):
+        xs = sorted(points)
+        ax.plot(xs, [points[x] for x in xs], marker=markers[i % len(markers)], markersize=5,
+                color=colors[(2 * i) % 20 + (i // 10) % 2], label=_literal(name))   # 20 distinct
+    lines = len(curves)
     if not lines:
         return _empty(ax, "long-context")
     ax.set_xscale("log", base=2)
