@@ -4,6 +4,7 @@ show). Without Chromium the browser test skips, except where NLSEARCH_REQUIRE_BR
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -195,7 +196,7 @@ def test_long_headers_may_wrap_and_cells_do_not(rendered):
 
 
 def test_the_state_plot_has_a_panel_per_recall_task_naming_every_model():
-    """Each model's recall tasks share its state size (one x), so one panel per task, on one y scale,
+    """Each model's recall tasks share its state size (one x), so one panel per task, on one x axis,
     each naming every model at its own point: no marker is left without its name."""
     import pandas as pd
 
@@ -207,7 +208,7 @@ def test_the_state_plot_has_a_panel_per_recall_task_naming_every_model():
     DRAW["state"](ax, rows)
     panels = fig.axes
     assert [p.get_title() for p in panels] == ["r@1", "o@1"] and fig.get_suptitle() == "recall"
-    assert panels[0].get_shared_y_axes().joined(panels[0], panels[1])
+    assert panels[0].get_shared_x_axes().joined(panels[0], panels[1])
     assert [{t.get_text(): t.xy for t in p.texts} for p in panels] == [{"a": (64, 0.9), "b": (4096, 0.1)},
                                                                        {"a": (64, 0.2), "b": (4096, 0.3)}]
 
@@ -268,6 +269,14 @@ def test_names_of_entries_with_nearly_equal_numbers_do_not_overprint(case):
     assert not overlapping
     markers = ax.transData.transform(points)
     assert not [name for name, box in boxes.items() for x, y in markers if box.contains(x, y)]
+    at = {n: tuple(m) for (_, _, n), m in zip(CROWDED[case], markers)}
+
+    def gap(box, point):
+        return math.hypot(max(box.x0 - point[0], 0, point[0] - box.x1), max(box.y0 - point[1], 0, point[1] - box.y1))
+    lineless = [t.get_text() for t in ax.texts if t.arrow_patch is None]       # nothing but nearness ties them
+    misread = [(text, other) for text in lineless for other, m in at.items() if other not in text.split("\n")
+               and gap(boxes[text], m) < min(gap(boxes[text], at[n]) for n in text.split("\n"))]
+    assert not misread
 
 
 def test_an_entrys_speed_is_wall_clock_for_every_entry_alike():
@@ -382,7 +391,7 @@ def test_markers_overlapping_through_a_chain_share_one_label():
     to_data = ax.transData.inverted()
     a, b, c = (tuple(to_data.transform((x0, y0 - k * 0.8 * radius))) for k in range(3))
     points = [(*c, "c"), (*a, "a"), (10, 90, "d"), (*b, "b")]
-    merged = {name: (x, y) for x, y, name in _coincident(ax, points, radius)}
+    merged = {"\n".join(n for _, _, n in group): group[0][:2] for group in _coincident(ax, points, radius)}
     assert set(merged) == {"a\nb\nc", "d"}
     assert merged["a\nb\nc"] == pytest.approx(a) and merged["d"] == (10, 90)
 
@@ -425,3 +434,19 @@ def test_the_length_plots_legend_lists_the_best_curve_first():
     DRAW["length"](ax, rows)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["high", "mid", "low"]
     assert {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()}["mid"] == [0.3, 0.6]
+
+
+@pytest.mark.parametrize("bwts,zero_line", [((-0.9, -0.8, -0.35), False), ((-0.9, -0.2, 0.05), True)])
+def test_the_continual_plot_spans_its_points_and_marks_zero_only_among_them(bwts, zero_line):
+    """Entries that all forget are spread over the whole width (not crowded left of a stretched 0);
+    the no-forgetting line is drawn where the points reach it."""
+    import pandas as pd
+
+    from nlsearch.leaderboard.plots import DRAW, _figure
+    rows = pd.DataFrame({"task_kind": ["continual"] * 3, "name": ["a", "b", "c"],
+                         "extra": [json.dumps({"bwt": b, "acc": 0.5 + b / 4}) for b in bwts]})
+    fig, ax = _figure()
+    DRAW["continual"](ax, rows)
+    lo, hi = ax.get_xlim()
+    assert (lo <= 0.0 <= hi) == zero_line
+    assert any(list(line.get_xdata()) == [0.0, 0.0] for line in ax.get_lines()) == zero_line

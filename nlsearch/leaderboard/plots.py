@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 import json
 import math
-from typing import Callable, Dict
+from typing import Callable, Dict, List
 
 import pandas as pd
 
@@ -71,10 +71,11 @@ def _text_box(annotation, renderer):
 
 def _labels(ax, points) -> None:
     """Names ``points`` ((x, y, name) in data coordinates) beside their markers, each put at the first
-    of ``_OFFSETS`` where it overlaps no name placed before it nor any marker and stays inside the axes
-    (where none is, inside the axes where it covers the least): entries with nearly equal numbers (two
-    memories of one state size) stay readable. Call once the axes' limits
-    and scales are set; the limits are then frozen so the names stay where they were placed."""
+    of ``_OFFSETS`` where it stays inside the axes, overlaps no name placed before it nor any marker,
+    and, beside its marker (no line), no other entry's marker is nearer to it than its own (it would
+    read as that one's); where no place is all three, the one that breaks them least. Entries
+    with nearly equal numbers (two memories of one state size) stay readable. Call once the axes'
+    limits and scales are set; the limits are then frozen so the names stay where they were placed."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.transforms import Bbox
 
@@ -84,7 +85,7 @@ def _labels(ax, points) -> None:
     if not isinstance(fig.canvas, FigureCanvasAgg):
         FigureCanvasAgg(fig)                          # text extents need a renderer (no pyplot state)
     fig.tight_layout()
-    ax.margins(0.12)                                 # room for names beside the outermost markers
+    ax.margins(0.12)                                  # room for names beside the outermost markers
     ax.set_xlim(ax.get_xlim())
     ax.set_ylim(ax.get_ylim())
     renderer = fig.canvas.get_renderer()
@@ -92,23 +93,36 @@ def _labels(ax, points) -> None:
     legend = ax.get_legend()
     placed = [legend.get_window_extent(renderer)] if legend is not None else []
     r = 3.5 * fig.dpi / 72                            # a marker's half-width (default size), in pixels
-    for collection in ax.collections:                 # every marker: a name does not cover another's
-        for px, py in ax.transData.transform(collection.get_offsets()):
-            placed.append(Bbox([[px - r, py - r], [px + r, py + r]]))
-    for x, y, name in sorted(_coincident(ax, points, r), key=lambda p: (-p[1], p[0])):   # top first
-        best = None                                   # (cost, offset): the least-covering place so far
+    markers = [tuple(m) for c in ax.collections for m in ax.transData.transform(c.get_offsets())]
+    placed += [Bbox([[px - r, py - r], [px + r, py + r]]) for px, py in markers]   # a name covers no marker
+    for group in sorted(_coincident(ax, points, r), key=lambda g: (-g[0][1], g[0][0])):   # top first
+        x, y, name = group[0][0], group[0][1], "\n".join(p[2] for p in group)
+        own = [tuple(ax.transData.transform(p[:2])) for p in group]
+        others = [m for m in markers if min(math.dist(m, o) for o in own) > 0.5]
+        best = None                                   # (cost, offset): the place breaking the rules least
         for offset in _OFFSETS:
             text = _annotate(ax, name, x, y, offset)
             box = _text_box(text, renderer)
             text.remove()
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            cost = (0.0 if inside else math.inf) + sum(_overlap(box, other) for other in placed)
+            mine = min(_distance(box, o) for o in own)
+            misread = abs(offset[0]) <= _NEAR and any(_distance(box, m) < mine for m in others)  # no line
+            cost = (0.0 if inside else math.inf) + sum(_overlap(box, other) for other in placed) + _MISREAD * misread
             if best is None or cost < best[0]:
                 best = (cost, offset)
             if cost == 0.0:
                 break
-        text = _annotate(ax, name, x, y, best[1])     # nowhere free: where it covers the least
+        text = _annotate(ax, name, x, y, best[1])
         placed.append(_text_box(text, renderer))
+
+
+_MISREAD = 10000.0    # a lineless name nearer another's marker than its own: worse than most overprint
+
+
+def _distance(box, point) -> float:
+    """From a box to a point, in pixels (0 inside it)."""
+    x, y = point
+    return math.hypot(max(box.x0 - x, 0.0, x - box.x1), max(box.y0 - y, 0.0, y - box.y1))
 
 
 def _annotate(ax, name: str, x: float, y: float, offset):
@@ -126,10 +140,10 @@ def _overlap(a, b) -> float:
     return max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0)) * max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
 
 
-def _coincident(ax, points, radius: float):
-    """``points`` with those whose markers overlap on screen merged into one point named by all of them,
-    one name a line, the highest first (placed at the highest): one label tied to the markers they share
-    instead of names stacked nearby. Markers overlap when their centres are within ``radius`` pixels,
+def _coincident(ax, points, radius: float) -> List[list]:
+    """``points`` grouped where their markers overlap on screen, each group highest first (its label,
+    one name a line, goes at the highest): one label tied to the markers they share instead of names
+    stacked nearby. Markers overlap when their centres are within ``radius`` pixels,
     directly or through a chain of such neighbours (entries with one state size and nearly one score)."""
     pixels = [ax.transData.transform((x, y)) for x, y, _ in points]
     root = list(range(len(points)))
@@ -147,13 +161,14 @@ def _coincident(ax, points, radius: float):
     groups: dict = {}
     for i in sorted(range(len(points)), key=lambda i: (-points[i][1], points[i][0])):
         groups.setdefault(find(i), []).append(points[i])
-    return [(members[0][0], members[0][1], "\n".join(m[2] for m in members)) for members in groups.values()]
+    return list(groups.values())
 
 
 def _state(ax, rows: pd.DataFrame) -> None:
-    """One panel per recall task, side by side on one accuracy scale, every model named in each: a
+    """One panel per recall task, side by side on one state-size axis, every model named in each: a
     model's state size is one x for all its tasks, so markers of several tasks in one panel could not
-    be told apart where models share a state size."""
+    be told apart where models share a state size. Each panel scales its own accuracies (a task whose
+    models all stay under 0.2 is not squeezed into a fifth of its height by one that reaches 1)."""
     sub = rows[(rows.task_kind == "recall") & rows["mean"].notna()]
     if sub.empty:
         return _empty(ax, "recall")
@@ -164,7 +179,7 @@ def _state(ax, rows: pd.DataFrame) -> None:
         ax.remove()
         width, height = fig.get_size_inches()
         fig.set_size_inches(width + 3.5 * (len(tasks) - 1), height)
-        panels = list(fig.subplots(1, len(tasks), sharex=True, sharey=True))
+        panels = list(fig.subplots(1, len(tasks), sharex=True))
         fig.suptitle(title)
     else:
         panels = [ax]
@@ -225,7 +240,8 @@ def _continual(ax, rows: pd.DataFrame) -> None:
     if not points:
         return _empty(ax, "continual (acc, bwt)")
     ax.scatter([p[0] for p in points], [p[1] for p in points])
-    ax.axvline(0.0, color="grey", lw=0.5)
+    if ax.get_xlim()[0] <= 0.0 <= ax.get_xlim()[1]:   # no forgetting, where the points reach it: an axis
+        ax.axvline(0.0, color="grey", lw=0.5)          # stretched to 0 would crowd the rest into a corner
     ax.set_xlabel("BWT (backward transfer; negative = forgetting)")
     ax.set_ylabel("ACC (mean accuracy after the last phase)")
     _labels(ax, points)
