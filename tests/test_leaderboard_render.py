@@ -225,7 +225,8 @@ def test_an_entrys_speed_is_the_median_of_its_runs():
     assert entry.model_copy(update={"tasks": tasks}).tokens_per_s() == 1000.0
 
 
-CROWDED = {   # seven entries, four at almost one point (two memories of one state size score alike)
+CROWDED = {   # (BWT, ACC, name) of continual-plot entries crowded together
+    # seven, four at almost one point (two memories of one state size score alike)
     "near": [(-0.80, 0.40, "linear-attention"), (-0.80, 0.401, "deltanet"), (-0.799, 0.40, "ttt-linear"),
              (-0.801, 0.399, "gated-deltanet"), (-0.2, 0.6, "transformer"), (-0.75, 0.45, "ttt-mlp"),
              (-0.74, 0.452, "mamba")],               # the last two close, yet markers apart
