@@ -172,7 +172,8 @@ def _state(ax, rows: pd.DataFrame) -> None:
     sub = rows[(rows.task_kind == "recall") & rows["mean"].notna()]
     if sub.empty:
         return _empty(ax, "recall")
-    tasks = list(dict.fromkeys(sub.task))
+    groups = list(sub.groupby("task", sort=False))    # (task, its rows), in the index's order
+    tasks = [task for task, _ in groups]
     fig = ax.figure
     if len(tasks) > 1:                                # the one axes becomes a row of panels, one title above
         title = ax.get_title()
@@ -183,8 +184,7 @@ def _state(ax, rows: pd.DataFrame) -> None:
         fig.suptitle(title)
     else:
         panels = [ax]
-    for panel, task in zip(panels, tasks):
-        group = sub[sub.task == task]
+    for panel, (task, group) in zip(panels, groups):
         panel.scatter(group.state_size, group["mean"])
         panel.set_xscale("log")
         panel.set_xlabel("state size (numbers per sequence, longest eval length)", fontsize=8)
@@ -194,8 +194,7 @@ def _state(ax, rows: pd.DataFrame) -> None:
             panel.set_title(f"{panel.get_title()} ({task})")
     panels[0].set_ylabel("accuracy (mean over seeds)")
     fig.tight_layout()                                # every panel's frame fixed before any name is placed
-    for panel, task in zip(panels, tasks):
-        group = sub[sub.task == task]
+    for panel, (_, group) in zip(panels, groups):
         _labels(panel, [(r.state_size, r.mean, r.name) for r in group.itertuples()])
 
 
