@@ -84,7 +84,9 @@ def test_a_stopped_driver_leaves_its_trial_to_the_other_which_resumes_it(postgre
     fast = {"NLSEARCH_HEARTBEAT_S": "1", "NLSEARCH_GRACE_S": "4"}
     a = _driver(space, out, url, **fast)
     checkpoints = out / "trials" / "0000" / "recall_small" / "seed0" / "checkpoints"
-    _wait(lambda: checkpoints.is_dir() and any(checkpoints.iterdir()), 180, [a])    # A is mid-way through trial 0
+    # A is mid-way through trial 0 with a checkpoint complete: ``latest`` is written only after the folder it
+    # names is renamed into place (a temporary folder appears first, and killing A inside it leaves nothing)
+    _wait(lambda: (checkpoints / "latest").is_file(), 180, [a])
     if how == "kill -9":
         a.send_signal(signal.SIGKILL)
         assert a.wait(timeout=60) == -signal.SIGKILL
