@@ -75,3 +75,19 @@ def test_a_newer_intact_checkpoint_is_chosen_over_a_corrupt_pointer_target(task,
     assert resume_point(tmp_path / "run")[0] == older
     result = _resumed(task, tmp_path / "run", whole, "trainer.json is unreadable")
     assert [s["from_step"] for s in result.record.sessions] == [0, 4]
+
+
+
+def test_a_write_killed_midway_is_never_resumed_from_and_its_leftover_is_removed(task, whole, tmp_path):
+    """kill -9 inside a checkpoint write leaves its temporary folder (``.step-*``, half written): the
+    resume takes the intact checkpoint without a word about it, and the next checkpoint removes it."""
+    ckpts = _interrupted(task, tmp_path / "run")
+    left = ckpts / ".step-00000012.dead"
+    left.mkdir()
+    weights = (ckpts / "step-00000008" / "model.safetensors").read_bytes()
+    (left / "model.safetensors").write_bytes(weights[:100])
+    assert resume_point(tmp_path / "run") == (ckpts / "step-00000008", [])
+    result = train(TINY_MODEL, task, BUDGET, 0, run_dir=tmp_path / "run", resume=True)
+    assert result.status == "completed" and result.metrics == whole.metrics
+    assert [s["from_step"] for s in result.record.sessions] == [0, 8]
+    assert not left.exists() and [p.name for p in ckpts.glob(".step-*")] == []

@@ -2,7 +2,8 @@
 
 Layout of ``<run_dir>/checkpoints/step-<8 digits>/`` (written to a temporary folder, read back in
 full, renamed; only then does ``checkpoints/latest`` name it and are older ones removed, so an intact
-checkpoint is never deleted before a newer one is complete and verified):
+checkpoint is never deleted before a newer one is complete and verified; a process killed inside a write
+leaves its temporary ``.step-*`` folder, never read, removed by the run's next checkpoint):
 
 - ``model.safetensors``: the weights (``safetensors.torch.save_model``: tied weights stored once);
 - ``model.yaml``: the model config (with the task's vocabulary), enough to rebuild the model;
@@ -86,7 +87,8 @@ def _rng_state(device: torch.device) -> Dict[str, Tensor]:
 
 def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     trainer: Dict[str, Any], device: torch.device) -> Path:
-    """Writes checkpoint ``step`` atomically, points ``latest`` at it and removes older ones."""
+    """Writes checkpoint ``step`` atomically, points ``latest`` at it and removes older ones, and the
+    temporary folders of writes killed midway."""
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
@@ -112,8 +114,8 @@ def save_checkpoint(run_dir: Path, step: int, model: nn.Module, optimizer: torch
         if tmp.exists():
             shutil.rmtree(tmp)
     write_text(final.name, root / LATEST)
-    for old in root.glob("step-*"):
-        if old != final:
+    for old in [*root.glob("step-*"), *root.glob(".step-*")]:   # .step-*: a write killed midway (the run's
+        if old != final:                                         # lock says no other process is writing)
             shutil.rmtree(old, ignore_errors=True)
     return final
 
