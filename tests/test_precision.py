@@ -40,8 +40,20 @@ def _finite_step(name, model, opt, loss, step):
     opt.step()
 
 
+@pytest.fixture
+def norm_inputs(monkeypatch) -> list:
+    """The dtype of every input ``F.rms_norm`` sees (``nn.RMSNorm`` and the per-head norms both call it)."""
+    seen, real = [], F.rms_norm
+
+    def watched(x, *args, **kw):
+        seen.append(x.dtype)
+        return real(x, *args, **kw)
+    monkeypatch.setattr(F, "rms_norm", watched)
+    return seen
+
+
 @pytest.mark.parametrize("name", list_presets())
-def test_every_preset_trains_under_bf16_autocast_with_float32_memory_state(name):
+def test_every_preset_trains_under_bf16_autocast_with_float32_memory_state(name, norm_inputs):
     torch.manual_seed(0)
     cfg = load_model_config(name)
     model = cfg.build()
@@ -55,6 +67,9 @@ def test_every_preset_trains_under_bf16_autocast_with_float32_memory_state(name)
             logits2, state = model(tokens[:, 24:], state)             # a second call on the carried state
             loss = F.cross_entropy(torch.cat([logits, logits2], 1).float().flatten(0, 1), tokens.flatten())
         _finite_step(name, model, opt, loss, step)
+        # every norm normalises in float32 (a weighted one's weight is float32: a bfloat16 input would
+        # also leave the fused kernel, "Mismatch dtype between input and weight")
+        assert norm_inputs and set(norm_inputs) == {torch.float32}, f"{name}: {set(norm_inputs)}"
         for field, t in _memory_tensors(state):
             found += 1
             assert t.dtype == torch.float32, f"{name}: state {field} is {t.dtype}"

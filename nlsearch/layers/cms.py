@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
 from nlsearch.layers.mlp import SwiGLU
+from nlsearch.layers.norm import RMSNorm
 from nlsearch.ops import MemoryRule
 from nlsearch.nesting import Level
 from nlsearch.registry import CHANNEL_MIXERS
@@ -123,7 +124,7 @@ class CMS(nn.Module):
         else:
             blocks = [SwiGLU(d_model, max(1, int(cfg.ratio * d_model))) for _ in cfg.periods]
         self.blocks = nn.ModuleList(blocks)
-        self.norms = nn.ModuleList(nn.Identity() if i == 0 else nn.RMSNorm(d_model)
+        self.norms = nn.ModuleList(nn.Identity() if i == 0 else RMSNorm(d_model)
                                    for i in range(len(cfg.periods)))
 
     @property

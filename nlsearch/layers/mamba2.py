@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict, unhashed
 from nlsearch.layers.conv import ShortConv
 from nlsearch.layers.mamba import check_dt_and_conv
+from nlsearch.layers.norm import RMSNorm
 from nlsearch.ops import MemoryState, linear_memory, linear_memory_naive
 from nlsearch.ops.linear import DEFAULT_BLOCK
 from nlsearch.ops.precision import up
@@ -87,7 +88,7 @@ class Mamba2Layer(nn.Module):
         lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
         dt = torch.exp(lo + (hi - lo) * torch.rand(self.h))
         self.dt_bias = no_weight_decay(nn.Parameter(dt + torch.log(-torch.expm1(-dt))))  # softplus(b) = dt
-        self.norm = nn.RMSNorm(inner)
+        self.norm = RMSNorm(inner)
         self.out_proj = nn.Linear(inner, d_model, bias=False)
 
     def initial_state(self, batch: int, like: Tensor) -> Mamba2State:

@@ -168,7 +168,7 @@ class MemoryLayer(nn.Module):
     def _project_out(self, y: Tensor) -> Tensor:
         """Memory reads y (B, H, T, Dh) -> RMS-normalised per head, merged, projected: (B, T, d_model)."""
         b, _, t, _ = y.shape
-        return self.out(F.rms_norm(y, (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh))
+        return self.out(F.rms_norm(up(y), (self.dh,)).transpose(1, 2).reshape(b, t, self.h * self.dh))
 
     def read(self, x: Tensor, weights: Tuple[Tensor, ...]) -> Tensor:
         """``M(q)`` at fixed fast ``weights`` (no write): x (B, T, d_model) -> (B, T, d_model).

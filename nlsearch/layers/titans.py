@@ -55,6 +55,7 @@ from torch import Tensor, nn
 from nlsearch.config import Strict
 from nlsearch.layers.attention import KVCache, attention_mask
 from nlsearch.layers.memory import LayerState, MemoryLayer, MemoryLayerConfig
+from nlsearch.layers.norm import RMSNorm
 from nlsearch.layers.head_dim import head_dim
 from nlsearch.layers.titans_parts import OutputGate, PersistentAttention
 from nlsearch.ops import preset
@@ -186,7 +187,7 @@ class TitansMAG(_Windowed):
 class TitansMAL(_Windowed):
     def __init__(self, d_model: int, cfg: TitansMALConfig):
         super().__init__(d_model, cfg)
-        self.norm = nn.RMSNorm(d_model) if cfg.inner == "residual" else None
+        self.norm = RMSNorm(d_model) if cfg.inner == "residual" else None
 
     def forward(self, x: Tensor, state: Optional[HybridState] = None) -> Tuple[Tensor, HybridState]:
         """x (B, T, d) -> (y (B, T, d), state): attention over the memory's output."""

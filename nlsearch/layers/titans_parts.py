@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from nlsearch.layers.attention import KVCache, attention_mask, rotary, windowed_attention
 from nlsearch.layers.head_dim import head_dim as resolve_head_dim
+from nlsearch.layers.norm import RMSNorm
 
 
 def prefix_attention(q: Tensor, q_rot: Tensor, k: Tensor, v: Tensor, kp: Optional[Tensor],
@@ -141,7 +142,7 @@ class OutputGate(nn.Module):
         super().__init__()
         self.form = form
         if form == "normalized":
-            self.norm_y, self.norm_m = nn.RMSNorm(d_model), nn.RMSNorm(d_model)
+            self.norm_y, self.norm_m = RMSNorm(d_model), RMSNorm(d_model)
         else:
             self.gate = nn.Linear(d_model, d_model)
         self.out = nn.Linear(d_model, d_model, bias=False)

@@ -15,6 +15,7 @@ import nlsearch.layers  # noqa: F401  (registers the built-in mixers)
 import nlsearch.optim  # noqa: F401  (registers the built-in optimizers)
 from nlsearch.config import Strict, from_context, unhashed
 from nlsearch.layers import MemoryLayerConfig, SwiGLUConfig
+from nlsearch.layers.norm import RMSNorm
 from nlsearch.optim import AdamWConfig
 from nlsearch.registry import CHANNEL_MIXERS, MIXERS, OPTIMIZERS, config_field
 
@@ -48,9 +49,9 @@ class ModelConfig(Strict):
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm1 = nn.RMSNorm(cfg.d_model)
+        self.norm1 = RMSNorm(cfg.d_model)
         self.mixer = cfg.mixer.build(cfg.d_model)
-        self.norm2 = nn.RMSNorm(cfg.d_model)
+        self.norm2 = RMSNorm(cfg.d_model)
         self.mlp = cfg.mlp.build(cfg.d_model)
 
     def forward(self, x: Tensor, state: Any = None) -> Tuple[Tensor, Any]:
@@ -70,7 +71,7 @@ class LM(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = nn.RMSNorm(cfg.d_model)
+        self.norm = RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight

@@ -5,7 +5,7 @@ in float32 whatever its caller's dtype: half-precision inputs are cast up at the
 autocast is off inside (so no matmul of the decay coefficients, the triangular solve or the state
 recurrence drops back to bfloat16), the output is cast back to the dtype of ``q`` and the returned
 state stays in float32, across chunks and calls. float64 inputs stay float64 (the tests' reference
-precision).
+precision). Every RMSNorm normalises in float32 too (``nlsearch.layers.norm``).
 """
 from __future__ import annotations
 
