@@ -95,8 +95,12 @@ def summary(values: Sequence[float]) -> Tuple[float, float, int]:
     return (statistics.fmean(values) if n else math.nan, statistics.stdev(values) if n > 1 else math.nan, n)
 
 
+def welch_summaries(a: Tuple[float, float, int], b: Tuple[float, float, int]) -> Welch:
+    """Welch's test of mean(a) = mean(b) from each sample's (mean, sample std, n)."""
+    return contrast([(1.0, *a), (-1.0, *b)])
+
+
 def welch(a: Sequence[float], b: Sequence[float]) -> Welch:
     """Welch's unequal-variance t-test of mean(a) = mean(b); NaN statistics with fewer than 2 values on
     a side. Two samples without any spread give t = ±inf (p = 0) when their means differ."""
-    (ma, sa, na), (mb, sb, nb) = summary(a), summary(b)
-    return contrast([(1.0, ma, sa, na), (-1.0, mb, sb, nb)])
+    return welch_summaries(summary(a), summary(b))

@@ -413,11 +413,14 @@ def test_a_task_whose_seed_failed_says_how_many_seeds_its_mean_has(tmp_path):
     store.add(make_entry("steady", {"r@1": task_result("r@1", [0.3, 0.3, 0.3])}))
     store.add(make_entry("short", {"r@1": task_result("r@1", [0.2, 0.2])}))
     readme, page = render(root)
-    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (2 of 3 seeds) |" in readme.read_text()
-    assert "0.3000 ± 0.0000 |" in readme.read_text() and readme.read_text().count(") |") == 1
-    assert ">0.5000 ± 0.1414<span class=\"seeds\">2 of 3 seeds</span></td>" in page.read_text()   # its own line
+    text = readme.read_text()
+    assert "| shaky | submission | 3 | 1,005 | 1,000 | 0.5000 ± 0.1414 (2 of 3 seeds; best) |" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and " | submission | " in line]
+    assert "| 0.3000 ± 0.0000 (≈ best) |" in text and [" seeds" in row for row in rows] == [True, False, False]
+    assert ">0.5000 ± 0.1414<span class=\"seeds\">2 of 3 seeds; best</span></td>" in page.read_text()  # own line
     shown = display(store.index(), "test@1", "tiny@1")
-    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (2 of 3 seeds)", "0.3000 ± 0.0000", "0.2000 ± 0.0000"]
+    assert list(shown["r@1 accuracy ↑"]) == ["0.5000 ± 0.1414 (2 of 3 seeds; best)", "0.3000 ± 0.0000 (≈ best)",
+                                            "0.2000 ± 0.0000 (≈ best)"]   # 2 seeds: p 0.30 and 0.20 (df 1)
 
 
 def test_the_length_plots_legend_lists_the_best_curve_first():

@@ -66,7 +66,7 @@ from pydantic import Field, PositiveInt, TypeAdapter, model_validator
 from nlsearch.config import ConfigError, Strict, read_yaml_mapping
 from nlsearch.leaderboard.entry import Entry, TaskResult
 from nlsearch.leaderboard.protocol import ROLE, Protocol
-from nlsearch.stats import Welch, contrast
+from nlsearch.stats import Welch, contrast, welch_summaries
 
 MIN_SCALE_RATIO = 0.01     # a track below 1/100 of the source's training scale is "far below" it
 ALPHA = 0.05               # the level of every comparison's t-test: a margin must be beyond seed noise
@@ -338,8 +338,7 @@ def _holm(comparisons: Sequence[_Comparison]) -> None:
 
 
 def _pair(look: _Lookup, better: str, worse: str, role: str, label: str) -> _Comparison:
-    (mb, sb, nb), (mw, sw, nw) = look.sample(better, role), look.sample(worse, role)
-    return _Comparison(label, contrast([(1.0, mb, sb, nb), (-1.0, mw, sw, nw)]))
+    return _Comparison(label, welch_summaries(look.sample(better, role), look.sample(worse, role)))
 
 
 def _comparisons(check: Check, look: _Lookup) -> Tuple[str, List[_Comparison]]:

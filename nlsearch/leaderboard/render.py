@@ -28,7 +28,7 @@ from nlsearch.leaderboard.claims import OUTCOMES, tally
 from nlsearch.leaderboard.plots import PLOTS, TITLES, plot_svgs
 from nlsearch.leaderboard.protocol import Protocol, load_protocol
 from nlsearch.leaderboard.store import DEFAULT_ROOT, Store
-from nlsearch.leaderboard.table import claim_numbers, display, ranked, task_cells, task_headers
+from nlsearch.leaderboard.table import LEAD_ALPHA, claim_numbers, display, ranked, task_cells, task_headers
 
 SCRIPT = """
 document.querySelectorAll("table.leaderboard").forEach(function (table) {
@@ -252,7 +252,9 @@ def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str,
     index = Store(root).index()
     md = [README_HEAD]
     page = [f"<h1>nlsearch leaderboard</h1><p>{len(index.id.unique())} entries. Click a column header to sort."
-            f" Ranks: per task by the mean over seeds; overall by the mean task rank.</p>"]
+            f" Ranks: per task by the mean over seeds; overall by the mean task rank. Under a task's mean:"
+            f" <i>best</i>, or <i>≈ best</i> where the seeds cannot tell it from the best (Welch's t-test,"
+            f" p ≥ {LEAD_ALPHA}, not adjusted for the entries compared).</p>"]
     if index.empty:
         md.append("No entries yet.\n")
         page.append("<p>No entries yet.</p>")
@@ -294,7 +296,7 @@ def render(root: Union[str, Path] = DEFAULT_ROOT, protocol: Union[Protocol, str,
     return readme, write_text(doc, root / "index.html")
 
 
-README_HEAD = """# leaderboard
+README_HEAD = f"""# leaderboard
 
 Every number here was produced by nlsearch itself under the protocol in [PROTOCOL.md](PROTOCOL.md)
 (machine-readable: [protocol.yaml](protocol.yaml)); a submitter's own numbers are only accepted after
@@ -312,8 +314,10 @@ the leaderboard re-ran seeds of its choosing and found them within tolerance. On
 Columns: rank (mean of the per-task ranks), nesting depth (levels of the nesting profile), parameters,
 state size (numbers carried per sequence at the longest eval length), each task's ranked metric as mean
 ± sample std over seeds (↑ higher / ↓ lower is better; "(2 of 3 seeds)": two of the three seeds completed,
-the other failed, e.g. diverged, and is left out of the mean: the entry's file says why), training tokens/s
-(the median over the runs, each measured by wall clock where it ran: a guide to cost, not a benchmark;
-`nlsearch bench models` is. Newer runs' records also hold tokens per CPU-second, which a paused or
-shared machine does not slow).
+the other failed, e.g. diverged, and is left out of the mean: the entry's file says why; "best": ranked
+first on the task; "≈ best": within seed noise of it, Welch's t-test on the two means p ≥ {LEAD_ALPHA},
+not adjusted for the entries compared, so an unmarked entry is behind the best beyond its seeds'
+spread), training tokens/s (the median over the runs, each measured by wall clock where it ran: a
+guide to cost, not a benchmark; `nlsearch bench models` is. Newer runs' records also hold tokens per
+CPU-second, which a paused or shared machine does not slow).
 """

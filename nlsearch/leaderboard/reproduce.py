@@ -30,7 +30,7 @@ from nlsearch.leaderboard.render import load_report, render
 from nlsearch.leaderboard.scoring import RunError, Scoring, partial_results
 from nlsearch.leaderboard.store import DEFAULT_ROOT, LeaderboardError, Store, read_entry
 from nlsearch.leaderboard.submit import build_entry, load_submission
-from nlsearch.leaderboard.table import claim_numbers, column_label, display, mean_std
+from nlsearch.leaderboard.table import LEAD_ALPHA, claim_numbers, column_label, display, mean_std
 from nlsearch.provenance import code_commit
 
 if TYPE_CHECKING:
@@ -268,7 +268,8 @@ def report_text(protocol: Protocol, budget, store: Store, verdicts: Sequence[Ver
              f"commit {code_commit()}, after every finished run. Seeds {list(protocol.seeds)}; lr sweep "
              f"x{list(protocol.lr_sweep.factors)} for every model on seed {protocol.seeds[0]}, the best factor "
              f"then for every seed; ranked metric per task as mean ± sample std over the seeds finished (n) "
-             f"(↑ higher / ↓ lower is better).", ""]
+             f"(↑ higher / ↓ lower is better); \"best\": first on the task among the track's entries, "
+             f"\"≈ best\": within seed noise of it (Welch's t-test, p ≥ {LEAD_ALPHA}, not adjusted).", ""]
     if prog is not None:
         more = _seed_runs(seeded or {}, prog)
         done = sum(d for tasks in prog.values() for d, _, _ in tasks.values()) + sum(d for d, _ in more.values())

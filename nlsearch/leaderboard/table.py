@@ -5,6 +5,13 @@ seeds of the task's ranked metric in its direction (1 = best; ties share the bet
 with no finite value on the task ranks last). The overall score is the mean of an entry's task ranks
 and the overall rank orders entries by it (ties share the rank). Ranks only compare entries of the
 same protocol version and budget track.
+
+Seed noise: a rank orders means, however close. Each task column therefore also says which entries the
+seeds cannot tell from the best: ``best`` on the entry ranked first, ``≈ best`` on every entry whose
+mean is within seed noise of it (Welch's t-test on the two entries' mean, sample std and n, two-sided,
+p ≥ ``LEAD_ALPHA``, not adjusted for the number of entries compared: an unmarked entry is behind the
+best beyond its seeds' spread). An entry with fewer than two completed seeds, or a best one with fewer,
+cannot be tested and is not marked.
 """
 from __future__ import annotations
 
@@ -13,6 +20,9 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import pandas as pd
 
+from nlsearch.stats import welch_summaries
+
+LEAD_ALPHA = 0.05
 ENTRY_COLUMNS = ("id", "name", "author", "kind", "nesting_depth", "params", "state_size", "tokens_per_s")
 
 
@@ -22,8 +32,9 @@ def column_label(task: str, metric: str, higher_is_better: bool) -> str:
 
 def ranked(index: pd.DataFrame, protocol: str, budget: str, tasks: Optional[Sequence[str]] = None) -> pd.DataFrame:
     """One row per entry of (``protocol``, ``budget``): the entry columns, then per task ``<task>.mean``,
-    ``<task>.std``, ``<task>.n`` (seeds completed), ``<task>.seeds`` (seeds run), ``<task>.rank``; ``score``
-    (mean task rank) and ``rank``; sorted by rank."""
+    ``<task>.std``, ``<task>.n`` (seeds completed), ``<task>.seeds`` (seeds run), ``<task>.rank``,
+    ``<task>.p_best`` (Welch's p against the task's best entry: 1 for the best itself, NaN where it cannot
+    be tested; module docstring); ``score`` (mean task rank) and ``rank``; sorted by rank."""
     sub = index[(index.protocol == protocol) & (index.budget == budget)]
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(sub.task))
     entries = sub.drop_duplicates("id").set_index("id")
@@ -36,11 +47,31 @@ def ranked(index: pd.DataFrame, protocol: str, budget: str, tasks: Optional[Sequ
         hib = bool(rows.higher_is_better.iloc[0]) if len(rows) else True
         rank = table[f"{task}.mean"].rank(method="min", ascending=not hib, na_option="bottom")
         table[f"{task}.rank"] = rank.astype("int64") if len(rank) else rank
+        table[f"{task}.p_best"] = _p_best(table, task)
         ranks.append(table[f"{task}.rank"])
     table["score"] = pd.concat(ranks, axis=1).mean(axis=1) if ranks else math.nan
     table["rank"] = table["score"].rank(method="min").astype("int64") if len(table) else []
     table = table.reset_index().sort_values(["rank", "name"], kind="stable").reset_index(drop=True)
     return table
+
+
+def _p_best(table: pd.DataFrame, task: str) -> List[float]:
+    """Per entry, Welch's two-sided p of its mean against the task's best (the first-ranked entry with a
+    finite mean; among several tied first, the largest p): 1.0 for a best entry, NaN where a test is
+    impossible (no finite best, or fewer than two completed seeds on either side)."""
+    stats = list(zip(table[f"{task}.mean"], table[f"{task}.std"], table[f"{task}.n"], table[f"{task}.rank"]))
+    best = [(m, s, n) for m, s, n, r in stats if r == 1 and m == m]
+    out = []
+    for m, s, n, r in stats:
+        if m != m or not best:
+            out.append(math.nan)
+        elif r == 1:
+            out.append(1.0)
+        else:
+            ps = [welch_summaries((m, s, n), b).p for b in best]
+            ps = [p for p in ps if p == p]
+            out.append(max(ps) if ps else math.nan)
+    return out
 
 
 def task_headers(index: pd.DataFrame, tasks: Sequence[str]) -> List[str]:
@@ -59,13 +90,24 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}{spread}"
 
 
+def lead_note(rank: int, p_best: float) -> str:
+    """``best`` (ranked first), ``≈ best`` (within seed noise of it: p ≥ ``LEAD_ALPHA``) or ""."""
+    if rank == 1 and p_best == p_best:
+        return "best"
+    return "≈ best" if p_best == p_best and p_best >= LEAD_ALPHA else ""
+
+
 def task_cells(table: pd.DataFrame, task: str) -> List[Tuple[str, str]]:
     """A task's column of :func:`ranked`'s table as printed, per entry ``(mean ± std, note)``: the note
-    is ``k of m seeds`` where fewer of the entry's seeds completed than it ran (the protocol leaves a failed
-    seed, e.g. one that diverged, out of the mean, and the reader should see that it did), else ""."""
-    return [(mean_std(m, s), f"{int(n)} of {int(k)} seeds" if n == n and k == k and n < k and m == m else "")
-            for m, s, n, k in zip(table[f"{task}.mean"], table[f"{task}.std"], table[f"{task}.n"],
-                                  table[f"{task}.seeds"])]
+    holds ``k of m seeds`` where fewer of the entry's seeds completed than it ran (the protocol leaves a
+    failed seed, e.g. one that diverged, out of the mean, and the reader should see that it did), and
+    :func:`lead_note`, joined by "; "; "" when neither applies."""
+    cells = []
+    for m, s, n, k, r, p in zip(table[f"{task}.mean"], table[f"{task}.std"], table[f"{task}.n"],
+                                table[f"{task}.seeds"], table[f"{task}.rank"], table[f"{task}.p_best"]):
+        seeds = f"{int(n)} of {int(k)} seeds" if n == n and k == k and n < k and m == m else ""
+        cells.append((mean_std(m, s), "; ".join(x for x in (seeds, lead_note(r, p)) if x)))
+    return cells
 
 
 def claim_numbers(numbers: Mapping[str, Sequence]) -> List[str]:
