@@ -320,6 +320,18 @@ def hand_set(tmp_path_factory):
     return root
 
 
+def test_the_page_quotes_the_report_the_reproduction_ended_with(reproduced):
+    """The report is rewritten after the last run with a new time (and its runs count): the page, which
+    quotes when and from what the report was written, is rendered from that last report, not an older one."""
+    root, _, _ = reproduced
+    report = json.loads((root / "out" / "report.json").read_text())
+    done = sum(c["done"] for tasks in report["runs"].values() for c in tasks.values())
+    needed = sum(c["needed"] for tasks in report["runs"].values() for c in tasks.values())
+    facts = f"written {report['written']}, commit {report['commit']}, {done} of {needed} runs finished"
+    for page in ("README.md", "index.html"):
+        assert facts in (root / "lb" / page).read_text(), page
+
+
 def test_the_report_judges_hand_set_numbers(hand_set):
     data = {c["id"]: c for c in json.loads((hand_set / "out" / "report.json").read_text())["claims"]}
     recall = data["delta-beats-dot"]

@@ -40,7 +40,6 @@ BASELINES = ("transformer", "mamba", "mamba2", "titans-lmm", "titans-mac", "tita
              "gated-deltanet", "linear-attention", "ttt-linear", "ttt-mlp", "cms", "cms-steps",
              "cms-steps-single", "hope")
 AUTHOR = "nlsearch reproduce"
-PAGE_FIELDS = ("claim", "source", "outcome", "reason", "numbers")   # what the page shows of a claim's verdict
 RUNS = Path("results/reproduce/runs")     # committed: a reproduction grows across machines and sittings
 ModelSpec = Union[str, Dict[str, Any]]
 
@@ -406,18 +405,14 @@ class _Reproduction:
         self.decisive = {_name(s): tasks_claims_read(_name(s), claims, protocol, track) for s in specs}
         self.order = {_name(s): k for k, s in enumerate(specs)}        # baselines, claims first
         self.complete: List[int] = []                           # scorings whose runs are all back, not scored
-        self.shown: Optional[Any] = None                        # the claims the page was last rendered with
 
     def write(self) -> Path:
-        """The report as things stand (after every run trained, and after every baseline); the page is
-        rendered again when what it shows of the claims changed (an entry added renders it at once)."""
+        """The report as things stand (after every run trained, and after every baseline), and the page
+        rendered again from it: the page quotes the report (its verdicts, when it was written, from which
+        commit, the runs finished), so it never shows an older report than the one it links to."""
         path = _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
                              self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
-        report = json.loads((self.out_dir / "report.json").read_text())
-        claims = [{k: c[k] for k in PAGE_FIELDS} for c in report["claims"]]
-        if claims != self.shown:
-            self.render()
-            self.shown = claims
+        self.render()
         return path
 
     def render(self) -> None:
@@ -573,8 +568,9 @@ class _Reproduction:
                 path = self.store.add(entry)
             except LeaderboardError as err:
                 raise LeaderboardError(f"baseline {name}: {err}") from None
-            self.render()                               # the page shows every baseline as soon as it is complete
-            self.log(f"{name}: added {path}; {self.store.root / 'README.md'} and index.html re-rendered")
+            # the report written next (``settle``) renders the page: every baseline shows as soon as it is complete
+            self.log(f"{name}: added {path}; {self.store.root / 'README.md'} and index.html are re-rendered "
+                     f"with the report")
         if all(s.done for n, k, _, s in self.scorings if n == name and k != "seeds") and name not in self.errors:
             self.pending = [n for n in self.pending if n != name]
 
