@@ -10,8 +10,8 @@ Seed noise: a rank orders means, however close. Each task column therefore also 
 seeds cannot tell from the best: ``best`` on the entry ranked first, ``≈ best`` on every entry whose
 mean is within seed noise of it (Welch's t-test on the two entries' mean, sample std and n, two-sided,
 p ≥ ``LEAD_ALPHA``, not adjusted for the number of entries compared: an unmarked entry is behind the
-best beyond its seeds' spread). An entry with fewer than two completed seeds, or a best one with fewer,
-cannot be tested and is not marked.
+best beyond its seeds' spread). An entry with fewer than two completed seeds cannot be tested and is
+not marked; against a best with fewer, no entry is.
 """
 from __future__ import annotations
 
