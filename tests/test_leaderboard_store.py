@@ -95,6 +95,20 @@ def test_display_shows_mean_and_spread_filters_a_task_and_sorts(tmp_path):
         display(index, "test@1", "tiny@1", task="nope")
 
 
+def test_a_task_is_named_by_its_ref_its_name_or_a_part_of_one_name(tmp_path):
+    store = Store(tmp_path / "lb")
+    tasks = {"recall@1": [0.5] * 3, "recall_over@1": [0.4] * 3, "lm@1": [2.0] * 3}
+    store.add(make_entry("a", {t: task_result(t, v) for t, v in tasks.items()}))
+    index = store.index()
+    head = lambda task: [c for c in display(index, "test@1", "tiny@1", task=task).columns if "@" in c]  # noqa: E731
+    assert head("recall") == ["recall@1 accuracy ↑"]            # the exact name wins over a part of another
+    assert head("recall@1") == ["recall@1 accuracy ↑"] and head("over") == ["recall_over@1 accuracy ↑"]
+    with pytest.raises(ValueError, match=r"'rec' is ambiguous.*recall@1.*recall_over@1"):
+        display(index, "test@1", "tiny@1", task="rec")
+    with pytest.raises(ValueError, match=r"no task '1'"):          # a part of a name, not of the version
+        display(index, "test@1", "tiny@1", task="1")
+
+
 WRITER = """
 import sys, time
 from pathlib import Path

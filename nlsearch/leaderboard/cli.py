@@ -150,7 +150,8 @@ def add_commands(sub) -> None:
                          "index.parquet from the entries; verify: check offline that every entry's numbers "
                          "follow from its runs (records, digests, metrics)")
     lb.add_argument("entries", nargs="*", metavar="ENTRY", help="verify: these entry ids (default: every entry)")
-    lb.add_argument("--task", default=None, help="only this task's column, ranked by it")
+    lb.add_argument("--task", default=None,
+                    help="only this task's column, ranked by it (its name, or a part of exactly one name)")
     lb.add_argument("--sort", default=None, help="order by a column (params, state, depth, tokens/s, name, a task)")
     lb.add_argument("--retrain", type=_positive, default=0, metavar="N", help="verify: also train N measured seeds "
                     "of each entry again from nothing and flag numbers outside the protocol's tolerance")

@@ -119,14 +119,11 @@ def claim_numbers(numbers: Mapping[str, Sequence]) -> List[str]:
 def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str] = None,
             sort: Optional[str] = None) -> pd.DataFrame:
     """The printed table: rank, name, nesting depth, params, state size, each task's mean ± std (or
-    only ``task``'s, ranked by it), tokens/s. ``sort``: a displayed column name (or a task name) to
-    order by instead of the rank, in that column's better direction."""
+    only ``task``'s, ranked by it: :func:`pick_task`), tokens/s. ``sort``: a displayed column name (or a
+    task name) to order by instead of the rank, in that column's better direction."""
     all_tasks = list(dict.fromkeys(index[(index.protocol == protocol) & (index.budget == budget)].task))
     if task is not None:
-        matches = [t for t in all_tasks if task in (t, t.split("@")[0])]
-        if not matches:
-            raise ValueError(f"no task {task!r} on {protocol} {budget}; tasks: {all_tasks}")
-        all_tasks = matches
+        all_tasks = [pick_task(task, all_tasks, f"{protocol} {budget}")]
     table = ranked(index, protocol, budget, all_tasks)
     if task is not None:
         table["rank"] = table[f"{all_tasks[0]}.rank"]
@@ -139,6 +136,18 @@ def display(index: pd.DataFrame, protocol: str, budget: str, task: Optional[str]
         out[head] = [f"{value} ({note})" if note else value for value, note in task_cells(table, ref)]
     out["tokens/s"] = [("-" if math.isnan(x) else f"{x:,.0f}") for x in table["tokens_per_s"]]
     return _sorted(out, table, sort, all_tasks, heads) if sort else out
+
+
+def pick_task(task: str, tasks: Sequence[str], where: str) -> str:
+    """The one task of ``tasks`` that ``task`` names: its ref (``name@v``), its name, or else a part of
+    exactly one name (``overwrite``); ValueError naming the candidates otherwise."""
+    exact = [t for t in tasks if task in (t, t.split("@")[0])]
+    found = exact or [t for t in tasks if task in t.split("@")[0]]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise ValueError(f"task {task!r} is ambiguous on {where}: it names {found}")
+    raise ValueError(f"no task {task!r} on {where}; tasks: {list(tasks)}")
 
 
 def _sorted(out: pd.DataFrame, table: pd.DataFrame, sort: str, tasks: List[str], heads: List[str]) -> pd.DataFrame:
