@@ -412,11 +412,8 @@ class _Reproduction:
         commit, the runs finished), so it never shows an older report than the one it links to."""
         path = _write_report(self.protocol, self.track, self.store, self.claims, self.bigram, self.specs,
                              self.pending, self.out_dir, self.extra, self.runs_dir, self.workers)
-        self.render()
-        return path
-
-    def render(self) -> None:
         render(self.store.root, self.protocol, self.out_dir / "report.json")
+        return path
 
     def fits(self, hours: float) -> Callable[[Job], bool]:
         """Whether a run may start now and still end within ``hours`` of this call: a finished one is
